@@ -1,0 +1,1 @@
+//! QEMU harness: boots real Linux kernels with real SCSI targets and watchdogs.

@@ -1,0 +1,1 @@
+//! SCSI-3 persistent reservations over SG_IO.

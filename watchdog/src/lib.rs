@@ -1,0 +1,1 @@
+//! Hardware watchdog discovery, arming and feeding.

@@ -1,1 +1,14 @@
-//! End-to-end scenarios on the VM harness.
+//! End-to-end scenarios on the VM harness ([`kmod_testing`]).
+//!
+//! Each scenario boots real guests, injects its fault, and returns what it observed; the tests in
+//! `tests/` assert on those observations, and the `demo` binary narrates them. So the demo shows
+//! exactly what the test suite proves.
+#![deny(missing_docs)]
+
+pub mod blocks;
+pub mod scenarios;
+pub mod sg_persist;
+
+/// Where a scenario tells what it is doing (the demo prints it; tests print it too, and the test
+/// runner shows it when a test fails).
+pub type Narrator<'a> = &'a mut dyn FnMut(&str);

@@ -1,0 +1,562 @@
+//! One QEMU guest: boot, drive it command by command, pause it, see it reset.
+
+use crate::error::{Error, IoContext, Result};
+use crate::kernel::Kernel;
+use crate::process::ChildGuard;
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a guest is made of. Build with [`GuestSpec::new`] and the chained setters.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    pub(crate) name: String,
+    pub(crate) memory_mb: u32,
+    pub(crate) cpus: u32,
+    pub(crate) i6300esb: bool,
+    pub(crate) initiator: Option<String>,
+    pub(crate) iscsi_luns: Vec<String>,
+    pub(crate) shared_disks: Vec<(PathBuf, String)>,
+    pub(crate) forward_port: Option<(u16, u16)>,
+    pub(crate) boot_timeout: Duration,
+}
+
+impl GuestSpec {
+    /// A guest with 2 vCPUs, 512 MiB and an i6300esb watchdog.
+    pub fn new(name: &str) -> GuestSpec {
+        let boot_secs = std::env::var("FENCED_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120);
+        GuestSpec {
+            name: name.to_string(),
+            memory_mb: 512,
+            cpus: 2,
+            i6300esb: true,
+            initiator: None,
+            iscsi_luns: Vec::new(),
+            shared_disks: Vec::new(),
+            forward_port: None,
+            boot_timeout: Duration::from_secs(boot_secs),
+        }
+    }
+
+    /// Memory in MiB.
+    pub fn memory_mb(mut self, mb: u32) -> Self {
+        self.memory_mb = mb;
+        self
+    }
+
+    /// Whether the guest has QEMU's emulated i6300esb hardware watchdog (default: yes).
+    pub fn i6300esb(mut self, present: bool) -> Self {
+        self.i6300esb = present;
+        self
+    }
+
+    /// The iSCSI initiator name QEMU logs in with (each guest its own: a distinct I_T nexus).
+    pub fn initiator(mut self, iqn: &str) -> Self {
+        self.initiator = Some(iqn.to_string());
+        self
+    }
+
+    /// An iSCSI LUN (`iscsi://host:port/iqn/lun`) attached as a SCSI passthrough disk
+    /// (scsi-block): SCSI commands, PR included, reach the target unchanged. LUNs appear in the
+    /// guest in the order given (see [`Guest::scsi_disks`]).
+    pub fn iscsi_lun(mut self, url: &str) -> Self {
+        self.iscsi_luns.push(url.to_string());
+        self
+    }
+
+    /// A disk image shared with other guests (virtio-blk, no host cache, no image locking), seen
+    /// in the guest with `serial` (see [`Guest::disk_by_serial`]).
+    pub fn shared_disk(mut self, image: &Path, serial: &str) -> Self {
+        self.shared_disks
+            .push((image.to_path_buf(), serial.to_string()));
+        self
+    }
+
+    /// A user-mode NIC forwarding host `127.0.0.1:host_port` to the guest's `guest_port`.
+    pub fn forward_port(mut self, host_port: u16, guest_port: u16) -> Self {
+        self.forward_port = Some((host_port, guest_port));
+        self
+    }
+
+    fn qemu_command(&self, kernel: &Kernel, dir: &Path, initrd: &Path) -> Command {
+        let mut c = Command::new("qemu-system-x86_64");
+        let kvm = std::env::var("FENCED_KVM").is_ok_and(|v| v == "1");
+        c.args([
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ]);
+        c.args(["-accel", if kvm { "kvm" } else { "tcg" }]);
+        c.args([
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &self.memory_mb.to_string(),
+        ]);
+        // A reset (watchdog, reboot, panic) ends QEMU: that is how a test sees and times it.
+        c.arg("-no-reboot");
+        c.arg("-kernel").arg(&kernel.image);
+        c.arg("-initrd").arg(initrd);
+        c.args([
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=5 mitigations=off random.trust_cpu=on",
+        ]);
+        c.arg("-chardev").arg(format!(
+            "file,id=con,path={}",
+            dir.join("console.log").display()
+        ));
+        c.args(["-serial", "chardev:con"]);
+        c.arg("-chardev").arg(format!(
+            "socket,id=ctl,path={},server=on,wait=off",
+            dir.join("ctl.sock").display()
+        ));
+        c.args(["-serial", "chardev:ctl"]);
+        c.args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]);
+        c.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=xchg,security_model=none,multidevs=remap",
+            dir.join("xchg").display()
+        ));
+        if self.i6300esb {
+            c.args(["-device", "i6300esb"]);
+        }
+        if let Some(iqn) = &self.initiator {
+            c.arg("-iscsi").arg(format!("initiator-name={iqn}"));
+        }
+        if !self.iscsi_luns.is_empty() {
+            c.args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        }
+        for (i, url) in self.iscsi_luns.iter().enumerate() {
+            c.arg("-drive").arg(format!(
+                "file={url},if=none,id=lun{i},format=raw,cache=none"
+            ));
+            c.arg("-device").arg(format!(
+                "scsi-block,drive=lun{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0"
+            ));
+        }
+        for (i, (image, serial)) in self.shared_disks.iter().enumerate() {
+            c.arg("-drive").arg(format!(
+                "file={},format=raw,if=none,id=shared{i},cache=none,file.locking=off",
+                image.display()
+            ));
+            c.arg("-device").arg(format!(
+                "virtio-blk-pci,drive=shared{i},share-rw=on,serial={serial}"
+            ));
+        }
+        if let Some((host, guest)) = self.forward_port {
+            c.arg("-netdev")
+                .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            c.args(["-device", "virtio-net-pci,netdev=n0"]);
+        }
+        c.stdin(Stdio::null());
+        c.stdout(Stdio::null());
+        c.stderr(
+            std::fs::File::create(dir.join("qemu.stderr"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        );
+        c
+    }
+}
+
+/// The result of a command run in a guest.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code (128+N when killed by signal N).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// When the host heard that the command ended.
+    pub finished_at: Instant,
+}
+
+impl Output {
+    /// Whether the command exited 0.
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// A command started with [`Guest::spawn`], collected with [`Guest::wait`].
+#[derive(Debug)]
+#[must_use = "a pending command should be waited for"]
+pub struct Pending {
+    id: u64,
+    command: String,
+}
+
+#[derive(Default)]
+struct ControlState {
+    ready: bool,
+    failed: Option<String>,
+    done: HashMap<u64, (i32, Instant)>,
+    closed_at: Option<Instant>,
+}
+
+struct Control {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+impl Control {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `f` returns Some or the deadline passes.
+    fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut f: impl FnMut(&ControlState) -> Option<T>,
+    ) -> Option<T> {
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = f(&st) {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+/// A running guest. Killed (by its QEMU's pid) when dropped.
+pub struct Guest {
+    name: String,
+    dir: PathBuf,
+    qemu: Mutex<ChildGuard>,
+    control: Arc<Control>,
+    writer: Mutex<UnixStream>,
+    next_id: AtomicU64,
+    booted_at: Instant,
+}
+
+/// Default deadline of [`Guest::run`].
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Guest {
+    /// Starts QEMU for `spec` in `dir` (no waiting).
+    pub(crate) fn start(kernel: &Kernel, spec: &GuestSpec, dir: &Path) -> Result<Guest> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("xchg")).ctx(|| format!("creating {}", dir.display()))?;
+        let initrd = dir.join("initrd.cpio");
+        std::fs::write(&initrd, crate::initramfs::build(kernel, &spec.name)?)
+            .ctx(|| format!("writing {}", initrd.display()))?;
+        let cmd = spec.qemu_command(kernel, dir, &initrd);
+        std::fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n"))
+            .ctx(|| "writing qemu.cmdline".to_string())?;
+        let mut qemu = ChildGuard::spawn(cmd, &format!("qemu ({})", spec.name))?;
+        crate::lab::register_console(&spec.name, dir.join("console.log"));
+
+        // QEMU creates the control socket before it runs the guest.
+        let sock = dir.join("ctl.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline && !qemu.exited() => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    let stderr =
+                        std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default();
+                    return Err(Error::Boot {
+                        guest: spec.name.clone(),
+                        reason: format!("QEMU did not open its control socket ({e}): {stderr}"),
+                        log: dir.join("console.log"),
+                    });
+                }
+            }
+        };
+        let control = Arc::new(Control {
+            state: Mutex::new(ControlState::default()),
+            changed: Condvar::new(),
+        });
+        let reader = stream
+            .try_clone()
+            .ctx(|| "cloning the control socket".to_string())?;
+        let c = control.clone();
+        std::thread::Builder::new()
+            .name(format!("ctl-{}", spec.name))
+            .spawn(move || read_control(reader, c))
+            .ctx(|| "starting the control reader".to_string())?;
+        Ok(Guest {
+            name: spec.name.clone(),
+            dir: dir.to_path_buf(),
+            qemu: Mutex::new(qemu),
+            control,
+            writer: Mutex::new(stream),
+            next_id: AtomicU64::new(1),
+            booted_at: Instant::now(),
+        })
+    }
+
+    /// Waits until the guest's agent answers, pinging it every second.
+    pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let _ = self.send("PING 0");
+            let step = (Instant::now() + Duration::from_secs(1)).min(deadline);
+            let verdict = self.control.wait_for(step, |st| {
+                if st.ready {
+                    Some(Ok(()))
+                } else if let Some(f) = &st.failed {
+                    Some(Err(f.clone()))
+                } else if st.closed_at.is_some() {
+                    Some(Err("QEMU exited during boot".to_string()))
+                } else {
+                    None
+                }
+            });
+            match verdict {
+                Some(Ok(())) => {
+                    self.booted_at = Instant::now();
+                    return Ok(());
+                }
+                Some(Err(reason)) => return Err(self.boot_error(reason)),
+                None if Instant::now() >= deadline => {
+                    return Err(self.boot_error(format!("no answer within {timeout:?}")))
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn boot_error(&self, reason: String) -> Error {
+        Error::Boot {
+            guest: self.name.clone(),
+            reason,
+            log: self.console_path(),
+        }
+    }
+
+    fn send(&self, line: &str) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(format!("{line}\n").as_bytes())
+            .ctx(|| format!("writing to guest {}'s control port", self.name))
+    }
+
+    /// The guest's name (its hostname).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When the agent first answered.
+    pub fn booted_at(&self) -> Instant {
+        self.booted_at
+    }
+
+    /// Starts `script` (POSIX sh, run chrooted in the guest's root) without waiting for it.
+    pub fn spawn(&self, script: &str) -> Result<Pending> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join("xchg").join(format!("{id}.sh"));
+        std::fs::write(&path, script).ctx(|| format!("writing {}", path.display()))?;
+        self.send(&format!("RUN {id}"))?;
+        Ok(Pending {
+            id,
+            command: script.to_string(),
+        })
+    }
+
+    /// Waits for a spawned command until `timeout`.
+    pub fn wait(&self, pending: Pending, timeout: Duration) -> Result<Output> {
+        let deadline = Instant::now() + timeout;
+        let id = pending.id;
+        let verdict = self.control.wait_for(deadline, |st| {
+            if let Some(done) = st.done.get(&id) {
+                Some(Some(*done))
+            } else if st.closed_at.is_some() {
+                Some(None)
+            } else {
+                None
+            }
+        });
+        match verdict {
+            Some(Some((code, finished_at))) => {
+                let read = |ext: &str| {
+                    std::fs::read_to_string(self.dir.join("xchg").join(format!("{id}.{ext}")))
+                        .unwrap_or_default()
+                };
+                Ok(Output {
+                    code,
+                    stdout: read("out"),
+                    stderr: read("err"),
+                    finished_at,
+                })
+            }
+            Some(None) => Err(Error::GuestGone {
+                guest: self.name.clone(),
+                command: pending.command,
+            }),
+            None => Err(Error::Timeout {
+                guest: self.name.clone(),
+                command: pending.command,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Runs `script` and returns its output, whatever its exit code, within `timeout`.
+    pub fn run_with_timeout(&self, script: &str, timeout: Duration) -> Result<Output> {
+        let p = self.spawn(script)?;
+        self.wait(p, timeout)
+    }
+
+    /// Runs `script` with the default deadline ([`DEFAULT_COMMAND_TIMEOUT`]).
+    pub fn run(&self, script: &str) -> Result<Output> {
+        self.run_with_timeout(script, DEFAULT_COMMAND_TIMEOUT)
+    }
+
+    /// Runs `script`, requires exit code 0, and returns its stdout.
+    pub fn run_ok(&self, script: &str) -> Result<String> {
+        let out = self.run(script)?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(Error::CommandFailed {
+                guest: self.name.clone(),
+                command: script.to_string(),
+                code: out.code,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        }
+    }
+
+    /// The SCSI disks of the guest, ordered by SCSI address (for iSCSI LUNs: the order of
+    /// [`GuestSpec::iscsi_lun`]), after waiting up to 30 s for `expected` of them to appear.
+    pub fn scsi_disks(&self, expected: usize) -> Result<Vec<String>> {
+        let script = format!(
+            r#"list() {{
+    for d in /sys/block/sd*; do
+        [ -e "$d/device" ] || continue
+        echo "$(basename "$(readlink -f "$d/device")") /dev/$(basename "$d")"
+    done | sort -t: -k1,1n -k2,2n -k3,3n -k4,4n
+}}
+i=0
+while [ "$(list | wc -l)" -lt {expected} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+list"#
+        );
+        let out = self.run_ok(&script)?;
+        let disks: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(String::from)
+            .collect();
+        if disks.len() != expected {
+            return Err(Error::Setup(format!(
+                "guest {}: expected {expected} SCSI disks, found {}: {out}",
+                self.name,
+                disks.len()
+            )));
+        }
+        Ok(disks)
+    }
+
+    /// The /dev path of the virtio disk whose serial is `serial` ([`GuestSpec::shared_disk`]).
+    pub fn disk_by_serial(&self, serial: &str) -> Result<String> {
+        let out = self.run_ok(&format!(
+            r#"for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = "{serial}" ] && echo /dev/$(basename $d); done"#
+        ))?;
+        out.lines().next().map(String::from).ok_or_else(|| {
+            Error::Setup(format!("guest {}: no disk with serial {serial}", self.name))
+        })
+    }
+
+    /// Freezes the whole guest (SIGSTOP to its QEMU): from outside it looks hung.
+    pub fn pause(&self) -> Result<()> {
+        self.qemu().signal(Signal::SIGSTOP)
+    }
+
+    /// Resumes a paused guest.
+    pub fn resume(&self) -> Result<()> {
+        self.qemu().signal(Signal::SIGCONT)
+    }
+
+    /// QEMU's pid.
+    pub fn pid(&self) -> i32 {
+        self.qemu().pid().as_raw()
+    }
+
+    fn qemu(&self) -> std::sync::MutexGuard<'_, ChildGuard> {
+        self.qemu.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout` for the guest to reset (QEMU exits under `-no-reboot`). Returns
+    /// when QEMU's control socket closed, which is when the reset happened.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<Instant> {
+        let at = self
+            .control
+            .wait_for(Instant::now() + timeout, |st| st.closed_at)?;
+        // Reap it; it is gone or going.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.qemu().exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(at)
+    }
+
+    /// Whether QEMU still runs.
+    pub fn is_running(&self) -> bool {
+        !self.qemu().exited()
+    }
+
+    /// Path of the serial console log.
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The serial console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.console_path()).unwrap_or_default()
+    }
+}
+
+fn read_control(stream: UnixStream, control: Arc<Control>) {
+    let reader = BufReader::new(stream);
+    for line in reader.split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line);
+        let mut words = line.split_whitespace();
+        let mut st = control.lock();
+        match (words.next(), words.next(), words.next()) {
+            (Some("READY"), _, _) => st.ready = true,
+            (Some("FAIL"), _, _) => {
+                st.failed = Some(line.trim().trim_start_matches("FAIL ").to_string())
+            }
+            (Some("DONE"), Some(id), Some(code)) => {
+                if let (Ok(id), Ok(code)) = (id.parse(), code.parse()) {
+                    st.done.insert(id, (code, Instant::now()));
+                }
+            }
+            _ => {}
+        }
+        drop(st);
+        control.changed.notify_all();
+    }
+    control.lock().closed_at = Some(Instant::now());
+    control.changed.notify_all();
+}

@@ -783,6 +783,66 @@ mod tests {
         }
     }
 
+    fn slot_strategy() -> impl proptest::strategy::Strategy<Value = SlotBlock> {
+        use proptest::prelude::*;
+        let state = prop_oneof![
+            Just(SlotState::Free),
+            Just(SlotState::Joining),
+            Just(SlotState::Joined),
+            Just(SlotState::Leaving),
+            Just(SlotState::SelfFenced),
+        ];
+        (
+            any::<[u8; 16]>(),
+            any::<u8>(),
+            state,
+            "[a-zA-Z0-9.\\-é]{0,21}",
+            any::<[u64; 5]>(),
+            any::<[u8; DEAD_BITMAP_LEN]>(),
+            any::<u8>(),
+        )
+            .prop_map(|(c, slot, state, name, n, dead, issuer)| SlotBlock {
+                cluster: ClusterId(c),
+                slot,
+                state,
+                node_name: NodeName::new(&name).unwrap(),
+                incarnation: n[0],
+                heartbeat_seq: n[1],
+                heartbeat_mono_ms: n[2],
+                marker: Marker {
+                    epoch: n[3],
+                    generation: n[4],
+                    dead: DeadSet(dead),
+                    issuer,
+                },
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn slot_encode_decode_round_trip(s in slot_strategy()) {
+            let mut b = [0u8; BLOCK_SIZE];
+            encode_slot(&s, &mut b);
+            proptest::prop_assert_eq!(decode_slot(&b, &s.cluster, s.slot), Ok(s));
+        }
+
+        #[test]
+        fn header_encode_decode_round_trip(c in proptest::prelude::any::<[u8; 16]>(), slots in 1u8..=255, t in proptest::prelude::any::<[u32; 4]>()) {
+            let h = Header::new(ClusterId(c), slots, Timeouts { poll_ms: t[0], io_deadline_ms: t[1], lease_ms: t[2], watchdog_ms: t[3] });
+            let mut b = [0u8; BLOCK_SIZE];
+            encode_header(&h, &mut b);
+            proptest::prop_assert_eq!(decode_header(&b), Ok(h));
+        }
+
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), BLOCK_SIZE)) {
+            let mut b = [0u8; BLOCK_SIZE];
+            b.copy_from_slice(&bytes);
+            let _ = decode_header(&b);
+            let _ = decode_slot(&b, &ClusterId::NIL, 0);
+        }
+    }
+
     #[test]
     fn timeouts_relations() {
         assert!(Timeouts::default().check().is_ok());

@@ -345,3 +345,21 @@ fn rounds_stay_within_deadline_with_a_tiny_deadline() {
     // Whatever answered or timed out, no round waited much past its deadline.
     assert!(worst < Duration::from_millis(20), "worst round {worst:?}");
 }
+
+#[test]
+fn header_with_timeouts_breaking_the_model_is_excluded() {
+    let dir = need_direct_io!();
+    let paths = formatted(dir.path(), 3, 4);
+    let mut h = Header::new(cluster(), 4, Timeouts::default());
+    h.timeouts.io_deadline_ms = u32::MAX; // would stretch every round to 49 days
+    let mut b = fenced::vdisk::AlignedBlock::ZERO;
+    fenced::vdisk::format::encode_header(&h, &mut b.0);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&paths[0])
+        .unwrap();
+    f.write_all_at(&b.0, 0).unwrap();
+    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    assert_eq!(disks.io_deadline(), Duration::from_millis(500));
+    assert_eq!(disks.poll_round().disk_statuses()[0], DiskStatus::Excluded);
+}

@@ -484,7 +484,13 @@ impl VotingDisks {
             if let BufState::Done { tag: t, res } = buf.state {
                 buf.state = BufState::Free;
                 if t == tag && usize::try_from(res).is_ok_and(|r| r == BLOCK_SIZE) {
-                    *out = decode_header(&buf.mem[0].0);
+                    // Timeouts that break the timing model (e.g. a huge I/O deadline) would
+                    // let a crafted disk stretch every round: such a header is not accepted.
+                    *out = decode_header(&buf.mem[0].0).and_then(|h| {
+                        h.timeouts.check().map(|()| h).map_err(|_| {
+                            BlockError::InvalidField("timeouts (break the timing model)")
+                        })
+                    });
                 } else {
                     *out = Err(BlockError::InvalidField(
                         "header read (I/O error or timeout)",

@@ -80,7 +80,7 @@ fn format(args: &FormatArgs) -> Exit {
         watchdog_ms: args.watchdog_ms,
     };
     if let Err(msg) = timeouts.check() {
-        eprintln!("fenced: error: invalid timeouts: {msg}");
+        complain!("invalid timeouts: {msg}");
         return Exit::Failure;
     }
     let header = Header::new(args.cluster, args.slots, timeouts);
@@ -90,12 +90,12 @@ fn format(args: &FormatArgs) -> Exit {
             match admin::read_disk(dev, None) {
                 Err(AdminError::NotFormatted { .. }) => {}
                 Err(e @ (AdminError::Open { .. } | AdminError::Read { .. })) => {
-                    eprintln!("fenced: error: {e}");
+                    complain!("{e}");
                     return Exit::Failure;
                 }
                 Ok(d) => {
-                    eprintln!(
-                        "fenced: error: {}: already a voting disk of cluster {} with {} slots; refusing to overwrite it without --force",
+                    complain!(
+                        "{}: already a voting disk of cluster {} with {} slots; refusing to overwrite it without --force",
                         dev.display(),
                         d.header.cluster,
                         d.header.slots
@@ -104,7 +104,7 @@ fn format(args: &FormatArgs) -> Exit {
                 }
                 Err(AdminError::TooSmall { .. }) => {} // reported by format_disk with the right size
                 Err(e) => {
-                    eprintln!("fenced: error: {e}; refusing to overwrite it without --force");
+                    complain!("{e}; refusing to overwrite it without --force");
                     return Exit::Refused;
                 }
             }
@@ -113,7 +113,7 @@ fn format(args: &FormatArgs) -> Exit {
     let mut status = Exit::Ok;
     for dev in &args.devices {
         match admin::format_disk(dev, &header, args.force) {
-            Ok(()) => println!(
+            Ok(()) => say!(
                 "{}: formatted: cluster {}, {} slots, format v{}",
                 dev.display(),
                 header.cluster,
@@ -121,11 +121,11 @@ fn format(args: &FormatArgs) -> Exit {
                 header.version
             ),
             Err(e @ AdminError::WouldOverwrite { .. }) => {
-                eprintln!("fenced: error: {e}");
+                complain!("{e}");
                 return Exit::Refused;
             }
             Err(e) => {
-                eprintln!("fenced: error: {e}");
+                complain!("{e}");
                 status = Exit::Failure;
             }
         }
@@ -262,16 +262,16 @@ fn dump(args: &DumpArgs) -> Exit {
             })),
             "authority_conflict": outcome.conflict,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         for r in &results {
             match r {
                 Ok(d) => print_disk_text(d),
-                Err(e) => eprintln!("fenced: error: {e}"),
+                Err(e) => complain!("{e}"),
             }
         }
         match outcome.authority {
-            Some(a) => println!(
+            Some(a) => say!(
                 "authority: {} (on {} of {} disks){}",
                 marker_text(&a.marker),
                 a.disks,
@@ -282,7 +282,7 @@ fn dump(args: &DumpArgs) -> Exit {
                     ""
                 }
             ),
-            None => println!(
+            None => say!(
                 "authority: none (no fence marker is on a majority of {} disks)",
                 results.len()
             ),
@@ -297,7 +297,7 @@ fn dump(args: &DumpArgs) -> Exit {
 
 fn print_disk_text(d: &DiskDump) {
     let h = &d.header;
-    println!(
+    say!(
         "{}: cluster {} format v{} slots {} block {} size {} | poll {} ms, io deadline {} ms, lease {} ms, watchdog {} ms",
         d.path.display(),
         h.cluster,
@@ -314,7 +314,7 @@ fn print_disk_text(d: &DiskDump) {
     for (i, s) in d.slots.iter().enumerate() {
         match s {
             Err(BlockError::NeverWritten) => never += 1,
-            Ok(b) => println!(
+            Ok(b) => say!(
                 "  slot {i:3}: ok  node {:?} {} incarnation {:#018x} seq {} mono {} ms marker {}",
                 b.node_name.as_str(),
                 b.state.as_str(),
@@ -323,8 +323,8 @@ fn print_disk_text(d: &DiskDump) {
                 b.heartbeat_mono_ms,
                 marker_text(&b.marker)
             ),
-            Err(e) => println!("  slot {i:3}: REJECTED ({}): {e}", verdict_name(e)),
+            Err(e) => say!("  slot {i:3}: REJECTED ({}): {e}", verdict_name(e)),
         }
     }
-    println!("  {never} slot(s) never written");
+    say!("  {never} slot(s) never written");
 }

@@ -1,0 +1,330 @@
+//! `fenced disk format|dump`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use fenced::vdisk::admin::{self, AdminError, DiskDump};
+use fenced::vdisk::{
+    compute_authority, BlockError, ClusterId, Header, Marker, Observation, SlotBlock, Timeouts,
+};
+
+use super::Exit;
+
+/// Voting-disk commands.
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Format voting disks: write the header and clear every slot.
+    Format(FormatArgs),
+    /// Print the header, every written slot with its CRC verdict, and the authority.
+    Dump(DumpArgs),
+}
+
+/// `fenced disk format`.
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    /// Cluster UUID (8-4-4-4-12 hex); every voting disk of a cluster carries the same one.
+    #[arg(long, value_name = "UUID")]
+    cluster: ClusterId,
+    /// Number of node slots (1-255); node slot numbers are 0..N-1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=255))]
+    slots: u8,
+    /// Overwrite disks that already hold a voting-disk header or other data.
+    #[arg(long)]
+    force: bool,
+    /// Poll period P in ms.
+    #[arg(long, default_value_t = Timeouts::default().poll_ms)]
+    poll_ms: u32,
+    /// I/O deadline D of a round in ms (D < P).
+    #[arg(long, default_value_t = Timeouts::default().io_deadline_ms)]
+    io_deadline_ms: u32,
+    /// Lease L in ms (L >= 2P + D).
+    #[arg(long, default_value_t = Timeouts::default().lease_ms)]
+    lease_ms: u32,
+    /// Watchdog timeout W in ms (W >= 2P).
+    #[arg(long, default_value_t = Timeouts::default().watchdog_ms)]
+    watchdog_ms: u32,
+    /// Voting disks (block devices or files).
+    #[arg(required = true, value_name = "DEV")]
+    devices: Vec<PathBuf>,
+}
+
+/// `fenced disk dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Expect this cluster; by default the cluster most disks carry.
+    #[arg(long, value_name = "UUID")]
+    cluster: Option<ClusterId>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Voting disks (block devices or files).
+    #[arg(required = true, value_name = "DEV")]
+    devices: Vec<PathBuf>,
+}
+
+/// Runs a voting-disk command.
+pub fn run(cmd: DiskCommand) -> Exit {
+    match cmd {
+        DiskCommand::Format(args) => format(&args),
+        DiskCommand::Dump(args) => dump(&args),
+    }
+}
+
+fn format(args: &FormatArgs) -> Exit {
+    let timeouts = Timeouts {
+        poll_ms: args.poll_ms,
+        io_deadline_ms: args.io_deadline_ms,
+        lease_ms: args.lease_ms,
+        watchdog_ms: args.watchdog_ms,
+    };
+    if let Err(msg) = timeouts.check() {
+        complain!("invalid timeouts: {msg}");
+        return Exit::Failure;
+    }
+    let header = Header::new(args.cluster, args.slots, timeouts);
+    // Check every disk before writing any, so a refusal leaves all of them untouched.
+    if !args.force {
+        for dev in &args.devices {
+            match admin::read_disk(dev, None) {
+                Err(AdminError::NotFormatted { .. }) => {}
+                Err(e @ (AdminError::Open { .. } | AdminError::Read { .. })) => {
+                    complain!("{e}");
+                    return Exit::Failure;
+                }
+                Ok(d) => {
+                    complain!(
+                        "{}: already a voting disk of cluster {} with {} slots; refusing to overwrite it without --force",
+                        dev.display(),
+                        d.header.cluster,
+                        d.header.slots
+                    );
+                    return Exit::Refused;
+                }
+                Err(AdminError::TooSmall { .. }) => {} // reported by format_disk with the right size
+                Err(e) => {
+                    complain!("{e}; refusing to overwrite it without --force");
+                    return Exit::Refused;
+                }
+            }
+        }
+    }
+    let mut status = Exit::Ok;
+    for dev in &args.devices {
+        match admin::format_disk(dev, &header, args.force) {
+            Ok(()) => say!(
+                "{}: formatted: cluster {}, {} slots, format v{}",
+                dev.display(),
+                header.cluster,
+                header.slots,
+                header.version
+            ),
+            Err(e @ AdminError::WouldOverwrite { .. }) => {
+                complain!("{e}");
+                return Exit::Refused;
+            }
+            Err(e) => {
+                complain!("{e}");
+                status = Exit::Failure;
+            }
+        }
+    }
+    status
+}
+
+fn marker_json(m: &Marker) -> Value {
+    json!({
+        "epoch": m.epoch,
+        "generation": m.generation,
+        "issuer": m.issuer,
+        "dead": m.dead.iter().collect::<Vec<_>>(),
+    })
+}
+
+fn marker_text(m: &Marker) -> String {
+    if !m.is_present() {
+        return "none".into();
+    }
+    format!(
+        "epoch {} generation {} issuer {} dead {:?}",
+        m.epoch,
+        m.generation,
+        m.issuer,
+        m.dead.iter().collect::<Vec<_>>()
+    )
+}
+
+fn slot_json(slot: usize, s: &Result<SlotBlock, BlockError>) -> Value {
+    match s {
+        Ok(b) => json!({
+            "slot": slot,
+            "verdict": "ok",
+            "node": b.node_name.as_str(),
+            "state": b.state.as_str(),
+            "incarnation": format!("{:#018x}", b.incarnation),
+            "heartbeat_seq": b.heartbeat_seq,
+            "heartbeat_mono_ms": b.heartbeat_mono_ms,
+            "marker": if b.marker.is_present() { marker_json(&b.marker) } else { Value::Null },
+        }),
+        Err(e) => json!({ "slot": slot, "verdict": verdict_name(e), "error": e.to_string() }),
+    }
+}
+
+fn verdict_name(e: &BlockError) -> &'static str {
+    match e {
+        BlockError::NeverWritten => "never-written",
+        BlockError::BadMagic => "bad-magic",
+        BlockError::NewerVersion { .. } => "newer-version",
+        BlockError::InvalidVersion => "invalid-version",
+        BlockError::BadCrc { .. } => "bad-crc",
+        BlockError::Torn => "torn",
+        BlockError::ForeignCluster { .. } => "foreign-cluster",
+        BlockError::WrongSlot { .. } => "wrong-slot",
+        BlockError::InvalidField(_) => "invalid-field",
+    }
+}
+
+fn dump(args: &DumpArgs) -> Exit {
+    let mut results: Vec<Result<DiskDump, AdminError>> = args
+        .devices
+        .iter()
+        .map(|d| admin::read_disk(d, args.cluster))
+        .collect();
+    // Without --cluster, the reference is the cluster most readable disks carry.
+    let reference = args.cluster.or_else(|| {
+        let clusters: Vec<ClusterId> = results.iter().flatten().map(|d| d.header.cluster).collect();
+        clusters
+            .iter()
+            .max_by_key(|c| clusters.iter().filter(|x| x == c).count())
+            .copied()
+    });
+    if let Some(reference) = reference {
+        for r in &mut results {
+            if let Ok(d) = r {
+                if d.header.cluster != reference {
+                    *r = Err(AdminError::ForeignCluster {
+                        path: d.path.clone(),
+                        found: d.header.cluster,
+                        expected: reference,
+                    });
+                }
+            }
+        }
+    }
+    let mut observations = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        if let Ok(d) = r {
+            for b in d.slots.iter().flatten() {
+                observations.push(Observation {
+                    disk: u8::try_from(i).unwrap_or(u8::MAX),
+                    marker: b.marker,
+                });
+            }
+        }
+    }
+    let outcome = compute_authority(results.len(), &mut observations);
+    let failed = results.iter().any(Result::is_err);
+
+    if args.json {
+        let disks: Vec<Value> = results
+            .iter()
+            .zip(&args.devices)
+            .map(|(r, path)| match r {
+                Ok(d) => json!({
+                    "path": path,
+                    "ok": true,
+                    "size": d.size,
+                    "header": {
+                        "version": d.header.version,
+                        "cluster": d.header.cluster.to_string(),
+                        "slots": d.header.slots,
+                        "block_size": d.header.block_size,
+                        "poll_ms": d.header.timeouts.poll_ms,
+                        "io_deadline_ms": d.header.timeouts.io_deadline_ms,
+                        "lease_ms": d.header.timeouts.lease_ms,
+                        "watchdog_ms": d.header.timeouts.watchdog_ms,
+                    },
+                    "never_written_slots": d.slots.iter().filter(|s| **s == Err(BlockError::NeverWritten)).count(),
+                    "slots": d.slots.iter().enumerate()
+                        .filter(|(_, s)| **s != Err(BlockError::NeverWritten))
+                        .map(|(i, s)| slot_json(i, s)).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({ "path": path, "ok": false, "error": e.to_string() }),
+            })
+            .collect();
+        let out = json!({
+            "disks": disks,
+            "authority": outcome.authority.map(|a| json!({
+                "marker": marker_json(&a.marker),
+                "disks": a.disks,
+                "of": results.len(),
+            })),
+            "authority_conflict": outcome.conflict,
+        });
+        say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        for r in &results {
+            match r {
+                Ok(d) => print_disk_text(d),
+                Err(e) => complain!("{e}"),
+            }
+        }
+        match outcome.authority {
+            Some(a) => say!(
+                "authority: {} (on {} of {} disks){}",
+                marker_text(&a.marker),
+                a.disks,
+                results.len(),
+                if outcome.conflict {
+                    " CONFLICT: another marker with the same epoch/generation is also on a majority"
+                } else {
+                    ""
+                }
+            ),
+            None => say!(
+                "authority: none (no fence marker is on a majority of {} disks)",
+                results.len()
+            ),
+        }
+    }
+    if failed {
+        Exit::Failure
+    } else {
+        Exit::Ok
+    }
+}
+
+fn print_disk_text(d: &DiskDump) {
+    let h = &d.header;
+    say!(
+        "{}: cluster {} format v{} slots {} block {} size {} | poll {} ms, io deadline {} ms, lease {} ms, watchdog {} ms",
+        d.path.display(),
+        h.cluster,
+        h.version,
+        h.slots,
+        h.block_size,
+        d.size,
+        h.timeouts.poll_ms,
+        h.timeouts.io_deadline_ms,
+        h.timeouts.lease_ms,
+        h.timeouts.watchdog_ms
+    );
+    let mut never = 0;
+    for (i, s) in d.slots.iter().enumerate() {
+        match s {
+            Err(BlockError::NeverWritten) => never += 1,
+            Ok(b) => say!(
+                "  slot {i:3}: ok  node {:?} {} incarnation {:#018x} seq {} mono {} ms marker {}",
+                b.node_name.as_str(),
+                b.state.as_str(),
+                b.incarnation,
+                b.heartbeat_seq,
+                b.heartbeat_mono_ms,
+                marker_text(&b.marker)
+            ),
+            Err(e) => say!("  slot {i:3}: REJECTED ({}): {e}", verdict_name(e)),
+        }
+    }
+    say!("  {never} slot(s) never written");
+}

@@ -1,0 +1,37 @@
+//! One module per subcommand group.
+
+/// `println!` that never panics: a closed stdout (`fenced disk dump | head`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics, prefixed with `fenced: error: `.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), "fenced: error: ");
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+pub mod disk;
+
+/// Documented exit codes of the `fenced` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// The command failed (I/O error, bad disk contents).
+    Failure = 1,
+    /// The command would destroy data and `--force` was not given.
+    Refused = 3,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}

@@ -21,6 +21,24 @@ use crate::{sys, Error};
 /// The daemon's loop takes `&dyn WatchdogDevice` (or a generic `D: WatchdogDevice`), so its
 /// "feed only while healthy" logic is unit-tested with [`FakeWatchdog`] and proven against the
 /// real [`Watchdog`] in a VM.
+///
+/// ```
+/// use watchdog::{Errno, FakeWatchdog, WatchdogDevice};
+///
+/// /// One round of a daemon loop: feed only while healthy.
+/// fn tick(dev: &dyn WatchdogDevice, healthy: bool) -> Result<(), Errno> {
+///     if healthy {
+///         dev.feed()
+///     } else {
+///         Ok(())
+///     }
+/// }
+///
+/// let fake = FakeWatchdog::new(5, None);
+/// tick(&fake, true).unwrap();
+/// tick(&fake, false).unwrap();
+/// assert_eq!(fake.feeds(), 1);
+/// ```
 pub trait WatchdogDevice {
     /// Restarts the countdown. Must be cheap and must not allocate or log: it is called from the
     /// daemon's real-time loop.
@@ -407,7 +425,7 @@ impl WatchdogDevice for Watchdog {
     fn time_left(&self) -> Result<u32, Error> {
         match sys::get_timeleft(self.file.as_fd()) {
             Ok(v) => Ok(from_c_int(v)),
-            Err(Errno::EOPNOTSUPP | Errno::ENOTTY | Errno::EINVAL) => Err(Error::NotSupported {
+            Err(Errno::EOPNOTSUPP | Errno::ENOTTY) => Err(Error::NotSupported {
                 device: self.device.clone(),
                 what: "WDIOC_GETTIMELEFT",
             }),
@@ -607,6 +625,118 @@ mod tests {
             ..raw
         });
         assert_eq!(s.identity.len(), 32);
+    }
+
+    /// A handle over a plain file standing in for the device node, as `arm` would build it.
+    fn handle_over_file(
+        sys: &FakeSystem,
+        options: WatchdogFlags,
+        nowayout: bool,
+    ) -> (Watchdog, PathBuf) {
+        sys.add_i6300esb(1);
+        let node = sys.roots.dev.join("watchdog1");
+        let file = OpenOptions::new().write(true).open(&node).unwrap();
+        let wd = Watchdog {
+            file,
+            device: node.clone(),
+            sysfs_path: sys.roots.class_dir().join("watchdog1"),
+            support: Support {
+                options,
+                firmware_version: 0,
+                identity: "i6300ESB timer".into(),
+            },
+            timeout: 5,
+            pretimeout: None,
+            nowayout,
+            bootstatus: None,
+        };
+        (wd, node)
+    }
+
+    const USUAL: WatchdogFlags = WatchdogFlags::SETTIMEOUT
+        .union(WatchdogFlags::MAGICCLOSE)
+        .union(WatchdogFlags::KEEPALIVEPING);
+
+    #[test]
+    fn dropping_a_watchdog_never_writes_the_magic_character() {
+        let sys = FakeSystem::new();
+        let (wd, node) = handle_over_file(&sys, USUAL, false);
+        drop(wd);
+        assert_eq!(fs::read(node).unwrap(), b"");
+    }
+
+    #[test]
+    fn disarm_writes_the_magic_character_when_allowed() {
+        let sys = FakeSystem::new();
+        let (wd, node) = handle_over_file(&sys, USUAL, false);
+        assert!(wd.can_disarm().is_ok());
+        wd.disarm().unwrap();
+        assert_eq!(fs::read(node).unwrap(), b"V");
+    }
+
+    #[test]
+    fn disarm_is_refused_under_nowayout_and_hands_the_armed_watchdog_back() {
+        let sys = FakeSystem::new();
+        let (wd, node) = handle_over_file(&sys, USUAL, true);
+        let refused = wd.disarm().unwrap_err();
+        assert!(matches!(refused.error, Error::Nowayout { .. }), "{refused}");
+        assert!(refused.to_string().contains("keep feeding it"));
+        assert_eq!(refused.watchdog.timeout(), 5);
+        drop(refused);
+        assert_eq!(fs::read(node).unwrap(), b"");
+    }
+
+    #[test]
+    fn disarm_is_refused_when_nowayout_was_set_in_sysfs_by_someone_else() {
+        let sys = FakeSystem::new();
+        let (wd, node) = handle_over_file(&sys, USUAL, false);
+        fs::write(sys.roots.class_dir().join("watchdog1/nowayout"), "1\n").unwrap();
+        assert!(matches!(
+            wd.disarm().unwrap_err().error,
+            Error::Nowayout { .. }
+        ));
+        assert_eq!(fs::read(node).unwrap(), b"");
+    }
+
+    #[test]
+    fn disarm_is_refused_without_magic_close() {
+        let sys = FakeSystem::new();
+        let no_magic = WatchdogFlags::SETTIMEOUT | WatchdogFlags::KEEPALIVEPING;
+        let (wd, node) = handle_over_file(&sys, no_magic, true);
+        assert!(matches!(
+            wd.disarm().unwrap_err().error,
+            Error::CannotDisarm { .. }
+        ));
+        assert_eq!(fs::read(node).unwrap(), b"");
+    }
+
+    #[test]
+    fn feed_is_one_ioctl_and_allocates_nothing_even_when_it_fails() {
+        let sys = FakeSystem::new();
+        let (wd, _node) = handle_over_file(&sys, USUAL, false);
+        let before = crate::sys::alloc_count::on_this_thread();
+        for _ in 0..1000 {
+            // A regular file answers ENOTTY: the ioctl was issued and its errno came back.
+            assert_eq!(wd.feed(), Err(Errno::ENOTTY));
+        }
+        assert_eq!(crate::sys::alloc_count::on_this_thread(), before);
+    }
+
+    #[test]
+    fn time_left_on_a_driver_without_it_is_the_not_supported_variant() {
+        let sys = FakeSystem::new();
+        let (wd, _node) = handle_over_file(&sys, USUAL, false);
+        let err = wd.time_left().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotSupported {
+                    what: "WDIOC_GETTIMELEFT",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -92,13 +92,18 @@ pub fn choose(found: &[WatchdogInfo], policy: &Policy) -> Result<Decision, Error
         if !w.holders.is_empty() {
             return Err(busy(w));
         }
-        let mut reason = "configured explicitly".to_owned();
-        if w.kind != Kind::Hardware {
-            reason.push_str(&format!(
-                "; warning: {} watchdog, it does not fire if the whole kernel freezes",
-                w.kind
-            ));
+        let reason = match w.kind {
+            Kind::Hardware => "configured explicitly",
+            Kind::Software => {
+                "configured explicitly; warning: software watchdog, it does not fire if the \
+                 whole kernel freezes"
+            }
+            Kind::Unknown => {
+                "configured explicitly; warning: kind unknown, it may not fire if the whole \
+                 kernel freezes"
+            }
         }
+        .to_owned();
         return Ok(Decision::Use(Box::new(Choice {
             device: w.clone(),
             reason,

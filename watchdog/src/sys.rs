@@ -1,4 +1,5 @@
-//! The crate's only `unsafe`: the watchdog ioctls of `linux/watchdog.h`.
+//! The crate's only `unsafe`: the watchdog ioctls of `linux/watchdog.h` (and, in tests, an
+//! allocation-counting allocator).
 //!
 //! Every request number is computed with nix's `_IOR`/`_IOWR` equivalents and pinned against the
 //! C header's value by a unit test, then bound to a function with nix's `*_bad` ioctl macros so
@@ -176,6 +177,41 @@ pub(crate) fn get_pretimeout(fd: BorrowedFd<'_>) -> Result<c_int, Errno> {
 /// WDIOC_GETTIMELEFT (EOPNOTSUPP when the driver has no `get_timeleft`).
 pub(crate) fn get_timeleft(fd: BorrowedFd<'_>) -> Result<c_int, Errno> {
     get_int(fd, raw::gettimeleft)
+}
+
+/// Counts allocations per thread, so tests can prove a path does not allocate.
+#[cfg(test)]
+pub(crate) mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the thread-local
+    // counter is const-initialised and has no destructor, so touching it never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as our caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as our caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Allocations made by this thread so far.
+    pub(crate) fn on_this_thread() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
 }
 
 #[cfg(test)]

@@ -132,6 +132,40 @@ fn from_c_int(v: c_int) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+/// Maps a failed open(2) of `info`'s node to the operator-facing error; EBUSY scans
+/// `roots.proc` for the holders.
+fn open_error(e: &std::io::Error, info: &WatchdogInfo, roots: &Roots) -> Error {
+    let device = info.device_node.clone();
+    match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
+        Errno::EBUSY => Error::Busy {
+            device,
+            holders: find_holders(&roots.proc, &info.node_paths()).holders,
+        },
+        Errno::EACCES | Errno::EPERM => Error::PermissionDenied { device },
+        source => Error::Open { device, source },
+    }
+}
+
+/// Refuses devices that cannot fence safely, from their WDIOC_GETSUPPORT options.
+/// `nowayout` is whether nowayout is or will be set.
+fn check_support(device: &Path, options: WatchdogFlags, nowayout: bool) -> Result<(), Error> {
+    let device = device.to_owned();
+    if options.contains(WatchdogFlags::ALARMONLY) {
+        return Err(Error::AlarmOnly { device });
+    }
+    if !options.contains(WatchdogFlags::KEEPALIVEPING) {
+        return Err(Error::NotSupported {
+            device,
+            what: "WDIOC_KEEPALIVE (no WDIOF_KEEPALIVEPING)",
+        });
+    }
+    // Without magic close the driver stops on every close, a daemon crash included.
+    if !(options.contains(WatchdogFlags::MAGICCLOSE) || nowayout) {
+        return Err(Error::NoMagicClose { device });
+    }
+    Ok(())
+}
+
 impl Watchdog {
     /// Arms `info`'s device: opens it (which starts it), checks WDIOC_GETSUPPORT, sets the
     /// timeout (and pretimeout when asked and supported), feeds it once, reads the boot status
@@ -178,19 +212,7 @@ impl Watchdog {
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(&device)
-            .map_err(|e| match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
-                Errno::EBUSY => Error::Busy {
-                    device: device.clone(),
-                    holders: find_holders(&roots.proc, &info.node_paths()).holders,
-                },
-                Errno::EACCES | Errno::EPERM => Error::PermissionDenied {
-                    device: device.clone(),
-                },
-                source => Error::Open {
-                    device: device.clone(),
-                    source,
-                },
-            })?;
+            .map_err(|e| open_error(&e, info, roots))?;
         // From here on the watchdog is running.
         let mut wd = Watchdog {
             file,
@@ -235,22 +257,7 @@ impl Watchdog {
             .map_err(self.ioctl_err("WDIOC_GETSUPPORT"))?
             .into();
         let options = self.support.options;
-        if options.contains(WatchdogFlags::ALARMONLY) {
-            return Err(Error::AlarmOnly {
-                device: self.device.clone(),
-            });
-        }
-        if !options.contains(WatchdogFlags::KEEPALIVEPING) {
-            return Err(Error::NotSupported {
-                device: self.device.clone(),
-                what: "WDIOC_KEEPALIVE (no WDIOF_KEEPALIVEPING)",
-            });
-        }
-        if !(options.contains(WatchdogFlags::MAGICCLOSE) || opts.nowayout || self.nowayout) {
-            return Err(Error::NoMagicClose {
-                device: self.device.clone(),
-            });
-        }
+        check_support(&self.device, options, opts.nowayout || self.nowayout)?;
 
         self.timeout = if options.contains(WatchdogFlags::SETTIMEOUT) {
             match sys::set_timeout(fd, timeout_arg) {
@@ -737,6 +744,59 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ebusy_on_open_is_busy_with_the_holders_pid_and_comm() {
+        let sys = FakeSystem::new();
+        sys.add_i6300esb(1);
+        sys.hold(2024, "sbd", 1);
+        let w = &discover(&sys.roots).unwrap()[0];
+        let err = open_error(
+            &std::io::Error::from_raw_os_error(libc::EBUSY),
+            w,
+            &sys.roots,
+        );
+        assert!(matches!(err, Error::Busy { .. }));
+        assert!(err.to_string().contains("pid 2024 (sbd)"), "{err}");
+    }
+
+    #[test]
+    fn eacces_on_open_is_permission_denied_with_a_hint() {
+        let sys = FakeSystem::new();
+        sys.add_i6300esb(1);
+        let w = &discover(&sys.roots).unwrap()[0];
+        let err = open_error(
+            &std::io::Error::from_raw_os_error(libc::EACCES),
+            w,
+            &sys.roots,
+        );
+        assert!(matches!(err, Error::PermissionDenied { .. }));
+        assert!(err.to_string().contains("udev rule"), "{err}");
+    }
+
+    #[test]
+    fn a_driver_without_magic_close_is_refused_unless_nowayout() {
+        let dev = Path::new("/dev/watchdog3");
+        let no_magic = WatchdogFlags::SETTIMEOUT | WatchdogFlags::KEEPALIVEPING;
+        let err = check_support(dev, no_magic, false).unwrap_err();
+        assert!(matches!(err, Error::NoMagicClose { .. }));
+        assert!(err.to_string().contains("nowayout"), "{err}");
+        check_support(dev, no_magic, true).unwrap();
+        check_support(dev, USUAL, false).unwrap();
+    }
+
+    #[test]
+    fn alarm_only_and_unfeedable_devices_are_refused() {
+        let dev = Path::new("/dev/watchdog3");
+        assert!(matches!(
+            check_support(dev, USUAL | WatchdogFlags::ALARMONLY, true),
+            Err(Error::AlarmOnly { .. })
+        ));
+        assert!(matches!(
+            check_support(dev, WatchdogFlags::MAGICCLOSE, true),
+            Err(Error::NotSupported { .. })
+        ));
     }
 
     #[test]

@@ -201,12 +201,11 @@ impl Watchdog {
         if opts.nowayout && !nowayout_before && !info.nowayout_writable {
             return Err(Error::NowayoutUnavailable { device });
         }
-        let was_active = matches!(
-            fs::read_to_string(info.sysfs_path.join("state"))
-                .as_deref()
-                .map(str::trim),
-            Ok("active")
-        ) || info.state == Some(State::Active);
+        // Read fresh: `info` may be stale. Only when sysfs cannot tell, trust `info`.
+        let was_active = match fs::read_to_string(info.sysfs_path.join("state")) {
+            Ok(state) => state.trim() == "active",
+            Err(_) => info.state == Some(State::Active),
+        };
 
         let file = OpenOptions::new()
             .write(true)

@@ -374,7 +374,7 @@ impl VotingDisks {
                 continue;
             }
             let count = headers.iter().filter(|x| x.as_ref() == Ok(h)).count();
-            if best.map_or(true, |(_, c)| count > c) {
+            if best.is_none_or(|(_, c)| count > c) {
                 best = Some((*h, count));
             }
         }

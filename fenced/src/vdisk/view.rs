@@ -110,7 +110,7 @@ impl QuorumView {
             let mut best: Option<super::format::SlotBlock> = None;
             for disk in 0..disks {
                 if let Some(Ok(b)) = round.slot(disk, slot) {
-                    if best.map_or(true, |x| b.heartbeat_seq > x.heartbeat_seq) {
+                    if best.is_none_or(|x| b.heartbeat_seq > x.heartbeat_seq) {
                         best = Some(*b);
                     }
                 }

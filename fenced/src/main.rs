@@ -28,6 +28,9 @@ enum Group {
     /// Voting disks: format and inspect.
     #[command(subcommand)]
     Disk(commands::disk::DiskCommand),
+    /// Watchdogs: list them and the policy's choice; test that one resets this node.
+    #[command(subcommand)]
+    Watchdog(commands::watchdog::WatchdogCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         .init();
     let status = match cli.group {
         Group::Disk(cmd) => commands::disk::run(cmd),
+        Group::Watchdog(cmd) => commands::watchdog::run(cmd),
     };
     status.into()
 }

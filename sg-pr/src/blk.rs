@@ -229,6 +229,13 @@ pub(crate) fn reservation_from_block(
 
 fn map_errno(device: &str, op: &'static str, e: io::Error) -> Error {
     match e.raw_os_error() {
+        // Kernels before 6.19 pass unknown ioctls to the driver, and some drivers (loop)
+        // answer EINVAL rather than ENOTTY. We never send num_keys above PR_KEYS_MAX, so
+        // EINVAL on a read means "unknown ioctl".
+        Some(libc::EINVAL) if op.starts_with("IOC_PR_READ") => Error::NotSupported {
+            device: device.to_string(),
+            op,
+        },
         Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) => Error::NotSupported {
             device: device.to_string(),
             op,
@@ -319,6 +326,23 @@ mod tests {
         assert_eq!(res.type_code, 5);
         assert_eq!(res.key, ReservationKey(0xabc));
         assert!(reservation_from_block(0, 5, 0).reservation.is_none());
+    }
+
+    #[test]
+    fn read_ioctl_answered_einval_by_an_old_kernel_driver_is_not_supported() {
+        // Linux 6.18 with the loop driver answers EINVAL to IOC_PR_READ_KEYS.
+        let e = map_errno(
+            "/dev/loop0",
+            "IOC_PR_READ_KEYS",
+            io::Error::from_raw_os_error(libc::EINVAL),
+        );
+        assert!(matches!(e, Error::NotSupported { .. }));
+        let e = map_errno(
+            "/dev/loop0",
+            "IOC_PR_RESERVE",
+            io::Error::from_raw_os_error(libc::EINVAL),
+        );
+        assert!(matches!(e, Error::Io { .. }));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `sg-pr`: persistent reservations from the command line.
+//! `sg-pr`: SCSI-3 persistent reservations from the command line. See `sg-pr --help`.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+    cli::main()
 }

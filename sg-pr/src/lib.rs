@@ -45,3 +45,50 @@ pub use transport::{
     DRIVER_TIMEOUT,
 };
 pub use types::{PrType, ReservationKey};
+
+#[cfg(test)]
+mod robustness {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Every parser of device data accepts any bytes without panicking.
+        #[test]
+        fn parsers_never_panic_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = crate::Sense::parse(&data).map(|s| s.to_string());
+            let _ = crate::RegisteredKeys::parse(&data);
+            let _ = crate::ReservationStatus::parse(&data);
+            let _ = crate::Capabilities::parse(&data);
+            let _ = crate::FullStatus::parse(&data);
+            let _ = crate::TransportId::parse(&data);
+            let _ = crate::StandardInquiry::parse(&data);
+            let _ = crate::inquiry::parse_supported_vpd_pages(&data);
+            let _ = crate::inquiry::parse_unit_serial_number(&data);
+            let _ = crate::DeviceIdentification::parse(&data).map(|d| d.lun_id());
+        }
+
+        /// Structured PR IN replies: a header with any ADDITIONAL LENGTH and any body.
+        #[test]
+        fn pr_in_parsers_survive_any_additional_length(gen in any::<u32>(), len in any::<u32>(),
+                                                      body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut data = gen.to_be_bytes().to_vec();
+            data.extend_from_slice(&len.to_be_bytes());
+            data.extend_from_slice(&body);
+            if let Ok(k) = crate::RegisteredKeys::parse(&data) {
+                prop_assert!(k.keys.len() * 8 <= body.len());
+            }
+            let _ = crate::ReservationStatus::parse(&data);
+            let _ = crate::FullStatus::parse(&data);
+        }
+
+        /// Sense data with a valid response code and random rest.
+        #[test]
+        fn sense_with_valid_response_code_always_decodes(code in prop::sample::select(vec![0x70u8, 0x71, 0x72, 0x73, 0xf0, 0xf2]),
+                                                         rest in proptest::collection::vec(any::<u8>(), 2..260)) {
+            let mut data = vec![code];
+            data.extend_from_slice(&rest);
+            prop_assert!(crate::Sense::parse(&data).is_ok());
+        }
+    }
+}

@@ -78,6 +78,7 @@ impl BlockPrDevice {
             Ok(PR_STS_RESERVATION_CONFLICT) => Err(Error::ReservationConflict {
                 device: self.name.clone(),
                 command: op,
+                after_ambiguous_retry: false,
             }),
             Ok(status) => Err(Error::BlockPrStatus {
                 device: self.name.clone(),

@@ -186,8 +186,8 @@ pub fn pr_out(action: PrOutAction, pr_type: Option<PrType>) -> [u8; 10] {
     ]
 }
 
-/// The 24-byte PR OUT parameter list: reservation key [0..8], service action
-/// reservation key [8..16], flags at [20].
+/// The 24-byte PR OUT parameter list: reservation key at bytes 0..8, service action
+/// reservation key at 8..16, flags at byte 20.
 pub fn pr_out_params(
     key: ReservationKey,
     service_action_key: ReservationKey,

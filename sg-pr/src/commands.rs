@@ -162,6 +162,9 @@ impl<T: ScsiTransport> PrDevice<T> {
             p.busy_retries,
         );
         let mut backoff = p.initial_backoff;
+        // Set once a retry follows a transport error after which the target may have
+        // carried out the command anyway (the reply, not the command, was lost).
+        let mut ambiguous = false;
         let device = || self.transport.name().to_string();
         let wait = |backoff: &mut Duration| {
             std::thread::sleep(*backoff);
@@ -181,6 +184,15 @@ impl<T: ScsiTransport> PrDevice<T> {
                 .transport
                 .execute(cdb, data, self.timeout)
                 .map_err(|e| match e {
+                    Error::Io { device, source, .. }
+                        if source.raw_os_error() == Some(libc::ETIMEDOUT) =>
+                    {
+                        Error::Timeout {
+                            device,
+                            command,
+                            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+                        }
+                    }
                     // Name the SCSI command rather than the ioctl.
                     Error::Io { device, source, .. } => Error::Io {
                         device,
@@ -199,6 +211,7 @@ impl<T: ScsiTransport> PrDevice<T> {
             if out.host_status != HostStatus::OK {
                 if out.host_status.is_transient() && busy_left > 0 {
                     busy_left -= 1;
+                    ambiguous = true;
                     tracing::debug!(device = %device(), command, host = %out.host_status, "transient host status, retrying");
                     wait(&mut backoff);
                     continue;
@@ -218,6 +231,7 @@ impl<T: ScsiTransport> PrDevice<T> {
                     return Err(Error::ReservationConflict {
                         device: device(),
                         command,
+                        after_ambiguous_retry: ambiguous,
                     });
                 }
                 ScsiStatus::BUSY | ScsiStatus::TASK_SET_FULL => {

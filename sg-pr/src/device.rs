@@ -56,6 +56,17 @@ pub fn partition_parent(sysfs_root: &Path, major: u32, minor: u32) -> Option<Str
     })
 }
 
+/// True when the block device `major:minor` is a device-mapper map (dm-multipath, LVM...):
+/// `/sys/dev/block/MAJ:MIN/dm` exists.
+///
+/// dm passes SG_IO through to one underlying path only, so reservations on a dm device go
+/// through the block-layer ioctls, which dm-multipath applies to every path.
+pub fn is_device_mapper(sysfs_root: &Path, major: u32, minor: u32) -> bool {
+    sysfs_root
+        .join(format!("dev/block/{major}:{minor}/dm"))
+        .is_dir()
+}
+
 /// Checks that `path` names a device node usable for reservations and opens it read-write.
 ///
 /// Errors name the path and say what to do: nonexistent path, permission, not a device node,
@@ -232,6 +243,15 @@ mod tests {
         );
         assert_eq!(partition_parent(root.path(), 8, 0), None);
         assert_eq!(partition_parent(root.path(), 8, 2), None);
+    }
+
+    #[test]
+    fn device_mapper_is_detected_from_sysfs() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("dev/block/253:0/dm")).unwrap();
+        std::fs::create_dir_all(root.path().join("dev/block/8:0")).unwrap();
+        assert!(is_device_mapper(root.path(), 253, 0));
+        assert!(!is_device_mapper(root.path(), 8, 0));
     }
 
     #[test]

@@ -97,12 +97,17 @@ pub enum Error {
     },
 
     /// The target answered RESERVATION CONFLICT (status 0x18). Never retried.
-    #[error("{device}: {command} got RESERVATION CONFLICT; this initiator is not registered or its key was preempted (if this was your own PREEMPT, you lost the race: your key is gone)")]
+    #[error("{device}: {command} got RESERVATION CONFLICT; this initiator is not registered or its key was preempted (if this was your own PREEMPT, you lost the race: your key is gone){}",
+        if *after_ambiguous_retry { "; an earlier attempt was cut off by a transport error and may have been carried out, so check with READ KEYS" } else { "" })]
     ReservationConflict {
         /// Device name.
         device: String,
         /// The command.
         command: &'static str,
+        /// The command had been retried after a transport error (host status) that may have
+        /// hidden its completion: a REGISTER or PREEMPT that already took effect answers
+        /// RESERVATION CONFLICT when sent again. Confirm with READ KEYS before concluding.
+        after_ambiguous_retry: bool,
     },
 
     /// CHECK CONDITION that the retry policy does not resolve.

@@ -10,8 +10,41 @@
 //! - [`apply_parallel`] / [`apply_to_all`] run one operation on many devices with a deadline.
 //!
 //! All `unsafe` code is in the private `sys` module.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sg_pr::{apply_to_all, PrDevice, PrOperation, PrType, RegisterOptions, ReservationKey};
+//!
+//! # fn main() -> sg_pr::Result<()> {
+//! let me = ReservationKey::parse_nonzero("0x1a")?;
+//! let lun = PrDevice::open("/dev/sdb")?.with_timeout(Duration::from_secs(10));
+//! let options = RegisterOptions { ignore_existing: true, ..Default::default() };
+//! lun.register(ReservationKey::ZERO, me, options)?;
+//! lun.reserve(me, PrType::WriteExclusiveRegistrantsOnly)?;
+//! let keys = lun.read_keys()?;
+//! assert!(keys.value.contains(me));
+//!
+//! // Fence node 0x2b on every LUN at once; every result arrives by the deadline.
+//! let luns = vec![PrDevice::open("/dev/sdb")?, PrDevice::open("/dev/sdc")?];
+//! let fence = PrOperation::Preempt {
+//!     own: me,
+//!     victim: ReservationKey(0x2b),
+//!     pr_type: PrType::WriteExclusiveRegistrantsOnly,
+//!     abort: true,
+//! };
+//! for r in apply_to_all(luns, fence, 8, Duration::from_secs(20)) {
+//!     match r.result {
+//!         Ok(report) if report.preempt_abort_fallback => println!("{}: preempted (no abort)", r.device),
+//!         Ok(_) => println!("{}: preempted", r.device),
+//!         Err(e) => eprintln!("{e}"),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
+mod any;
 pub mod blk;
 pub mod cdb;
 mod commands;
@@ -26,12 +59,13 @@ mod sys;
 mod transport;
 mod types;
 
+pub use any::{AnyDevice, Backend};
 pub use blk::BlockPrDevice;
 pub use commands::{
     Completed, PersistentReservations, PrDevice, PrOperation, RegisterOptions, Report, RetryPolicy,
     DEFAULT_TIMEOUT,
 };
-pub use device::{open_device_node, partition_parent, NodeKind, SgDevice};
+pub use device::{is_device_mapper, open_device_node, partition_parent, NodeKind, SgDevice};
 pub use error::{Error, ParseError, Result};
 pub use inquiry::{DeviceIdentification, StandardInquiry};
 pub use parallel::{apply_parallel, apply_to_all, summarize, BatchSummary, DeviceResult};

@@ -218,7 +218,13 @@ pub(crate) fn sg_io(
     // call and is at least as long as the length stored beside it (cmd_len, dxfer_len,
     // mx_sb_len). SG_IO blocks until the command completes or times out, and the kernel does
     // not keep the pointers afterwards. For TO_DEV the kernel only reads the data buffer.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SG_IO as libc::c_ulong, &mut hdr) };
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            SG_IO as libc::Ioctl,
+            std::ptr::from_mut(&mut hdr),
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -241,8 +247,8 @@ pub(crate) fn sg_version(fd: BorrowedFd<'_>) -> io::Result<i32> {
     let rc = unsafe {
         libc::ioctl(
             fd.as_raw_fd(),
-            SG_GET_VERSION_NUM as libc::c_ulong,
-            &mut version,
+            SG_GET_VERSION_NUM as libc::Ioctl,
+            std::ptr::from_mut(&mut version),
         )
     };
     if rc < 0 {
@@ -265,7 +271,7 @@ unsafe fn pr_ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: &mut T) -> io::Resu
     let rc = unsafe {
         libc::ioctl(
             fd.as_raw_fd(),
-            request as libc::c_ulong,
+            request as libc::Ioctl,
             std::ptr::from_mut(arg),
         )
     };

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sg_pr::{
-    BlockPrDevice, Completed, Error, PersistentReservations, PrDevice, PrOperation, PrType,
-    RegisteredKeys, Report, ReservationKey, ReservationStatus, SgDevice,
-};
+use sg_pr::{AnyDevice, Error, PrDevice, PrType, Report, ReservationKey, SgDevice};
 
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
@@ -79,7 +76,8 @@ pub struct Cli {
 /// Device access method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// SG_IO if the device accepts SCSI commands, else block-layer ioctls.
+    /// Block-layer ioctls for device-mapper maps (dm-multipath registers every path) and
+    /// devices that refuse SCSI ioctls (NVMe); SG_IO otherwise.
     Auto,
     /// SG_IO only (/dev/sdX, /dev/sgN).
     Sg,
@@ -255,41 +253,6 @@ pub fn worst_exit_code(codes: impl IntoIterator<Item = u8>) -> u8 {
     worst
 }
 
-/// A device opened with whichever backend applies.
-pub enum AnyDevice {
-    /// SG_IO.
-    Sg(PrDevice<SgDevice>),
-    /// Block-layer ioctls.
-    Block(BlockPrDevice),
-}
-
-impl PersistentReservations for AnyDevice {
-    fn device_name(&self) -> &str {
-        match self {
-            AnyDevice::Sg(d) => d.name(),
-            AnyDevice::Block(d) => d.device_name(),
-        }
-    }
-    fn apply(&self, op: PrOperation) -> sg_pr::Result<Report> {
-        match self {
-            AnyDevice::Sg(d) => d.apply(op),
-            AnyDevice::Block(d) => d.apply(op),
-        }
-    }
-    fn keys(&self) -> sg_pr::Result<Completed<RegisteredKeys>> {
-        match self {
-            AnyDevice::Sg(d) => d.keys(),
-            AnyDevice::Block(d) => d.keys(),
-        }
-    }
-    fn reservation(&self) -> sg_pr::Result<Completed<ReservationStatus>> {
-        match self {
-            AnyDevice::Sg(d) => d.reservation(),
-            AnyDevice::Block(d) => d.reservation(),
-        }
-    }
-}
-
 /// Global options the subcommands need.
 pub struct Ctx {
     timeout: Duration,
@@ -311,22 +274,12 @@ impl Ctx {
 
     /// Opens `path` with the chosen backend.
     fn open_any(&self, path: &Path) -> sg_pr::Result<AnyDevice> {
-        match self.backend {
-            Backend::Sg => Ok(AnyDevice::Sg(self.open_sg(path)?)),
-            Backend::Block => Ok(AnyDevice::Block(BlockPrDevice::open(path)?)),
-            Backend::Auto => match PrDevice::open(path) {
-                Ok(d) => Ok(AnyDevice::Sg(d.with_timeout(self.timeout))),
-                Err(Error::NotScsi { .. }) => match BlockPrDevice::open(path) {
-                    Ok(d) => Ok(AnyDevice::Block(d)),
-                    // A char device that is not SCSI: report the SCSI problem.
-                    Err(Error::NotADevice { .. }) => Err(Error::NotScsi {
-                        device: path.to_path_buf(),
-                    }),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            },
-        }
+        let backend = match self.backend {
+            Backend::Auto => sg_pr::Backend::Auto,
+            Backend::Sg => sg_pr::Backend::Sg,
+            Backend::Block => sg_pr::Backend::Block,
+        };
+        AnyDevice::open(path, backend, self.timeout)
     }
 }
 
@@ -481,6 +434,7 @@ mod tests {
         let conflict = Error::ReservationConflict {
             device: "d".into(),
             command: "c",
+            after_ambiguous_retry: false,
         };
         assert_eq!(exit_code_for(&conflict), 24);
         let partition = Error::Partition {

@@ -415,3 +415,52 @@ fn operation_enum_dispatches_to_the_same_commands() {
     .unwrap();
     assert_eq!(d.transport().sent()[0].cdb[..3], [0x5f, 0x04, 0x05]);
 }
+
+#[test]
+fn conflict_after_a_transport_error_retry_says_the_first_attempt_may_have_worked() {
+    let d = device(vec![
+        Step::Reply {
+            outcome: CommandOutcome {
+                host_status: HostStatus::TRANSPORT_DISRUPTED,
+                ..CommandOutcome::good()
+            },
+            data: vec![],
+        },
+        Step::status(ScsiStatus::RESERVATION_CONFLICT),
+    ]);
+    let err = d
+        .preempt(
+            ReservationKey(1),
+            ReservationKey(2),
+            PrType::WriteExclusive,
+            false,
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::ReservationConflict {
+            after_ambiguous_retry: true,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("check with READ KEYS"));
+}
+
+#[test]
+fn plain_conflict_is_not_marked_ambiguous() {
+    let d = device(vec![Step::status(ScsiStatus::RESERVATION_CONFLICT)]);
+    let err = d.clear(ReservationKey(1)).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::ReservationConflict {
+            after_ambiguous_retry: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn etimedout_from_the_ioctl_is_a_timeout() {
+    let d = device(vec![Step::Errno(libc::ETIMEDOUT)]);
+    assert!(d.test_unit_ready().unwrap_err().is_timeout());
+}

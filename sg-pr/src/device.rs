@@ -255,6 +255,21 @@ mod tests {
     }
 
     #[test]
+    fn permission_errors_say_root_is_needed() {
+        let path = Path::new("/dev/sdz");
+        for e in [
+            io::Error::from_raw_os_error(libc::EACCES),
+            io::Error::from_raw_os_error(libc::EPERM),
+            io::Error::from_raw_os_error(libc::EROFS),
+        ] {
+            let err = map_open_error(path, e);
+            assert!(matches!(err, Error::PermissionDenied { .. }));
+            assert!(err.to_string().starts_with("/dev/sdz: permission denied"));
+            assert!(err.to_string().contains("root"));
+        }
+    }
+
+    #[test]
     fn partition_error_tells_the_operator_which_disk_to_use() {
         let err = Error::Partition {
             device: "/dev/sda1".into(),

@@ -68,6 +68,15 @@ pub enum Error {
         device: PathBuf,
     },
 
+    /// A SCSI-only command was asked of a device reached through the block layer.
+    #[error("{device}: {command} needs SCSI (SG_IO); the block-layer backend cannot send it. Use a SCSI path (/dev/sdX) with --backend sg")]
+    NeedsScsi {
+        /// Device name.
+        device: String,
+        /// The command.
+        command: &'static str,
+    },
+
     /// A key was malformed or not allowed here.
     #[error("invalid reservation key {input:?}: {reason}")]
     InvalidKey {

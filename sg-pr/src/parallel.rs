@@ -4,6 +4,13 @@
 //! others. The caller gets every device's result by the deadline; a worker still stuck in an
 //! ioctl then is left behind (detached) and its eventual result discarded. Jobs not started
 //! by the deadline are not started at all.
+//!
+//! Each call starts its own workers (at most `max_threads`). A worker stuck in the kernel
+//! keeps its thread and the device's file descriptor until the ioctl returns: SG_IO returns
+//! after its timeout plus the SCSI error handler's recovery, which can take much longer; a
+//! device in uninterruptible sleep may never return. A caller that polls periodically should
+//! not send new commands to a device whose previous call is still outstanding (see
+//! [`Error::DeadlineExceeded`]'s `started`), or stuck threads accumulate.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};

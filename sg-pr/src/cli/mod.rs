@@ -225,7 +225,7 @@ pub fn exit_code_for(e: &Error) -> u8 {
         | Error::NotScsi { .. }
         | Error::InvalidKey { .. }
         | Error::InvalidType { .. } => exit::BAD_DEVICE,
-        Error::NotSupported { .. } => exit::NOT_SUPPORTED,
+        Error::NotSupported { .. } | Error::NeedsScsi { .. } => exit::NOT_SUPPORTED,
         Error::CheckCondition { sense, .. } if sense.key == sg_pr::SenseKey::IllegalRequest => {
             exit::NOT_SUPPORTED
         }
@@ -264,9 +264,9 @@ impl Ctx {
     /// Opens `path` for SG_IO (commands that only exist in SCSI).
     fn open_sg(&self, path: &Path) -> sg_pr::Result<PrDevice<SgDevice>> {
         if self.backend == Backend::Block {
-            return Err(Error::NotSupported {
+            return Err(Error::NeedsScsi {
                 device: path.display().to_string(),
-                op: "this command (SCSI only; drop --backend block)",
+                command: "this command",
             });
         }
         Ok(PrDevice::open(path)?.with_timeout(self.timeout))

@@ -347,8 +347,31 @@ impl<T: ScsiTransport> PrDevice<T> {
         Ok(Completed { value, report })
     }
 
+    /// Reads a VPD page: first with 252 bytes (an SPC-2 device reads only the low byte of
+    /// the allocation length, so a multiple of 256 would ask it for nothing), then again
+    /// with the page's full length if it is longer.
     fn vpd(&self, page: u8, command: &'static str) -> Result<(Vec<u8>, Report)> {
-        self.read_in(command, &cdb::inquiry(Some(page), 0x1000), 0x1000)
+        const FIRST: u16 = 252;
+        let (buf, mut report) = self.read_in(
+            command,
+            &cdb::inquiry(Some(page), FIRST),
+            usize::from(FIRST),
+        )?;
+        let page_len = buf
+            .get(2..4)
+            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+        let wanted = page_len + 4;
+        if wanted > usize::from(FIRST) {
+            let alloc = u16::try_from(wanted).unwrap_or(u16::MAX);
+            let (buf, again) = self.read_in(
+                command,
+                &cdb::inquiry(Some(page), alloc),
+                usize::from(alloc),
+            )?;
+            report.absorb(again);
+            return Ok((buf, report));
+        }
+        Ok((buf, report))
     }
 
     /// VPD page 0x00: supported VPD pages.

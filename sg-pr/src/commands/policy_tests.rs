@@ -397,7 +397,19 @@ fn inquiry_and_vpd83_identify_the_lun() {
     assert!(id.lun_id().unwrap().starts_with("naa.6001405"));
     let sent = d.transport().sent();
     assert_eq!(sent[0].cdb, vec![0x12, 0, 0, 0, 0xff, 0]);
-    assert_eq!(sent[1].cdb, vec![0x12, 1, 0x83, 0x10, 0, 0]);
+    assert_eq!(sent[1].cdb, vec![0x12, 1, 0x83, 0, 252, 0]);
+}
+
+#[test]
+fn long_vpd_page_is_read_again_with_its_full_length() {
+    let mut page = vec![0x00, 0x83, 0x01, 0x00]; // 256-byte page
+    page.extend_from_slice(&[0u8; 256]);
+    let d = device(vec![Step::data(page.clone()), Step::data(page)]);
+    let c = d.device_identification().unwrap();
+    assert_eq!(c.report.attempts, 2);
+    let sent = d.transport().sent();
+    assert_eq!(sent[0].cdb, vec![0x12, 1, 0x83, 0, 252, 0]);
+    assert_eq!(sent[1].cdb, vec![0x12, 1, 0x83, 0x01, 0x04, 0]);
 }
 
 #[test]

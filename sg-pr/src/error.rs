@@ -221,6 +221,15 @@ pub enum Error {
         status: u32,
     },
 
+    /// PREEMPT succeeded but READ KEYS still lists the victim's key.
+    #[error("{device}: PREEMPT reported success but READ KEYS still lists {victim}; the victim is NOT fenced on this LUN, retry the preempt and check the target")]
+    VictimStillRegistered {
+        /// Device name.
+        device: String,
+        /// The key that should be gone.
+        victim: crate::types::ReservationKey,
+    },
+
     /// A device did not answer before the caller's deadline (parallel apply).
     #[error("{device}: no result within the deadline; the device or path is hung (the worker was left behind)")]
     DeadlineExceeded {

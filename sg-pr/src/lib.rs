@@ -68,7 +68,10 @@ pub use commands::{
 pub use device::{is_device_mapper, open_device_node, partition_parent, NodeKind, SgDevice};
 pub use error::{Error, ParseError, Result};
 pub use inquiry::{DeviceIdentification, StandardInquiry};
-pub use parallel::{apply_parallel, apply_to_all, summarize, BatchSummary, DeviceResult};
+pub use parallel::{
+    apply_parallel, apply_to_all, preempt_and_verify_all, summarize, BatchSummary, DeviceResult,
+    FenceOutcome,
+};
 pub use pr::{
     Capabilities, FullStatus, RegisteredKeys, Registration, Reservation, ReservationStatus,
     TransportId,

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::commands::{PersistentReservations, PrOperation, Report};
 use crate::error::{Error, Result};
+use crate::types::{PrType, ReservationKey};
 
 /// One device's result.
 #[derive(Debug)]
@@ -190,12 +191,104 @@ where
     apply_parallel(labelled, max_threads, deadline, move |d: &P| d.apply(op))
 }
 
+/// What [`preempt_and_verify_all`] found on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FenceOutcome {
+    /// The PREEMPT (AND ABORT) report, merged with the READ KEYS one.
+    pub report: Report,
+    /// READ KEYS after the preempt no longer lists the victim.
+    pub victim_removed: bool,
+    /// Keys registered after the preempt.
+    pub keys_after: Vec<ReservationKey>,
+}
+
+/// Preempts `victim` with `own` on every device in parallel, then confirms with READ KEYS
+/// that the victim's key is gone (the target's own word that it refuses the victim's
+/// writes). A device where the key is still listed is an error
+/// ([`Error::VictimStillRegistered`]).
+pub fn preempt_and_verify_all<P>(
+    devices: Vec<P>,
+    own: ReservationKey,
+    victim: ReservationKey,
+    pr_type: PrType,
+    abort: bool,
+    max_threads: usize,
+    deadline: Duration,
+) -> Vec<DeviceResult<FenceOutcome>>
+where
+    P: PersistentReservations + 'static,
+{
+    let labelled = devices
+        .into_iter()
+        .map(|d| (d.device_name().to_string(), d))
+        .collect();
+    apply_parallel(labelled, max_threads, deadline, move |d: &P| {
+        let op = PrOperation::Preempt {
+            own,
+            victim,
+            pr_type,
+            abort,
+        };
+        let mut report = d.apply(op)?;
+        let keys = d.keys()?;
+        report.attempts += keys.report.attempts;
+        report.unit_attentions.extend(keys.report.unit_attentions);
+        if keys.value.contains(victim) {
+            return Err(Error::VictimStillRegistered {
+                device: d.device_name().to_string(),
+                victim,
+            });
+        }
+        Ok(FenceOutcome {
+            report,
+            victim_removed: true,
+            keys_after: keys.value.keys,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake::{ScriptedTransport, Step};
-    use crate::types::{PrType, ReservationKey};
     use crate::PrDevice;
+
+    fn keys_reply(keys: &[u64]) -> Vec<u8> {
+        let mut b = vec![0, 0, 0, 1];
+        b.extend_from_slice(&u32::try_from(keys.len() * 8).unwrap().to_be_bytes());
+        for k in keys {
+            b.extend_from_slice(&k.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn preempt_and_verify_confirms_the_victim_key_is_gone() {
+        let ok = PrDevice::new(ScriptedTransport::new(
+            "/dev/sdb",
+            [Step::good(), Step::data(keys_reply(&[0xa]))],
+        ));
+        let stale = PrDevice::new(ScriptedTransport::new(
+            "/dev/sdc",
+            [Step::good(), Step::data(keys_reply(&[0xa, 0xb]))],
+        ));
+        let results = preempt_and_verify_all(
+            vec![ok, stale],
+            ReservationKey(0xa),
+            ReservationKey(0xb),
+            PrType::WriteExclusiveRegistrantsOnly,
+            true,
+            2,
+            Duration::from_secs(5),
+        );
+        let first = results[0].result.as_ref().unwrap();
+        assert!(first.victim_removed);
+        assert_eq!(first.keys_after, vec![ReservationKey(0xa)]);
+        assert_eq!(first.report.attempts, 2);
+        let err = results[1].result.as_ref().unwrap_err();
+        assert!(matches!(err, Error::VictimStillRegistered { .. }), "{err}");
+        assert!(err.to_string().contains("/dev/sdc"));
+    }
 
     #[test]
     fn results_come_back_in_input_order() {

@@ -107,7 +107,8 @@ enum Command {
     Release(TypedArgs),
     /// Remove every registration and the reservation (CLEAR).
     Clear(KeyArgs),
-    /// Remove the victim's registrations (PREEMPT, or PREEMPT AND ABORT with --abort).
+    /// Remove the victim's registrations (PREEMPT, or PREEMPT AND ABORT with --abort), then
+    /// confirm with READ KEYS that the victim's key is gone.
     Preempt(PreemptArgs),
 }
 

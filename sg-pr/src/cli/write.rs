@@ -3,7 +3,11 @@
 
 use serde_json::json;
 
-use sg_pr::{apply_to_all, Error, PrOperation, RegisterOptions, ReservationKey};
+use serde::Serialize;
+use sg_pr::{
+    apply_to_all, preempt_and_verify_all, AnyDevice, DeviceResult, Error, FenceOutcome,
+    PrOperation, RegisterOptions, Report, ReservationKey,
+};
 
 use super::read::print_json;
 use super::{
@@ -30,7 +34,26 @@ fn usage_error(e: &Error) -> u8 {
 /// Opens every device, runs `op` on those that opened, prints one line (or JSON object)
 /// per device, and returns the combined exit code.
 fn run(ctx: &Ctx, many: &Many, op: PrOperation, what: &str) -> u8 {
-    let mut lines: Vec<(String, Result<sg_pr::Report, Error>)> = Vec::new();
+    let threads = usize::from(many.threads);
+    run_with(
+        ctx,
+        many,
+        what,
+        |devices| apply_to_all(devices, op, threads, many.deadline),
+        |report| (report, String::new()),
+    )
+}
+
+/// [`run`] for any batch operation: `batch` runs on the opened devices; `describe` gives
+/// each success's report and extra text for the human line.
+fn run_with<R: Serialize>(
+    ctx: &Ctx,
+    many: &Many,
+    what: &str,
+    batch: impl FnOnce(Vec<AnyDevice>) -> Vec<DeviceResult<R>>,
+    describe: impl Fn(&R) -> (&Report, String),
+) -> u8 {
+    let mut lines: Vec<(String, Result<R, Error>)> = Vec::new();
     let mut opened = Vec::new();
     let mut order = Vec::new();
     for path in &many.devices {
@@ -43,8 +66,7 @@ fn run(ctx: &Ctx, many: &Many, op: PrOperation, what: &str) -> u8 {
             Err(e) => order.push((label, Some(e))),
         }
     }
-    let mut results =
-        apply_to_all(opened, op, usize::from(many.threads), many.deadline).into_iter();
+    let mut results = batch(opened).into_iter();
     for (label, open_error) in order {
         let result = match open_error {
             Some(e) => Err(e),
@@ -67,7 +89,7 @@ fn run(ctx: &Ctx, many: &Many, op: PrOperation, what: &str) -> u8 {
             .iter()
             .zip(&codes)
             .map(|((device, r), code)| match r {
-                Ok(report) => json!({ "device": device, "ok": true, "report": report }),
+                Ok(value) => json!({ "device": device, "ok": true, "result": value }),
                 Err(e) => json!({ "device": device, "ok": false, "error": e.to_string(), "exit_code": code }),
             })
             .collect();
@@ -75,14 +97,15 @@ fn run(ctx: &Ctx, many: &Many, op: PrOperation, what: &str) -> u8 {
     }
     for (device, r) in &lines {
         match r {
-            Ok(report) => {
+            Ok(value) => {
+                let (report, extra) = describe(value);
                 if !ctx.json {
                     let how = if report.preempt_abort_fallback {
                         " (as PREEMPT: target lacks PREEMPT AND ABORT)"
                     } else {
                         ""
                     };
-                    println!("{device}: {what}: done{how}");
+                    println!("{device}: {what}: done{how}{extra}");
                 }
                 print_notes(device, report);
             }
@@ -174,11 +197,22 @@ pub(super) fn preempt(ctx: &Ctx, a: PreemptArgs) -> u8 {
         a.victim,
         a.pr_type.short_name()
     );
-    let op = PrOperation::Preempt {
-        own: a.key,
-        victim: a.victim,
-        pr_type: a.pr_type,
-        abort: a.abort,
-    };
-    run(ctx, &a.many, op, &what)
+    let threads = usize::from(a.many.threads);
+    let deadline = a.many.deadline;
+    run_with(
+        ctx,
+        &a.many,
+        &what,
+        |devices| {
+            preempt_and_verify_all(
+                devices, a.key, a.victim, a.pr_type, a.abort, threads, deadline,
+            )
+        },
+        |fence: &FenceOutcome| {
+            (
+                &fence.report,
+                "; READ KEYS confirms the victim key is gone".to_string(),
+            )
+        },
+    )
 }

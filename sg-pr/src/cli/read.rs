@@ -1,5 +1,6 @@
 //! Read-only subcommands: tur, inquiry, keys, reservation, caps, status.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
@@ -30,6 +31,13 @@ pub(super) fn device_error(ctx: &Ctx, device: &Path, e: &Error) -> u8 {
         }));
     }
     fail(e)
+}
+
+/// `writeln!` into a String cannot fail.
+macro_rules! out_line {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
 }
 
 macro_rules! try_dev {
@@ -160,31 +168,38 @@ pub(super) fn keys(ctx: &Ctx, path: &Path) -> u8 {
     let c = try_dev!(ctx, path, dev.keys());
     let name = dev.device_name();
     emit(ctx, name, &c.value, &c.report, || {
-        print_keys(name, &c.value)
+        print!("{}", render_keys(name, &c.value));
     });
     exit::OK
 }
 
-fn print_keys(name: &str, k: &RegisteredKeys) {
+fn render_keys(name: &str, k: &RegisteredKeys) -> String {
+    let mut out = String::new();
     match k.keys.len() {
-        0 => println!(
+        0 => out_line!(
+            out,
             "{name}: PR generation 0x{:x}, no registered keys",
             k.generation
         ),
         n => {
-            println!(
+            out_line!(
+                out,
                 "{name}: PR generation 0x{:x}, {n} registered key{}:",
                 k.generation,
                 if n == 1 { "" } else { "s" }
             );
             for key in &k.keys {
-                println!("    {key}");
+                out_line!(out, "    {key}");
             }
         }
     }
     if k.truncated {
-        println!("  (list truncated: the device has more keys than fit in one reply)");
+        out_line!(
+            out,
+            "  (list truncated: the device has more keys than fit in one reply)"
+        );
     }
+    out
 }
 
 pub(super) fn reservation(ctx: &Ctx, path: &Path) -> u8 {
@@ -192,7 +207,7 @@ pub(super) fn reservation(ctx: &Ctx, path: &Path) -> u8 {
     let c = try_dev!(ctx, path, dev.reservation());
     let name = dev.device_name();
     emit(ctx, name, &c.value, &c.report, || {
-        print_reservation(name, &c.value)
+        print!("{}", render_reservation(name, &c.value));
     });
     exit::OK
 }
@@ -204,9 +219,11 @@ fn type_text(pr_type: Option<PrType>, code: u8) -> String {
     }
 }
 
-fn print_reservation(name: &str, r: &ReservationStatus) {
+fn render_reservation(name: &str, r: &ReservationStatus) -> String {
+    let mut out = String::new();
     match &r.reservation {
-        None => println!(
+        None => out_line!(
+            out,
             "{name}: PR generation 0x{:x}, no reservation held",
             r.generation
         ),
@@ -216,7 +233,8 @@ fn print_reservation(name: &str, r: &ReservationStatus) {
             } else {
                 format!("key {}", res.key)
             };
-            println!(
+            out_line!(
+                out,
                 "{name}: PR generation 0x{:x}, reservation held by {holder}: {}, scope {}",
                 r.generation,
                 type_text(res.pr_type, res.type_code),
@@ -228,6 +246,7 @@ fn print_reservation(name: &str, r: &ReservationStatus) {
             );
         }
     }
+    out
 }
 
 pub(super) fn caps(ctx: &Ctx, path: &Path) -> u8 {
@@ -235,51 +254,64 @@ pub(super) fn caps(ctx: &Ctx, path: &Path) -> u8 {
     let c = try_dev!(ctx, path, dev.report_capabilities());
     let name = dev.name();
     emit(ctx, name, &c.value, &c.report, || {
-        print_caps(name, &c.value)
+        print!("{}", render_caps(name, &c.value));
     });
     exit::OK
 }
 
-fn print_caps(name: &str, c: &Capabilities) {
+fn render_caps(name: &str, c: &Capabilities) -> String {
+    let mut out = String::new();
     let yn = |b: bool| if b { "yes" } else { "no" };
-    println!("{name}: persistent reservation capabilities");
-    println!(
+    out_line!(out, "{name}: persistent reservation capabilities");
+    out_line!(
+        out,
         "  compatible reservation handling (CRH): {}",
         yn(c.compatible_reservation_handling)
     );
-    println!(
+    out_line!(
+        out,
         "  specify initiator ports (SIP_C):       {}",
         yn(c.specify_initiator_ports)
     );
-    println!(
+    out_line!(
+        out,
         "  all target ports (ATP_C):              {}",
         yn(c.all_target_ports)
     );
-    println!(
+    out_line!(
+        out,
         "  persist through power loss (PTPL_C):   {}",
         yn(c.persist_through_power_loss_capable)
     );
-    println!(
+    out_line!(
+        out,
         "  persist through power loss on (PTPL_A): {}",
         yn(c.persist_through_power_loss_active)
     );
-    println!(
+    out_line!(
+        out,
         "  replace lost reservation (RLR_C):      {}",
         yn(c.replace_lost_reservation)
     );
-    println!(
+    out_line!(
+        out,
         "  allow commands:                        {}",
         c.allow_commands
     );
     if c.type_mask_valid {
         let names: Vec<&str> = c.supported_types.iter().map(|t| t.short_name()).collect();
-        println!(
+        out_line!(
+            out,
             "  supported types:                       {}",
             names.join(", ")
         );
     } else {
-        println!("  supported types:                       not reported (TMV=0)");
+        out_line!(
+            out,
+            "  supported types:                       not reported (TMV=0)"
+        );
     }
+    out
 }
 
 pub(super) fn full_status(ctx: &Ctx, path: &Path) -> u8 {
@@ -287,14 +319,16 @@ pub(super) fn full_status(ctx: &Ctx, path: &Path) -> u8 {
     let c = try_dev!(ctx, path, dev.read_full_status());
     let name = dev.name();
     emit(ctx, name, &c.value, &c.report, || {
-        print_full_status(name, &c.value)
+        print!("{}", render_full_status(name, &c.value));
     });
     exit::OK
 }
 
-fn print_full_status(name: &str, s: &FullStatus) {
+fn render_full_status(name: &str, s: &FullStatus) -> String {
+    let mut out = String::new();
     let n = s.registrations.len();
-    println!(
+    out_line!(
+        out,
         "{name}: PR generation 0x{:x}, {n} registration{}",
         s.generation,
         if n == 1 { "" } else { "s" }
@@ -305,18 +339,126 @@ fn print_full_status(name: &str, s: &FullStatus) {
         } else {
             String::new()
         };
-        println!("  key {}{holder}", r.key);
+        out_line!(out, "  key {}{holder}", r.key);
         match &r.transport_id {
-            Some(t) => println!("      initiator: {t}"),
-            None => println!("      initiator: (no transport ID)"),
+            Some(t) => out_line!(out, "      initiator: {t}"),
+            None => out_line!(out, "      initiator: (no transport ID)"),
         }
         if r.all_target_ports {
-            println!("      all target ports");
+            out_line!(out, "      all target ports");
         } else {
-            println!("      relative target port {}", r.relative_target_port);
+            out_line!(out, "      relative target port {}", r.relative_target_port);
         }
     }
     if s.truncated {
-        println!("  (list truncated)");
+        out_line!(out, "  (list truncated)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sg_pr::{Registration, Reservation, ReservationKey, TransportId};
+
+    #[test]
+    fn keys_are_listed_one_per_line_with_generation() {
+        let k = RegisteredKeys {
+            generation: 4,
+            keys: vec![
+                ReservationKey(0xabcd),
+                ReservationKey(0x1234_5678_9abc_def0),
+            ],
+            truncated: false,
+            additional_length: 16,
+        };
+        assert_eq!(
+            render_keys("/dev/sdb", &k),
+            "/dev/sdb: PR generation 0x4, 2 registered keys:\n    0xabcd\n    0x123456789abcdef0\n"
+        );
+        let none = RegisteredKeys { keys: vec![], ..k };
+        assert_eq!(
+            render_keys("/dev/sdb", &none),
+            "/dev/sdb: PR generation 0x4, no registered keys\n"
+        );
+    }
+
+    #[test]
+    fn reservation_names_holder_type_and_scope() {
+        let r = ReservationStatus {
+            generation: 4,
+            reservation: Some(Reservation {
+                key: ReservationKey(0xabcd),
+                pr_type: Some(PrType::WriteExclusiveRegistrantsOnly),
+                type_code: 5,
+                scope: 0,
+            }),
+        };
+        assert_eq!(
+            render_reservation("/dev/sdb", &r),
+            "/dev/sdb: PR generation 0x4, reservation held by key 0xabcd: Write Exclusive, registrants only (type 5, 'wero'), scope LU\n"
+        );
+        let all = ReservationStatus {
+            reservation: Some(Reservation {
+                key: ReservationKey(0),
+                pr_type: Some(PrType::ExclusiveAccessAllRegistrants),
+                type_code: 8,
+                scope: 0,
+            }),
+            ..r.clone()
+        };
+        assert!(render_reservation("/dev/sdb", &all).contains("held by all registrants"));
+        let none = ReservationStatus {
+            reservation: None,
+            ..r
+        };
+        assert_eq!(
+            render_reservation("/dev/sdb", &none),
+            "/dev/sdb: PR generation 0x4, no reservation held\n"
+        );
+    }
+
+    #[test]
+    fn full_status_shows_initiator_and_holder() {
+        let s = FullStatus {
+            generation: 7,
+            registrations: vec![Registration {
+                key: ReservationKey(0xabcd),
+                all_target_ports: false,
+                reservation_holder: true,
+                pr_type: Some(PrType::WriteExclusiveRegistrantsOnly),
+                scope: 0,
+                relative_target_port: 1,
+                transport_id: Some(TransportId::Iscsi {
+                    name: "iqn.2026-01.test:node1".into(),
+                    isid: Some("23d000000001".into()),
+                }),
+            }],
+            truncated: false,
+            additional_length: 0,
+        };
+        let text = render_full_status("/dev/sdb", &s);
+        assert!(text.starts_with("/dev/sdb: PR generation 0x7, 1 registration\n"));
+        assert!(text.contains("key 0xabcd  reservation holder: Write Exclusive, registrants only"));
+        assert!(text.contains("initiator: iSCSI iqn.2026-01.test:node1, ISID 0x23d000000001"));
+        assert!(text.contains("relative target port 1"));
+    }
+
+    #[test]
+    fn capabilities_list_supported_types_by_short_name() {
+        let c = Capabilities {
+            replace_lost_reservation: false,
+            compatible_reservation_handling: true,
+            specify_initiator_ports: true,
+            all_target_ports: true,
+            persist_through_power_loss_capable: true,
+            type_mask_valid: true,
+            allow_commands: 1,
+            persist_through_power_loss_active: false,
+            supported_types: PrType::ALL.to_vec(),
+        };
+        let text = render_caps("/dev/sdb", &c);
+        assert!(text.contains("we, ea, wero, earo, wear, eaar"));
+        assert!(text.contains("(PTPL_C):   yes"));
     }
 }

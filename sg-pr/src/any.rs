@@ -1,0 +1,124 @@
+//! [`AnyDevice`]: SG_IO or block-layer reservations, chosen per device.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::blk::BlockPrDevice;
+use crate::commands::{Completed, PersistentReservations, PrDevice, PrOperation, Report};
+use crate::device::{is_device_mapper, open_device_node, NodeKind, SgDevice};
+use crate::error::{Error, Result};
+use crate::pr::{RegisteredKeys, ReservationStatus};
+
+/// How to reach a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Block-layer ioctls for device-mapper maps and devices that refuse SCSI ioctls (NVMe);
+    /// SG_IO for everything else.
+    #[default]
+    Auto,
+    /// SG_IO only (`/dev/sdX`, `/dev/sgN`).
+    Sg,
+    /// Block-layer `IOC_PR_*` only.
+    Block,
+}
+
+/// A device opened with whichever backend applies.
+#[derive(Debug)]
+pub enum AnyDevice {
+    /// SG_IO.
+    Sg(PrDevice<SgDevice>),
+    /// Block-layer ioctls.
+    Block(BlockPrDevice),
+}
+
+impl AnyDevice {
+    /// Opens `path` with `backend`; `timeout` is the SG_IO per-command timeout (the block
+    /// layer has no per-command timeout of its own).
+    pub fn open(path: impl AsRef<Path>, backend: Backend, timeout: Duration) -> Result<Self> {
+        let path = path.as_ref();
+        let sg = |path: &Path| -> Result<AnyDevice> {
+            Ok(AnyDevice::Sg(PrDevice::open(path)?.with_timeout(timeout)))
+        };
+        match backend {
+            Backend::Sg => sg(path),
+            Backend::Block => Ok(AnyDevice::Block(BlockPrDevice::open(path)?)),
+            Backend::Auto => {
+                // Checks existence, permissions and partitions once, with clear errors.
+                let (_, kind) = open_device_node(path)?;
+                if let NodeKind::Block { major, minor } = kind {
+                    if is_device_mapper(Path::new("/sys"), major, minor) {
+                        return Ok(AnyDevice::Block(BlockPrDevice::open(path)?));
+                    }
+                }
+                match sg(path) {
+                    Err(Error::NotScsi { .. }) if matches!(kind, NodeKind::Block { .. }) => {
+                        Ok(AnyDevice::Block(BlockPrDevice::open(path)?))
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// The SG_IO device, for SCSI-only commands (INQUIRY, REPORT CAPABILITIES, FULL STATUS).
+    pub fn as_sg(&self) -> Option<&PrDevice<SgDevice>> {
+        match self {
+            AnyDevice::Sg(d) => Some(d),
+            AnyDevice::Block(_) => None,
+        }
+    }
+}
+
+impl PersistentReservations for AnyDevice {
+    fn device_name(&self) -> &str {
+        match self {
+            AnyDevice::Sg(d) => d.name(),
+            AnyDevice::Block(d) => d.device_name(),
+        }
+    }
+
+    fn apply(&self, op: PrOperation) -> Result<Report> {
+        match self {
+            AnyDevice::Sg(d) => d.apply(op),
+            AnyDevice::Block(d) => d.apply(op),
+        }
+    }
+
+    fn keys(&self) -> Result<Completed<RegisteredKeys>> {
+        match self {
+            AnyDevice::Sg(d) => d.keys(),
+            AnyDevice::Block(d) => d.keys(),
+        }
+    }
+
+    fn reservation(&self) -> Result<Completed<ReservationStatus>> {
+        match self {
+            AnyDevice::Sg(d) => d.reservation(),
+            AnyDevice::Block(d) => d.reservation(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_on_a_non_scsi_char_device_reports_not_scsi() {
+        let err = AnyDevice::open("/dev/null", Backend::Auto, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, Error::NotScsi { .. }), "{err}");
+    }
+
+    #[test]
+    fn block_backend_refuses_a_char_device() {
+        let err = AnyDevice::open("/dev/null", Backend::Block, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, Error::NotADevice { .. }), "{err}");
+    }
+
+    #[test]
+    fn auto_on_a_missing_path_reports_not_found() {
+        let err =
+            AnyDevice::open("/dev/nope-sgpr", Backend::Auto, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    }
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use watchdog::{choose, discover, select, test_watchdog, Decision, Modprobe, Policy, Roots, WatchdogTable};
+use watchdog::{
+    choose, discover, select, test_watchdog, Decision, Modprobe, Policy, Roots, WatchdogTable,
+};
 
 use super::Exit;
 
@@ -106,7 +108,11 @@ fn list(args: &ListArgs) -> Exit {
     let decision = choose(&found, &policy);
     if args.json {
         let (choice, reason, error) = match &decision {
-            Ok(Decision::Use(c)) => (Some(c.device.device_node.clone()), Some(c.reason.clone()), None),
+            Ok(Decision::Use(c)) => (
+                Some(c.device.device_node.clone()),
+                Some(c.reason.clone()),
+                None,
+            ),
             Ok(Decision::LoadSoftdog { reason, .. }) => (None, Some(reason.clone()), None),
             Err(e) => (None, None, Some(e.to_string())),
         };
@@ -131,7 +137,10 @@ fn list(args: &ListArgs) -> Exit {
         match &decision {
             Ok(Decision::Use(c)) => say!("\npolicy {:?} uses {c}", args.policy.policy),
             Ok(Decision::LoadSoftdog { reason, .. }) => {
-                say!("\npolicy {:?} would load softdog: {reason}", args.policy.policy)
+                say!(
+                    "\npolicy {:?} would load softdog: {reason}",
+                    args.policy.policy
+                )
             }
             Err(_) => {}
         }
@@ -156,7 +165,12 @@ fn test(args: &TestArgs) -> Exit {
     }
     let roots = Roots::system();
     let policy = args.policy.policy();
-    let choice = match select(&roots, &policy, &Modprobe::default(), Duration::from_secs(5)) {
+    let choice = match select(
+        &roots,
+        &policy,
+        &Modprobe::default(),
+        Duration::from_secs(5),
+    ) {
         Ok(c) => c,
         Err(e) => {
             complain!("{e}");
@@ -171,7 +185,10 @@ fn test(args: &TestArgs) -> Exit {
         }
     };
     if args.json {
-        say!("{}", json!({ "choice": choice, "deadline": running.deadline }));
+        say!(
+            "{}",
+            json!({ "choice": choice, "deadline": running.deadline })
+        );
     } else {
         say!("using {choice}");
         say!("{}", running.deadline);

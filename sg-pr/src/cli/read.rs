@@ -110,7 +110,7 @@ pub(super) fn inquiry(ctx: &Ctx, path: &Path) -> u8 {
         report.unit_attentions.extend(c.report.unit_attentions);
         c.value
     });
-    let has = |p: u8| pages.as_ref().map_or(true, |list| list.contains(&p));
+    let has = |p: u8| pages.as_ref().is_none_or(|list| list.contains(&p));
     let serial = if has(0x80) {
         dev.unit_serial_number().ok().map(|c| c.value)
     } else {

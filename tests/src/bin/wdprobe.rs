@@ -55,15 +55,24 @@ fn open(dev: &str, timeout: u32, nowayout: bool) -> Result<Watchdog, String> {
 
 fn arm(args: &[String]) -> Result<(), String> {
     let dev = args.first().ok_or("DEV missing")?;
-    let timeout: u32 = args.get(1).and_then(|t| t.parse().ok()).ok_or("TIMEOUT missing")?;
+    let timeout: u32 = args
+        .get(1)
+        .and_then(|t| t.parse().ok())
+        .ok_or("TIMEOUT missing")?;
     let nowayout = args.iter().any(|a| a == "--nowayout");
-    let feed_ms: u64 = flag_value(args, "--feed-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let feed_for: u64 = flag_value(args, "--feed-for-s").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let feed_ms: u64 = flag_value(args, "--feed-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let feed_for: u64 = flag_value(args, "--feed-for-s")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let then = flag_value(args, "--then").ok_or("--then missing")?;
 
     let wd = open(dev, timeout, nowayout)?;
     let sysfs = std::fs::read_to_string(
-        Path::new("/sys/class/watchdog").join(dev.trim_start_matches("/dev/")).join("timeout"),
+        Path::new("/sys/class/watchdog")
+            .join(dev.trim_start_matches("/dev/"))
+            .join("timeout"),
     )
     .unwrap_or_default();
     println!(
@@ -110,7 +119,10 @@ fn arm(args: &[String]) -> Result<(), String> {
 
 fn bench(args: &[String]) -> Result<(), String> {
     let dev = args.first().ok_or("DEV missing")?;
-    let count: usize = args.get(1).and_then(|c| c.parse().ok()).ok_or("COUNT missing")?;
+    let count: usize = args
+        .get(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("COUNT missing")?;
     let wd = open(dev, 30, false)?;
     let mut ns: Vec<u64> = Vec::with_capacity(count);
     for _ in 0..count {

@@ -3,7 +3,7 @@
 
 use kmod_testing::iscsi::TargetKind;
 use std::time::Duration;
-use tests::scenarios::{self, PreemptReport, WatchdogKind, SURVIVOR_KEY, VICTIM_KEY};
+use tests::scenarios::{self, Feeder, PreemptReport, WatchdogKind, SURVIVOR_KEY, VICTIM_KEY};
 
 fn narrate() -> impl FnMut(&str) {
     |s: &str| println!("    {s}")
@@ -98,7 +98,7 @@ fn tgt_rejects_preempt_and_abort() {
 /// period + 5 s slack.
 #[test]
 fn i6300esb_resets_frozen_kernel() {
-    let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::I6300esb, 8, 30)
+    let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::I6300esb, &Feeder::Busybox, 8, 30)
         .expect("scenario ran");
     assert_eq!(r.timeout_secs, 8);
     let after = r
@@ -118,7 +118,7 @@ fn i6300esb_resets_frozen_kernel() {
 /// Must not: reset during the freeze (softdog is a timer inside the frozen kernel).
 #[test]
 fn softdog_does_not_fire_during_kernel_freeze() {
-    let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::Softdog, 8, 30)
+    let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::Softdog, &Feeder::Busybox, 8, 30)
         .expect("scenario ran");
     assert_eq!(r.timeout_secs, 8);
     match r.reset_after {

@@ -7,7 +7,7 @@
 //!    armed: the guest is reset during the freeze. The same freeze with softdog: nothing fires.
 
 use std::process::ExitCode;
-use tests::scenarios::{self, WatchdogKind, SURVIVOR_KEY, VICTIM_KEY};
+use tests::scenarios::{self, Feeder, WatchdogKind, SURVIVOR_KEY, VICTIM_KEY};
 
 fn main() -> ExitCode {
     match run() {
@@ -54,8 +54,9 @@ fn run() -> kmod_testing::Result<bool> {
     );
 
     println!("\n== 2. Node fencing: a frozen kernel and its watchdog ==\n");
+    let feeder = Feeder::Ours(kmod_testing::project_binary("wdprobe"));
     println!("  -- hardware watchdog (i6300esb, a timer outside the guest's kernel) --");
-    let hw = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::I6300esb, 8, 30)?;
+    let hw = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::I6300esb, &feeder, 8, 30)?;
     all &= check(
         hw.reset_after.is_some_and(|d| d.as_secs() < 14),
         &format!(
@@ -67,7 +68,7 @@ fn run() -> kmod_testing::Result<bool> {
         ),
     );
     println!("\n  -- softdog (a timer inside the frozen kernel) --");
-    let soft = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::Softdog, 8, 30)?;
+    let soft = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::Softdog, &feeder, 8, 30)?;
     all &= check(
         soft.reset_after.is_none_or(|d| d.as_secs() >= 29),
         "softdog armed at 8 s did not fire while the kernel was frozen: it cannot bound a hung node",

@@ -3,4 +3,14 @@
 //! The binary (`src/main.rs`) only parses the command line and calls into this crate.
 #![deny(missing_docs)]
 
+pub mod channel;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod fence;
+pub mod health;
+pub mod luns;
+pub mod notify;
+mod rt;
+pub mod selffence;
 pub mod vdisk;

@@ -31,6 +31,16 @@ enum Group {
     /// Watchdogs: list them and the policy's choice; test that one resets this node.
     #[command(subcommand)]
     Watchdog(commands::watchdog::WatchdogCommand),
+    /// Run the daemon in the foreground (as systemd's fenced.service does).
+    Run(commands::node::RunArgs),
+    /// Fence a node: cut it off every shared LUN and mark it dead (exit 0 only when verified).
+    Fence(commands::node::NodeArgs),
+    /// Let a fenced node rejoin: a new marker without it in the dead set.
+    Clear(commands::node::NodeArgs),
+    /// Register this node's key on every path of every LUN again (after a reboot or a clear).
+    Unfence(commands::node::LocalArgs),
+    /// Show voting disks, authority, heartbeats, keys per LUN, reservation holders, watchdogs.
+    Status(commands::node::LocalArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +55,11 @@ fn main() -> ExitCode {
     let status = match cli.group {
         Group::Disk(cmd) => commands::disk::run(cmd),
         Group::Watchdog(cmd) => commands::watchdog::run(cmd),
+        Group::Run(args) => commands::node::run(&args),
+        Group::Fence(args) => commands::node::fence(&args),
+        Group::Clear(args) => commands::node::clear(&args),
+        Group::Unfence(args) => commands::node::unfence(&args),
+        Group::Status(args) => commands::node::status(&args),
     };
     status.into()
 }

@@ -186,7 +186,10 @@ done"#
     ))?;
     match out.lines().next() {
         Some(dev) => Ok(dev.trim().to_string()),
-        None => Err(Error::Setup(format!("no {identity} watchdog in guest {}", g.name()))),
+        None => Err(Error::Setup(format!(
+            "no {identity} watchdog in guest {}",
+            g.name()
+        ))),
     }
 }
 

@@ -98,8 +98,14 @@ fn tgt_rejects_preempt_and_abort() {
 /// period + 5 s slack.
 #[test]
 fn i6300esb_resets_frozen_kernel() {
-    let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::I6300esb, &Feeder::Busybox, 8, 30)
-        .expect("scenario ran");
+    let r = scenarios::watchdog_under_freeze(
+        &mut narrate(),
+        WatchdogKind::I6300esb,
+        &Feeder::Busybox,
+        8,
+        30,
+    )
+    .expect("scenario ran");
     assert_eq!(r.timeout_secs, 8);
     let after = r
         .reset_after
@@ -118,8 +124,14 @@ fn i6300esb_resets_frozen_kernel() {
 /// Must not: reset during the freeze (softdog is a timer inside the frozen kernel).
 #[test]
 fn softdog_does_not_fire_during_kernel_freeze() {
-    let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::Softdog, &Feeder::Busybox, 8, 30)
-        .expect("scenario ran");
+    let r = scenarios::watchdog_under_freeze(
+        &mut narrate(),
+        WatchdogKind::Softdog,
+        &Feeder::Busybox,
+        8,
+        30,
+    )
+    .expect("scenario ran");
     assert_eq!(r.timeout_secs, 8);
     match r.reset_after {
         Some(after) => {

@@ -51,10 +51,17 @@ fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder() {
     let max = sysfs(&g, &hw, "max_timeout");
     let too_long: u32 = max.parse::<u32>().unwrap() + 1;
     let out = g
-        .run(&format!("{} arm {hw} {too_long} --then disarm", wdprobe.display()))
+        .run(&format!(
+            "{} arm {hw} {too_long} --then disarm",
+            wdprobe.display()
+        ))
         .unwrap();
     assert_ne!(out.code, 0);
-    assert!(out.stdout.contains(&max), "error must name the range (max {max}): {}", out.stdout);
+    assert!(
+        out.stdout.contains(&max),
+        "error must name the range (max {max}): {}",
+        out.stdout
+    );
     assert_eq!(sysfs(&g, &hw, "state"), "inactive");
 
     let started = Instant::now();
@@ -74,17 +81,29 @@ fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder() {
         println!("{dev}: {lines:?}");
         assert!(out.success(), "{dev}: {}{}", out.stdout, out.stderr);
         assert_eq!(lines[0]["timeout"], 5, "{dev}: the driver applied 5 s");
-        assert_eq!(lines[0]["sysfs_timeout"], 5, "{dev}: sysfs agrees with the ioctl");
-        assert!(lines[1]["fed"].as_u64().unwrap() >= 18, "{dev}: fed every second");
+        assert_eq!(
+            lines[0]["sysfs_timeout"], 5,
+            "{dev}: sysfs agrees with the ioctl"
+        );
+        assert!(
+            lines[1]["fed"].as_u64().unwrap() >= 18,
+            "{dev}: fed every second"
+        );
         assert_eq!(lines[2]["disarm"], "ok", "{dev}: magic close accepted");
         assert_eq!(sysfs(&g, dev, "state"), "inactive", "{dev}: stopped");
     }
     assert!(started.elapsed() >= Duration::from_secs(20));
-    assert!(g.wait_exit(Duration::from_secs(8)).is_none(), "no reset after magic close");
+    assert!(
+        g.wait_exit(Duration::from_secs(8)).is_none(),
+        "no reset after magic close"
+    );
 
     // Busy: one process holds i6300esb; another is refused and told who holds it.
     let _holder = g
-        .spawn(&format!("exec {} arm {hw} 10 --then hold", wdprobe.display()))
+        .spawn(&format!(
+            "exec {} arm {hw} 10 --then hold",
+            wdprobe.display()
+        ))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while sysfs(&g, &hw, "state") != "active" {
@@ -97,14 +116,30 @@ fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder() {
         .unwrap();
     println!("second opener: {}", out.stdout.trim());
     assert_ne!(out.code, 0);
-    assert!(out.stdout.contains(holder_pid.trim()), "holder pid {} named: {}", holder_pid.trim(), out.stdout);
-    assert!(out.stdout.contains("wdprobe"), "holder command named: {}", out.stdout);
+    assert!(
+        out.stdout.contains(holder_pid.trim()),
+        "holder pid {} named: {}",
+        holder_pid.trim(),
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("wdprobe"),
+        "holder command named: {}",
+        out.stdout
+    );
     // The policy cannot be met while the only hardware watchdog is held: list says so and who.
     let list = g
-        .run(&format!("{} watchdog list --json", project_binary("fenced").display()))
+        .run(&format!(
+            "{} watchdog list --json",
+            project_binary("fenced").display()
+        ))
         .unwrap();
     assert_eq!(list.code, 1, "{}", list.stderr);
-    assert!(list.stderr.contains("busy") && list.stderr.contains(holder_pid.trim()), "{}", list.stderr);
+    assert!(
+        list.stderr.contains("busy") && list.stderr.contains(holder_pid.trim()),
+        "{}",
+        list.stderr
+    );
     let list: Value = serde_json::from_str(list.stdout.trim()).unwrap();
     let hw_entry = list["devices"]
         .as_array()
@@ -112,7 +147,10 @@ fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder() {
         .iter()
         .find(|d| d["device_node"] == hw.as_str())
         .unwrap();
-    assert!(!hw_entry["holders"].as_array().unwrap().is_empty(), "list shows the holder: {hw_entry}");
+    assert!(
+        !hw_entry["holders"].as_array().unwrap().is_empty(),
+        "list shows the holder: {hw_entry}"
+    );
 }
 
 /// Fault: the watchdog is armed at 5 s and no longer fed (`fenced watchdog test`).
@@ -126,9 +164,17 @@ fn unfed_i6300esb_resets_the_guest() {
     let refused = g
         .run(&format!("{} watchdog test --timeout 5", fenced.display()))
         .unwrap();
-    assert_eq!(refused.code, 3, "refused without confirmation: {}", refused.stderr);
+    assert_eq!(
+        refused.code, 3,
+        "refused without confirmation: {}",
+        refused.stderr
+    );
     let hw = device(&g, "i6300ESB timer");
-    assert_eq!(sysfs(&g, &hw, "state"), "inactive", "nothing armed by the refused command");
+    assert_eq!(
+        sysfs(&g, &hw, "state"),
+        "inactive",
+        "nothing armed by the refused command"
+    );
 
     let start = Instant::now();
     let _t = g
@@ -141,9 +187,18 @@ fn unfed_i6300esb_resets_the_guest() {
         .wait_exit(Duration::from_secs(30))
         .expect("the unfed i6300esb must reset the guest");
     let after = reset.saturating_duration_since(start);
-    println!("MEASURED: i6300esb armed at 5 s and not fed reset the guest after {:.2} s", after.as_secs_f64());
-    assert!(after >= Duration::from_secs(4), "reset before the timeout: {after:?}");
-    assert!(after < Duration::from_secs(5 * 2 + 3), "reset too late: {after:?}");
+    println!(
+        "MEASURED: i6300esb armed at 5 s and not fed reset the guest after {:.2} s",
+        after.as_secs_f64()
+    );
+    assert!(
+        after >= Duration::from_secs(4),
+        "reset before the timeout: {after:?}"
+    );
+    assert!(
+        after < Duration::from_secs(5 * 2 + 3),
+        "reset too late: {after:?}"
+    );
 }
 
 /// Fault: no hardware watchdog in the guest. Must: policy require-hardware refuses with a clear
@@ -154,16 +209,29 @@ fn without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets
     let g = lab.boot(GuestSpec::new("wdnohw").i6300esb(false)).unwrap();
     let fenced = project_binary("fenced");
     let out = g
-        .run(&format!("{} watchdog list --policy require-hardware", fenced.display()))
+        .run(&format!(
+            "{} watchdog list --policy require-hardware",
+            fenced.display()
+        ))
         .unwrap();
     println!("require-hardware: {}", out.stderr.trim());
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("no watchdog") || out.stderr.contains("hardware"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no watchdog") || out.stderr.contains("hardware"),
+        "{}",
+        out.stderr
+    );
     let out = g
-        .run_ok(&format!("{} watchdog list --policy allow-softdog", fenced.display()))
+        .run_ok(&format!(
+            "{} watchdog list --policy allow-softdog",
+            fenced.display()
+        ))
         .unwrap();
     assert!(out.contains("would load softdog"), "{out}");
-    assert!(!g.run_ok("lsmod").unwrap().contains("softdog"), "list must not load anything");
+    assert!(
+        !g.run_ok("lsmod").unwrap().contains("softdog"),
+        "list must not load anything"
+    );
 
     let start = Instant::now();
     let test = g
@@ -178,7 +246,10 @@ fn without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets
     };
     let after = reset.saturating_duration_since(start);
     println!("MEASURED: softdog (loaded by policy allow-softdog) armed at 5 s and not fed reset the guest after {:.2} s", after.as_secs_f64());
-    assert!(after >= Duration::from_secs(4) && after < Duration::from_secs(15), "{after:?}");
+    assert!(
+        after >= Duration::from_secs(4) && after < Duration::from_secs(15),
+        "{after:?}"
+    );
 }
 
 /// Fault: nowayout set through the crate, then the daemon asks to disarm and closes.
@@ -198,7 +269,10 @@ fn nowayout_close_does_not_disarm() {
     let lines = json_lines(&out.stdout);
     println!("{lines:?}");
     assert_eq!(lines[0]["nowayout"], true);
-    assert!(lines[1].get("disarm_refused").is_some(), "disarm must be refused: {lines:?}");
+    assert!(
+        lines[1].get("disarm_refused").is_some(),
+        "disarm must be refused: {lines:?}"
+    );
     let reset = g
         .wait_exit(Duration::from_secs(30))
         .expect("closing a nowayout watchdog must leave it running");
@@ -213,12 +287,18 @@ fn nowayout_close_does_not_disarm() {
 #[test]
 fn i6300esb_armed_by_the_crate_resets_a_frozen_kernel() {
     let feeder = Feeder::Ours(project_binary("wdprobe"));
-    let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::I6300esb, &feeder, 8, 30)
-        .expect("scenario ran");
+    let r =
+        scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::I6300esb, &feeder, 8, 30)
+            .expect("scenario ran");
     assert_eq!(r.timeout_secs, 8);
-    let after = r.reset_after.expect("the hardware watchdog must reset a frozen guest");
+    let after = r
+        .reset_after
+        .expect("the hardware watchdog must reset a frozen guest");
     println!("MEASURED: i6300esb armed by the crate at 8 s reset the frozen guest {:.1} s into the freeze", after.as_secs_f64());
-    assert!(after < Duration::from_secs(8 + 1 + 5), "reset too late: {after:?}");
+    assert!(
+        after < Duration::from_secs(8 + 1 + 5),
+        "reset too late: {after:?}"
+    );
 }
 
 /// Fault: the same freeze with softdog armed at 8 s and fed by our crate.
@@ -229,10 +309,16 @@ fn softdog_armed_by_the_crate_does_not_fire_during_a_freeze() {
     let r = scenarios::watchdog_under_freeze(&mut narrate(), WatchdogKind::Softdog, &feeder, 8, 30)
         .expect("scenario ran");
     if let Some(after) = r.reset_after {
-        assert!(after >= Duration::from_secs(29), "softdog fired during the freeze: {after:?}");
+        assert!(
+            after >= Duration::from_secs(29),
+            "softdog fired during the freeze: {after:?}"
+        );
     } else {
         let thawed = r.thawed_after.expect("the freeze must have ended");
-        assert!(thawed >= Duration::from_secs(29), "the kernel was not frozen: {thawed:?}");
+        assert!(
+            thawed >= Duration::from_secs(29),
+            "the kernel was not frozen: {thawed:?}"
+        );
     }
 }
 
@@ -248,7 +334,10 @@ fn bench_feed_cost() {
         let dev = device(&g, identity);
         for _ in 0..3 {
             let out = g
-                .run_ok(&format!("{} bench {dev} 100000", project_binary("wdprobe").display()))
+                .run_ok(&format!(
+                    "{} bench {dev} 100000",
+                    project_binary("wdprobe").display()
+                ))
                 .unwrap();
             println!("MEASURED: {}", out.trim());
         }

@@ -18,6 +18,7 @@ macro_rules! complain {
 }
 
 pub mod disk;
+pub mod node;
 pub mod watchdog;
 
 /// Documented exit codes of the `fenced` binary.

@@ -1,0 +1,199 @@
+//! The two ways this node reads the authority and publishes its own markers
+//! ([`crate::fence::MarkerChannel`]): through the running daemon's loop (which owns this node's
+//! voting-disk slot), or directly on the disks when no daemon runs.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::fence::MarkerChannel;
+use crate::vdisk::{
+    self, Marker, NodeName, OpenOptions, QuorumView, SlotBlock, SlotState, VotingDisks,
+};
+
+/// State shared between the daemon loop and the threads that serve commands. The loop only
+/// ever `try_lock`s it, so a slow command can never stall the loop.
+#[derive(Debug, Default)]
+pub struct Shared {
+    state: Mutex<SharedState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct SharedState {
+    /// The authority as the loop last computed it.
+    authority: Marker,
+    /// Whether the loop has completed at least one round.
+    polled: bool,
+    /// A marker a command wants written in our slot.
+    request: Option<Marker>,
+    /// The last requested marker that reached a majority, and when.
+    published: Option<(Marker, Instant)>,
+}
+
+impl Shared {
+    /// New shared state.
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared::default())
+    }
+
+    /// Loop side: record this round's authority (skipped if a command holds the lock).
+    pub fn loop_record_authority(&self, authority: Marker) {
+        if let Ok(mut st) = self.state.try_lock() {
+            st.authority = authority;
+            st.polled = true;
+            drop(st);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Loop side: the marker a command asked for, if any.
+    pub fn loop_requested(&self) -> Option<Marker> {
+        self.state.try_lock().ok().and_then(|st| st.request)
+    }
+
+    /// Loop side: `marker` reached a majority now.
+    pub fn loop_published(&self, marker: Marker, at: Instant) {
+        // This one must not be lost: a command waits for it. The critical sections are a few
+        // field copies, so the wait is bounded by them.
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.request == Some(marker) {
+            st.request = None;
+        }
+        st.published = Some((marker, at));
+        drop(st);
+        self.changed.notify_all();
+    }
+}
+
+/// Publishes through the running daemon's loop.
+pub struct DaemonChannel {
+    shared: Arc<Shared>,
+}
+
+impl DaemonChannel {
+    /// A channel over the daemon's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        DaemonChannel { shared }
+    }
+}
+
+impl MarkerChannel for DaemonChannel {
+    fn authority(&mut self) -> Result<Marker, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.polled {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err("the daemon has not completed a voting-disk round yet".into());
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        Ok(st.authority)
+    }
+
+    fn publish(&mut self, marker: Marker, deadline: Duration) -> Result<Instant, String> {
+        let end = Instant::now() + deadline;
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.request = Some(marker);
+        loop {
+            if let Some((m, at)) = st.published {
+                if m == marker {
+                    return Ok(at);
+                }
+            }
+            let now = Instant::now();
+            if now >= end {
+                st.request = None;
+                return Err(format!(
+                    "the marker (epoch {}) did not reach a majority of voting disks within {deadline:?}",
+                    marker.epoch
+                ));
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, end - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+/// Publishes directly on the voting disks (no daemon runs on this node).
+pub struct DiskChannel {
+    disks: VotingDisks,
+    view: QuorumView,
+    block: SlotBlock,
+}
+
+impl DiskChannel {
+    /// Opens the configured voting disks with a fresh incarnation for this node's slot.
+    pub fn open(config: &Config) -> Result<DiskChannel, String> {
+        let disks = VotingDisks::open(
+            &config.voting_disks,
+            &OpenOptions {
+                cluster: Some(config.cluster),
+                ..OpenOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let incarnation = vdisk::random_u64().map_err(|e| e.to_string())?;
+        let view = QuorumView::new(
+            disks.header(),
+            disks.paths().len(),
+            config.me.id,
+            incarnation,
+        );
+        let block = SlotBlock {
+            cluster: config.cluster,
+            slot: config.me.id,
+            state: SlotState::Free,
+            node_name: NodeName::new(&config.me.name).ok_or("node name too long")?,
+            incarnation,
+            heartbeat_seq: 0,
+            heartbeat_mono_ms: 0,
+            marker: Marker::default(),
+        };
+        Ok(DiskChannel { disks, view, block })
+    }
+
+    fn poll(&mut self) -> Result<(), String> {
+        let round = self.disks.poll_round();
+        self.view.update(round, Instant::now());
+        if !self.view.has_read_majority() {
+            return Err(format!(
+                "only {} of {} voting disks answered: no majority",
+                round.answered_disks(),
+                round.disk_count()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MarkerChannel for DiskChannel {
+    fn authority(&mut self) -> Result<Marker, String> {
+        self.poll()?;
+        Ok(self.view.authority().map(|a| a.marker).unwrap_or_default())
+    }
+
+    fn publish(&mut self, marker: Marker, _deadline: Duration) -> Result<Instant, String> {
+        self.poll()?;
+        // Keep the state the slot had (a stopped daemon's Leaving or SelfFenced stays visible).
+        if let Some(state) = self.view.node(self.block.slot).and_then(|n| n.state) {
+            self.block.state = state;
+        }
+        self.block.heartbeat_seq = self.view.next_own_seq();
+        self.block.marker = marker;
+        self.disks
+            .write_own_slot(&self.block)
+            .map_err(|e| e.to_string())?;
+        Ok(Instant::now())
+    }
+}

@@ -1,0 +1,443 @@
+//! `fenced run|fence|clear|unfence|status`: the daemon and the clusterware's entry points.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use fenced::channel::DiskChannel;
+use fenced::config::{self, Config};
+use fenced::fence::{self, FenceError, FenceReport};
+use fenced::luns;
+use fenced::vdisk::{OpenOptions, QuorumView, VotingDisks};
+
+use super::Exit;
+
+/// The configuration file option every node command takes.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short = 'c', default_value = config::DEFAULT_PATH, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config, Exit> {
+        Config::load(&self.config, true).map_err(|e| {
+            complain!("{e}");
+            Exit::Failure
+        })
+    }
+}
+
+/// `fenced run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+/// `fenced fence NODE` / `fenced clear NODE`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The node (name or id).
+    node: String,
+}
+
+/// `fenced unfence` / `fenced status`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the daemon in the foreground (systemd: Type=notify).
+pub fn run(args: &RunArgs) -> Exit {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    tracing::info!(node = %config.me.name, cluster = %config.cluster_name, "starting");
+    let daemon = match fenced::daemon::start(config.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            complain!("{e}");
+            return Exit::Failure;
+        }
+    };
+    if let Err(e) = fenced::control::serve(config.clone(), daemon.luns().to_vec(), daemon.shared())
+    {
+        // Without the socket, fencing from this node would need a second writer of our slot.
+        complain!("control socket {}: {e}", config.control_socket.display());
+        return Exit::Failure;
+    }
+    let e = daemon.run();
+    complain!("{e}");
+    Exit::Failure
+}
+
+fn luns_of(config: &Config) -> Result<Vec<luns::Lun>, Exit> {
+    let paths = config::expand_paths(&config.luns);
+    if paths.is_empty() && !config.luns.is_empty() {
+        complain!("no device matches storage.luns {:?}", config.luns);
+        return Err(Exit::Failure);
+    }
+    luns::discover(&paths, config.timing.fence_deadline / 2).map_err(|e| {
+        complain!("{e}");
+        Exit::Failure
+    })
+}
+
+/// Sends `op` for `node` to the running daemon, or returns `None` when none runs.
+fn via_daemon(config: &Config, op: &str, node: &str) -> Result<Option<Value>, Exit> {
+    let req = json!({ "v": fenced::control::VERSION, "op": op, "node": node });
+    fenced::control::request(
+        &config.control_socket,
+        &req,
+        config.timing.fence_deadline * 2,
+    )
+    .map_err(|e| {
+        complain!("{e}");
+        Exit::Failure
+    })
+}
+
+fn print_report(report: &FenceReport, json: bool) {
+    if json {
+        say!("{}", json!({ "ok": true, "report": report }));
+        return;
+    }
+    say!("{} (key {}) fenced.", report.victim, report.victim_key);
+    for l in &report.luns {
+        say!("  {}: {} ({} ms)", l.lun, l.outcome, l.ms);
+    }
+    if let Some(a) = &report.arbiter {
+        say!("  fence race won on {a}");
+    }
+    match report.marker_epoch {
+        Some(e) => say!("  marked dead on the voting disks at epoch {e}"),
+        None => say!("  already marked dead on the voting disks"),
+    }
+    say!(
+        "  PR-protected LUNs refuse its writes since +{} ms (verified by READ KEYS)",
+        report.pr_confirmed_ms
+    );
+    if report.non_pr_safe_ms > 0 {
+        say!(
+            "  storage without PR is safe from it after +{} ms (marker + lease + watchdog + margin)",
+            report.non_pr_safe_ms
+        );
+    }
+}
+
+/// `fenced fence NODE`: exit 0 only when the node is cut off every LUN (verified).
+pub fn fence(args: &NodeArgs) -> Exit {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    match via_daemon(&config, "fence", &args.node) {
+        Err(e) => return e,
+        Ok(Some(reply)) => {
+            if reply["ok"] == true {
+                match serde_json::from_value::<FenceReport>(reply["report"].clone()) {
+                    Ok(report) => print_report(&report, args.json),
+                    Err(_) => say!("{reply}"),
+                }
+                return Exit::Ok;
+            }
+            if args.json {
+                say!("{reply}");
+            }
+            complain!(
+                "{}",
+                reply["error"].as_str().unwrap_or("the daemon refused")
+            );
+            return Exit::Failure;
+        }
+        Ok(None) => {}
+    }
+    // No daemon on this node: do it ourselves.
+    let Some(victim) = config.member(&args.node).cloned() else {
+        complain!(
+            "{} is not a member of cluster {}",
+            args.node,
+            config.cluster_name
+        );
+        return Exit::Failure;
+    };
+    let luns = match luns_of(&config) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let mut channel = match DiskChannel::open(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            complain!("voting disks: {e}");
+            return Exit::Failure;
+        }
+    };
+    match fence::fence(&config, &luns, &victim, &mut channel) {
+        Ok(report) => {
+            print_report(&report, args.json);
+            Exit::Ok
+        }
+        Err(FenceError::Incomplete { report, .. }) => {
+            print_report(&report, args.json);
+            complain!("not confirmed on every LUN");
+            Exit::Failure
+        }
+        Err(e) => {
+            complain!("{e}");
+            Exit::Failure
+        }
+    }
+}
+
+/// `fenced clear NODE`.
+pub fn clear(args: &NodeArgs) -> Exit {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    match via_daemon(&config, "clear", &args.node) {
+        Err(e) => return e,
+        Ok(Some(reply)) if reply["ok"] == true => {
+            say!("{} may rejoin (epoch {}).", args.node, reply["epoch"]);
+            return Exit::Ok;
+        }
+        Ok(Some(reply)) => {
+            complain!(
+                "{}",
+                reply["error"].as_str().unwrap_or("the daemon refused")
+            );
+            return Exit::Failure;
+        }
+        Ok(None) => {}
+    }
+    let Some(member) = config.member(&args.node).cloned() else {
+        complain!(
+            "{} is not a member of cluster {}",
+            args.node,
+            config.cluster_name
+        );
+        return Exit::Failure;
+    };
+    let result = DiskChannel::open(&config)
+        .map_err(|e| e.to_string())
+        .and_then(|mut ch| fence::clear(&config, &member, &mut ch).map_err(|e| e.to_string()));
+    match result {
+        Ok(Some(epoch)) => {
+            say!("{} may rejoin (epoch {epoch}).", member.name);
+            Exit::Ok
+        }
+        Ok(None) => {
+            say!("{} is not marked dead.", member.name);
+            Exit::Ok
+        }
+        Err(e) => {
+            complain!("{e}");
+            Exit::Failure
+        }
+    }
+}
+
+/// `fenced unfence`: register this node's key on every path again (after a reboot, or after
+/// `fenced clear`). Refused while the authority marks this node dead.
+pub fn unfence(args: &LocalArgs) -> Exit {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let mut channel = match DiskChannel::open(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            complain!("voting disks: {e}");
+            return Exit::Failure;
+        }
+    };
+    match fence::MarkerChannel::authority(&mut channel) {
+        Ok(a) if a.is_present() && a.dead.contains(config.me.id) => {
+            complain!(
+                "this node is marked dead (epoch {}): a live node must run `fenced clear {}` first",
+                a.epoch,
+                config.me.name
+            );
+            return Exit::Failure;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            complain!("voting disks: {e}");
+            return Exit::Failure;
+        }
+    }
+    let luns = match luns_of(&config) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let mut failed = false;
+    let results = luns::unfence(
+        &luns,
+        config.me.key,
+        config.timing.fence_deadline / 2,
+        config.timing.fence_deadline,
+    );
+    for (lun, r) in &results {
+        match r {
+            Ok(r) => say!(
+                "{lun}: registered on {} path(s){}",
+                r.paths,
+                if r.reserved { ", reserved" } else { "" }
+            ),
+            Err(e) => {
+                failed = true;
+                complain!("{lun}: {e}");
+            }
+        }
+    }
+    if failed {
+        Exit::Failure
+    } else {
+        Exit::Ok
+    }
+}
+
+/// `fenced status`: what the voting disks, the LUNs and the watchdogs say now.
+pub fn status(args: &LocalArgs) -> Exit {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let mut out = json!({ "cluster": config.cluster_name, "node": config.me.name });
+    // Voting disks: two rounds one poll period apart, to tell live heartbeats from stale ones.
+    match VotingDisks::open(
+        &config.voting_disks,
+        &OpenOptions {
+            cluster: Some(config.cluster),
+            ..OpenOptions::default()
+        },
+    ) {
+        Ok(mut disks) => {
+            let mut view = QuorumView::new(disks.header(), disks.paths().len(), config.me.id, 0);
+            view.update(disks.poll_round(), Instant::now());
+            std::thread::sleep(config.timing.poll + Duration::from_millis(200));
+            let paths = disks.paths().to_vec();
+            let round = disks.poll_round();
+            view.update(round, Instant::now());
+            let verdicts: Vec<Value> = paths
+                .iter()
+                .zip(round.disk_statuses())
+                .map(|(p, s)| json!({ "disk": p, "status": format!("{s:?}") }))
+                .collect();
+            let nodes: Vec<Value> = config
+                .members
+                .iter()
+                .map(|m| {
+                    let n = view.node(m.id);
+                    json!({
+                        "id": m.id,
+                        "name": m.name,
+                        "key": format!("0x{:x}", m.key.0),
+                        "state": n.and_then(|n| n.state).map(|s| format!("{s:?}")),
+                        "heartbeat_seq": n.and_then(|n| n.heartbeat).map(|h| h.1),
+                        "heartbeat_advancing": n.is_some_and(|n| n.rounds_since_change == 0 && n.heartbeat.is_some()),
+                        "dead": view.is_dead(m.id),
+                    })
+                })
+                .collect();
+            out["voting_disks"] = json!(verdicts);
+            out["read_majority"] = json!(view.has_read_majority());
+            out["authority"] = match view.authority() {
+                Some(a) => json!({
+                    "epoch": a.marker.epoch,
+                    "issuer": a.marker.issuer,
+                    "dead": a.marker.dead.iter().collect::<Vec<_>>(),
+                    "disks": a.disks,
+                }),
+                None => Value::Null,
+            };
+            out["nodes"] = json!(nodes);
+        }
+        Err(e) => out["voting_disks_error"] = json!(e.to_string()),
+    }
+    // LUNs: keys and reservation holder, read through the first path.
+    match luns_of(&config) {
+        Ok(luns) => {
+            let mut list = Vec::new();
+            for lun in &luns {
+                let mut entry = json!({ "lun": lun.id, "paths": lun.paths });
+                match lun
+                    .paths
+                    .first()
+                    .map(|p| luns::open_path(p, config.timing.lease))
+                {
+                    Some(Ok(dev)) => {
+                        use sg_pr::PersistentReservations;
+                        match dev.keys() {
+                            Ok(k) => {
+                                entry["keys"] = json!(k
+                                    .value
+                                    .keys
+                                    .iter()
+                                    .map(|key| {
+                                        let who =
+                                            config.member_by_key(*key).map(|m| m.name.clone());
+                                        json!({ "key": format!("0x{:x}", key.0), "node": who })
+                                    })
+                                    .collect::<Vec<_>>());
+                                entry["own_key_registered"] =
+                                    json!(k.value.contains(config.me.key));
+                            }
+                            Err(e) => entry["error"] = json!(e.to_string()),
+                        }
+                        if let Ok(r) = dev.reservation() {
+                            entry["reservation"] = match r.value.reservation {
+                                Some(r) => json!({
+                                    "holder": format!("0x{:x}", r.key.0),
+                                    "holder_node": config.member_by_key(r.key).map(|m| m.name.clone()),
+                                    "type": r.pr_type.map(|t| t.short_name()),
+                                }),
+                                None => Value::Null,
+                            };
+                        }
+                    }
+                    Some(Err(e)) => entry["error"] = json!(e.to_string()),
+                    None => {}
+                }
+                list.push(entry);
+            }
+            out["luns"] = json!(list);
+        }
+        Err(_) => out["luns_error"] = json!("LUN discovery failed"),
+    }
+    if let Ok(wds) = watchdog::discover(&watchdog::Roots::system()) {
+        out["watchdogs"] = json!(wds
+            .iter()
+            .map(|w| json!({
+                "device": w.device_node,
+                "identity": w.identity,
+                "kind": format!("{}", w.kind),
+                "state": w.state.as_ref().map(|s| format!("{s:?}")),
+                "timeout": w.timeout,
+                "timeleft": w.timeleft,
+                "holders": w.holders,
+            }))
+            .collect::<Vec<_>>());
+    }
+    out["daemon_running"] = json!(matches!(via_daemon(&config, "ping", ""), Ok(Some(_))));
+    if args.json {
+        say!("{out}");
+    } else {
+        say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Exit::Ok
+}

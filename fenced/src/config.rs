@@ -1,0 +1,696 @@
+//! `/etc/fenced/fenced.toml`: parsing, the checks an operator needs before a daemon starts, and
+//! the reservation-key derivation.
+//!
+//! ```toml
+//! [cluster]
+//! name = "prod"
+//! uuid = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10"
+//! nodes = [ { id = 0, name = "node1" }, { id = 1, name = "node2" }, { id = 2, name = "node3" } ]
+//!
+//! [node]
+//! id = 0                       # this node; its voting-disk slot
+//!
+//! [storage]
+//! luns = ["/dev/disk/by-id/wwn-0x6001405*"]   # every path of every shared LUN; `*` globs
+//! voting_disks = ["/dev/disk/by-id/virtio-vote0", "/dev/disk/by-id/virtio-vote1", "/dev/disk/by-id/virtio-vote2"]
+//!
+//! [timeouts]                   # milliseconds; see `Timing` for the rules
+//! poll = 1000
+//! io_deadline = 500
+//! lease = 3000
+//! watchdog = 5000
+//!
+//! [watchdog]
+//! policy = "require-hardware"  # or "allow-softdog"
+//!
+//! [self_fence]
+//! action = "reboot"            # reboot | off | crashdump | panic
+//! ```
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sg_pr::ReservationKey;
+
+use crate::vdisk::{ClusterId, NodeName, Timeouts};
+
+/// Where the daemon and the CLI read the configuration unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/fenced/fenced.toml";
+
+/// A configuration problem, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}; pass another file with --config")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is writable by someone other than root: anyone who can edit it can make the
+    /// daemon fence any node.
+    #[error("{path} is writable by uid {uid} or by group/others (mode {mode:o}): make it owned by root and not group/world-writable (chown root: {path}; chmod 600 {path})")]
+    Insecure {
+        /// The file.
+        path: PathBuf,
+        /// Owner.
+        uid: u32,
+        /// Mode bits.
+        mode: u32,
+    },
+    /// TOML syntax or an unknown/missing key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (it names the key and line).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and which value to change.
+        message: String,
+    },
+}
+
+/// What to do when this node must fence itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelfFenceAction {
+    /// reboot(2) at once, without syncing.
+    Reboot,
+    /// Power off at once.
+    Off,
+    /// Crash the kernel (sysrq 'c'): a kdump kernel, if loaded, saves a dump.
+    Crashdump,
+    /// Panic the kernel (sysrq 'c' as well; with panic=N the kernel reboots after N s).
+    Panic,
+}
+
+/// Which watchdogs the daemon may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchdogPolicy {
+    /// A hardware watchdog is required.
+    RequireHardware,
+    /// softdog is loaded when there is no hardware watchdog.
+    AllowSoftdog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: RawCluster,
+    node: RawNode,
+    storage: RawStorage,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    watchdog: RawWatchdog,
+    #[serde(default)]
+    self_fence: RawSelfFence,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    uuid: String,
+    nodes: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    id: u8,
+    name: String,
+    key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: u8,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default)]
+    luns: Vec<String>,
+    voting_disks: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    poll: u32,
+    io_deadline: u32,
+    lease: u32,
+    watchdog: u32,
+    #[serde(default)]
+    startup_delay: u32,
+    #[serde(default = "default_fence_deadline")]
+    fence_deadline: u32,
+}
+
+fn default_fence_deadline() -> u32 {
+    20_000
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        RawTimeouts {
+            poll: t.poll_ms,
+            io_deadline: t.io_deadline_ms,
+            lease: t.lease_ms,
+            watchdog: t.watchdog_ms,
+            startup_delay: 0,
+            fence_deadline: default_fence_deadline(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchdog {
+    #[serde(default = "default_policy")]
+    policy: WatchdogPolicy,
+    device: Option<PathBuf>,
+}
+
+fn default_policy() -> WatchdogPolicy {
+    WatchdogPolicy::RequireHardware
+}
+
+impl Default for RawWatchdog {
+    fn default() -> Self {
+        RawWatchdog {
+            policy: default_policy(),
+            device: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelfFence {
+    #[serde(default = "default_action")]
+    action: SelfFenceAction,
+}
+
+fn default_action() -> SelfFenceAction {
+    SelfFenceAction::Reboot
+}
+
+impl Default for RawSelfFence {
+    fn default() -> Self {
+        RawSelfFence {
+            action: default_action(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/fenced/control.sock")
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl {
+            socket: default_socket(),
+        }
+    }
+}
+
+/// A cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    /// Node id = voting-disk slot.
+    pub id: u8,
+    /// Node name (as the clusterware names it).
+    pub name: String,
+    /// Its reservation key.
+    #[serde(serialize_with = "ser_key")]
+    pub key: ReservationKey,
+}
+
+fn ser_key<S: serde::Serializer>(k: &ReservationKey, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("0x{:016x}", k.0))
+}
+
+/// The timing model (see the GUIDE): P poll period, D one round's I/O deadline, L lease,
+/// W watchdog timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Timing {
+    /// P.
+    pub poll: Duration,
+    /// D.
+    pub io_deadline: Duration,
+    /// L.
+    pub lease: Duration,
+    /// W.
+    pub watchdog: Duration,
+    /// Wait before joining, after boot.
+    pub startup_delay: Duration,
+    /// Bound on one `fenced fence` (all LUNs).
+    pub fence_deadline: Duration,
+}
+
+impl Timing {
+    /// The rules, each with the value to change when it is broken:
+    /// D < P; L >= 2P + D (one lost round tolerated); W >= 2P; W is whole seconds (watchdog
+    /// drivers take seconds).
+    pub fn check(&self) -> Result<(), String> {
+        let ms = |d: Duration| d.as_millis();
+        let (p, d, l, w) = (
+            ms(self.poll),
+            ms(self.io_deadline),
+            ms(self.lease),
+            ms(self.watchdog),
+        );
+        if p == 0 || d == 0 {
+            return Err("timeouts.poll and timeouts.io_deadline must be above 0".into());
+        }
+        if d >= p {
+            return Err(format!(
+                "timeouts.io_deadline ({d} ms) must be below timeouts.poll ({p} ms): lower io_deadline or raise poll"
+            ));
+        }
+        if l < 2 * p + d {
+            return Err(format!(
+                "timeouts.lease ({l} ms) must be at least 2 x poll + io_deadline ({} ms), so one lost round does not reset the node: raise lease",
+                2 * p + d
+            ));
+        }
+        if w < 2 * p {
+            return Err(format!(
+                "timeouts.watchdog ({w} ms) must be at least 2 x poll ({} ms): raise watchdog",
+                2 * p
+            ));
+        }
+        if w % 1000 != 0 {
+            return Err(format!(
+                "timeouts.watchdog ({w} ms) must be whole seconds (watchdog drivers count seconds): use {} ms",
+                w.div_ceil(1000) * 1000
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a fence marker reached a majority at t0, storage without persistent reservations is
+    /// safe from the victim at t0 + this: the victim stops feeding its watchdog at most L after
+    /// its last good read, and the watchdog resets it at most W later; M = one poll period of
+    /// margin for the victim's own loop.
+    pub fn non_pr_safe_after(&self) -> Duration {
+        self.lease + self.watchdog + self.poll
+    }
+
+    /// The voting-disk header form.
+    pub fn as_header_timeouts(&self) -> Timeouts {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        Timeouts {
+            poll_ms: ms(self.poll),
+            io_deadline_ms: ms(self.io_deadline),
+            lease_ms: ms(self.lease),
+            watchdog_ms: ms(self.watchdog),
+        }
+    }
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Cluster name.
+    pub cluster_name: String,
+    /// Cluster UUID (also on every voting disk).
+    #[serde(serialize_with = "ser_display")]
+    pub cluster: ClusterId,
+    /// Every member, by id.
+    pub members: Vec<Member>,
+    /// This node.
+    pub me: Member,
+    /// LUN paths and patterns as configured.
+    pub luns: Vec<String>,
+    /// Voting disks.
+    pub voting_disks: Vec<PathBuf>,
+    /// Timing.
+    pub timing: Timing,
+    /// Watchdog policy.
+    pub watchdog_policy: WatchdogPolicy,
+    /// Explicit watchdog device.
+    pub watchdog_device: Option<PathBuf>,
+    /// Self-fence action.
+    pub self_fence: SelfFenceAction,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+}
+
+fn ser_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// The default reservation key of node `id` in cluster `cluster`:
+/// `(CRC-32/IEEE of the 16 UUID bytes) << 32 | (id + 1)`. Deterministic, different for every
+/// node of a cluster and for the same node id in different clusters (with high probability), and
+/// never 0 (the low half is 1..=256). `fenced status` and `sg-pr keys` show the key; the node id
+/// is the low half minus one.
+pub fn derive_key(cluster: &ClusterId, id: u8) -> ReservationKey {
+    let high = u64::from(crc32fast::hash(&cluster.0));
+    ReservationKey((high << 32) | (u64::from(id) + 1))
+}
+
+impl Config {
+    /// Reads and checks `path`. `check_owner` refuses files writable by non-root (the daemon
+    /// and fencing commands always check; tests of parsing may not).
+    pub fn load(path: &Path, check_owner: bool) -> Result<Config, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if check_owner && (meta.uid() != 0 || meta.mode() & 0o022 != 0) {
+            return Err(ConfigError::Insecure {
+                path: path.to_path_buf(),
+                uid: meta.uid(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and checks configuration text.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let cluster: ClusterId = raw.cluster.uuid.parse().map_err(|_| {
+            invalid(format!(
+                "cluster.uuid {:?} is not a UUID (8-4-4-4-12 hex digits)",
+                raw.cluster.uuid
+            ))
+        })?;
+        if cluster.is_nil() {
+            return Err(invalid(
+                "cluster.uuid must not be the nil UUID: generate one with `uuidgen`".into(),
+            ));
+        }
+        if raw.cluster.name.is_empty() {
+            return Err(invalid("cluster.name is empty".into()));
+        }
+        let mut members: Vec<Member> = Vec::new();
+        for m in &raw.cluster.nodes {
+            if m.id == 255 {
+                return Err(invalid(format!(
+                    "cluster.nodes: node {} has id 255; ids are 0..=254",
+                    m.name
+                )));
+            }
+            if NodeName::new(&m.name).is_none() {
+                return Err(invalid(format!(
+                    "cluster.nodes: name {:?} is empty or too long for a voting-disk slot",
+                    m.name
+                )));
+            }
+            if let Some(dup) = members.iter().find(|x| x.id == m.id || x.name == m.name) {
+                return Err(invalid(format!(
+                    "cluster.nodes: {} (id {}) and {} (id {}) share an id or a name; each node needs its own",
+                    dup.name, dup.id, m.name, m.id
+                )));
+            }
+            let key = match &m.key {
+                Some(k) => ReservationKey::parse_nonzero(k)
+                    .map_err(|e| invalid(format!("cluster.nodes: key of {}: {e}", m.name)))?,
+                None => derive_key(&cluster, m.id),
+            };
+            if let Some(dup) = members.iter().find(|x| x.key == key) {
+                return Err(invalid(format!(
+                    "cluster.nodes: {} and {} have the same key",
+                    dup.name, m.name
+                )));
+            }
+            members.push(Member {
+                id: m.id,
+                name: m.name.clone(),
+                key,
+            });
+        }
+        members.sort_by_key(|m| m.id);
+        let me = members
+            .iter()
+            .find(|m| m.id == raw.node.id)
+            .cloned()
+            .ok_or_else(|| invalid(format!("node.id {} is not in cluster.nodes", raw.node.id)))?;
+        if raw.storage.voting_disks.is_empty() {
+            return Err(invalid("storage.voting_disks is empty: at least one (better three) voting disks are needed".into()));
+        }
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
+        let timing = Timing {
+            poll: ms(raw.timeouts.poll),
+            io_deadline: ms(raw.timeouts.io_deadline),
+            lease: ms(raw.timeouts.lease),
+            watchdog: ms(raw.timeouts.watchdog),
+            startup_delay: ms(raw.timeouts.startup_delay),
+            fence_deadline: ms(raw.timeouts.fence_deadline),
+        };
+        timing.check().map_err(invalid)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            cluster_name: raw.cluster.name,
+            cluster,
+            members,
+            me,
+            luns: raw.storage.luns,
+            voting_disks: raw.storage.voting_disks,
+            timing,
+            watchdog_policy: raw.watchdog.policy,
+            watchdog_device: raw.watchdog.device,
+            self_fence: raw.self_fence.action,
+            control_socket: raw.control.socket,
+        })
+    }
+
+    /// The member named `name_or_id` (a name, or a decimal id).
+    pub fn member(&self, name_or_id: &str) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.name == name_or_id)
+            .or_else(|| {
+                let id: u8 = name_or_id.parse().ok()?;
+                self.members.iter().find(|m| m.id == id)
+            })
+    }
+
+    /// The member whose reservation key is `key`.
+    pub fn member_by_key(&self, key: ReservationKey) -> Option<&Member> {
+        self.members.iter().find(|m| m.key == key)
+    }
+}
+
+/// Expands the configured LUN paths: a `*` in the last component matches any run of characters
+/// in that directory (e.g. `/dev/disk/by-id/wwn-0x6001405*`). Sorted, without duplicates.
+pub fn expand_paths(patterns: &[String]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in patterns {
+        let path = Path::new(p);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.contains('*') {
+            out.push(path.to_path_buf());
+            continue;
+        }
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if let Some(f) = e.file_name().to_str() {
+                if wildcard_match(name, f) {
+                    out.push(dir.join(f));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let Some((first, rest)) = parts.split_first() else {
+        return text.is_empty();
+    };
+    let Some(mut remaining) = text.strip_prefix(first) else {
+        return false;
+    };
+    let Some((last, middle)) = rest.split_last() else {
+        return remaining.is_empty();
+    };
+    for part in middle {
+        match remaining.find(part) {
+            Some(i) => remaining = &remaining[i + part.len()..],
+            None => return false,
+        }
+    }
+    remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+name = "prod"
+uuid = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10"
+nodes = [ { id = 0, name = "node1" }, { id = 1, name = "node2" }, { id = 2, name = "node3", key = "0xabc" } ]
+[node]
+id = 1
+[storage]
+luns = ["/dev/sda"]
+voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/fenced/fenced.toml"), text)
+    }
+
+    #[test]
+    fn a_minimal_file_gets_documented_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.me.name, "node2");
+        assert_eq!(c.timing.poll, Duration::from_millis(1000));
+        assert_eq!(c.watchdog_policy, WatchdogPolicy::RequireHardware);
+        assert_eq!(c.self_fence, SelfFenceAction::Reboot);
+        assert_eq!(c.member("node3").unwrap().key, ReservationKey(0xabc));
+        assert_eq!(c.member("0").unwrap().name, "node1");
+        assert_eq!(c.member_by_key(c.me.key).unwrap().id, 1);
+    }
+
+    #[test]
+    fn derived_keys_are_distinct_nonzero_and_carry_the_node_id() {
+        let cluster: ClusterId = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10".parse().unwrap();
+        let keys: Vec<u64> = (0..=254).map(|id| derive_key(&cluster, id).0).collect();
+        for (id, k) in keys.iter().enumerate() {
+            assert_ne!(*k, 0);
+            assert_eq!(k & 0xffff_ffff, id as u64 + 1);
+            assert_eq!(k >> 32, u64::from(crc32fast::hash(&cluster.0)));
+        }
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len());
+        let other: ClusterId = "6f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10".parse().unwrap();
+        assert_ne!(derive_key(&other, 0), derive_key(&cluster, 0));
+    }
+
+    #[test]
+    fn broken_timing_names_the_value_to_change() {
+        let text = format!(
+            "{GOOD}\n[timeouts]\npoll = 1000\nio_deadline = 1000\nlease = 3000\nwatchdog = 5000\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("io_deadline (1000 ms) must be below timeouts.poll"),
+            "{e}"
+        );
+        let text = format!(
+            "{GOOD}\n[timeouts]\npoll = 1000\nio_deadline = 500\nlease = 2000\nwatchdog = 5000\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("raise lease"), "{e}");
+        let text = format!(
+            "{GOOD}\n[timeouts]\npoll = 1000\nio_deadline = 500\nlease = 3000\nwatchdog = 1500\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("raise watchdog"), "{e}");
+        let text = format!(
+            "{GOOD}\n[timeouts]\npoll = 1000\nio_deadline = 500\nlease = 3000\nwatchdog = 5500\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("use 6000 ms"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_duplicates_and_bad_values_are_refused() {
+        let e = parse(&GOOD.replace("[node]\nid = 1", "[node]\nid = 1\nkey_typo = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key_typo"), "{e}");
+        let e = parse(&GOOD.replace("id = 1, name = \"node2\"", "id = 0, name = \"node2\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("share an id"), "{e}");
+        let e = parse(&GOOD.replace("[node]\nid = 1", "[node]\nid = 7"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.id 7 is not in cluster.nodes"), "{e}");
+        let e = parse(&GOOD.replace("5f0c5a3e-2b1d", "zzzz"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a UUID"), "{e}");
+        let e = parse(&GOOD.replace("key = \"0xabc\"", "key = \"0\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key of node3"), "{e}");
+        let e = parse(&GOOD.replace("\"/dev/vda\", \"/dev/vdb\", \"/dev/vdc\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("voting_disks is empty"), "{e}");
+    }
+
+    #[test]
+    fn config_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fenced.toml");
+        std::fs::write(&p, GOOD).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Config::load(&p, true).unwrap_err();
+        assert!(matches!(e, ConfigError::Insecure { .. }), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&p, nix::unistd::geteuid().is_root()).is_ok());
+    }
+
+    #[test]
+    fn wildcards_match_like_a_shell_glob_in_one_directory() {
+        assert!(wildcard_match("wwn-0x6001405*", "wwn-0x6001405abc"));
+        assert!(!wildcard_match("wwn-0x6001405*", "wwn-0x5001405abc"));
+        assert!(wildcard_match("a*b*c", "aXXbYYc"));
+        assert!(!wildcard_match("a*b*c", "aXXbYY"));
+        assert!(wildcard_match("sd*", "sd"));
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["scsi-1", "scsi-2", "other"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let found = expand_paths(&[format!("{}/scsi-*", dir.path().display())]);
+        assert_eq!(found.len(), 2);
+    }
+}

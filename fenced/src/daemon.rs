@@ -1,0 +1,397 @@
+//! The daemon: start-up checks, then the loop that feeds the watchdog only while this node may
+//! keep writing to shared storage.
+//!
+//! Start: check the configuration → optional start-up delay → read the voting disks and refuse
+//! to start while the authority marks this node dead (before touching any LUN: registering the
+//! key of a fenced node would undo its fence) → unfence (register the key on every path of
+//! every LUN, reserve where nobody has, verify) → join our slot with a fresh incarnation → arm
+//! the watchdog → READY=1.
+//!
+//! The loop, every P: one poll round (bounded by D), heartbeat in our slot (bounded by D),
+//! decide ([`crate::health`]), feed the watchdog and systemd only when healthy. It allocates
+//! nothing, takes no blocking lock and waits on nothing unbounded: READ KEYS runs on its own
+//! thread and is read through atomics; commands hand it markers through `try_lock`.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use watchdog::{ArmOptions, Modprobe, Policy, Roots, Watchdog, WatchdogDevice};
+
+use crate::channel::Shared;
+use crate::config::{Config, WatchdogPolicy};
+use crate::health::{decide, Inputs, Reason, Verdict};
+use crate::luns::{self, KeyWatch, Lun};
+use crate::notify::Notifier;
+use crate::vdisk::{
+    self, Marker, NodeName, OpenOptions, QuorumView, SlotBlock, SlotState, VotingDisks,
+};
+
+/// Why the daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// This node is fenced; an operator or the cluster must let it back in.
+    #[error("this node ({node}) is marked dead by the voting-disk authority (epoch {epoch}, issued by node id {issuer}); it stays out until a live node runs `fenced clear {node}`")]
+    MarkedDead {
+        /// This node.
+        node: String,
+        /// Authority epoch.
+        epoch: u64,
+        /// Issuer slot.
+        issuer: u8,
+    },
+    /// Any other start-up failure, with what to do.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A transition the loop reports to the logging thread (Copy, so sending it never allocates).
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Verdict(Verdict),
+    Authority(Marker),
+    FeedFailed(i32),
+}
+
+/// Everything the loop works with, set up by [`start`].
+pub struct Daemon {
+    config: Config,
+    disks: VotingDisks,
+    view: QuorumView,
+    block: SlotBlock,
+    watchdog: Watchdog,
+    notifier: Notifier,
+    keys: Arc<KeyWatch>,
+    shared: Arc<Shared>,
+    luns: Vec<Lun>,
+    joined_at: Instant,
+}
+
+impl Daemon {
+    /// The LUNs the daemon guards (for the control socket's status).
+    pub fn luns(&self) -> &[Lun] {
+        &self.luns
+    }
+
+    /// State shared with command threads.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+/// Locks memory, raises priority, and shields the daemon from the OOM killer. Each step is
+/// best effort, with a warning saying what it costs when it fails.
+fn harden_process() {
+    if let Err(e) = nix::sys::mman::mlockall(
+        nix::sys::mman::MlockAllFlags::MCL_CURRENT | nix::sys::mman::MlockAllFlags::MCL_FUTURE,
+    ) {
+        tracing::warn!(error = %e, "mlockall failed: the loop may stall on page faults under memory pressure");
+    }
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", b"-1000") {
+        tracing::warn!(error = %e, "cannot set oom_score_adj: the OOM killer may pick the daemon");
+    }
+    if let Err(e) = crate::rt::set_fifo(10) {
+        tracing::warn!(error = %e, "cannot run at SCHED_FIFO: CPU stress may delay the loop");
+    }
+}
+
+/// Runs the start sequence.
+pub fn start(config: Config) -> Result<Daemon, StartError> {
+    let failed = StartError::Failed;
+    let notifier = Notifier::from_env().map_err(|e| failed(format!("NOTIFY_SOCKET: {e}")))?;
+    if !config.timing.startup_delay.is_zero() {
+        tracing::info!(delay = ?config.timing.startup_delay, "start-up delay");
+        std::thread::sleep(config.timing.startup_delay);
+    }
+
+    // The voting disks first: a fenced node must not register its key again.
+    let mut disks = VotingDisks::open(
+        &config.voting_disks,
+        &OpenOptions {
+            cluster: Some(config.cluster),
+            ..OpenOptions::default()
+        },
+    )
+    .map_err(|e| failed(format!("voting disks: {e}")))?;
+    let header_timeouts = disks.header().timeouts;
+    if header_timeouts != config.timing.as_header_timeouts() {
+        return Err(failed(format!(
+            "the [timeouts] of {} ({:?}) differ from those the voting disks were formatted with ({:?}): every node must use the same; make them equal",
+            config.path.display(),
+            config.timing.as_header_timeouts(),
+            header_timeouts
+        )));
+    }
+    let incarnation = vdisk::random_u64().map_err(|e| failed(e.to_string()))?;
+    let mut view = QuorumView::new(
+        disks.header(),
+        disks.paths().len(),
+        config.me.id,
+        incarnation,
+    );
+    let round = disks.poll_round();
+    view.update(round, Instant::now());
+    if !view.has_read_majority() {
+        return Err(failed(format!(
+            "only {} of {} voting disks answered: a majority is needed to start; check their paths",
+            round.answered_disks(),
+            round.disk_count()
+        )));
+    }
+    if let Some(a) = view.authority() {
+        if a.marker.dead.contains(config.me.id) {
+            return Err(StartError::MarkedDead {
+                node: config.me.name.clone(),
+                epoch: a.marker.epoch,
+                issuer: a.marker.issuer,
+            });
+        }
+    }
+
+    // Unfence.
+    let paths = crate::config::expand_paths(&config.luns);
+    if paths.is_empty() && !config.luns.is_empty() {
+        return Err(failed(format!(
+            "no device matches storage.luns {:?}",
+            config.luns
+        )));
+    }
+    let io_timeout = config.timing.lease;
+    let luns =
+        luns::discover(&paths, io_timeout).map_err(|e| failed(format!("LUN discovery: {e}")))?;
+    for (lun, result) in luns::unfence(
+        &luns,
+        config.me.key,
+        io_timeout,
+        config.timing.fence_deadline,
+    ) {
+        match result {
+            Ok(r) => {
+                tracing::info!(lun = %lun, paths = r.paths, reserved = r.reserved, holder = ?r.holder, "registered")
+            }
+            Err(e) => return Err(failed(format!("unfencing LUN {lun}: {e}"))),
+        }
+    }
+
+    // Join our slot.
+    let mut block = SlotBlock {
+        cluster: config.cluster,
+        slot: config.me.id,
+        state: SlotState::Joining,
+        node_name: NodeName::new(&config.me.name)
+            .ok_or_else(|| failed("node name too long".into()))?,
+        incarnation,
+        heartbeat_seq: view.next_own_seq(),
+        heartbeat_mono_ms: mono_ms(),
+        marker: view.authority().map(|a| a.marker).unwrap_or_default(),
+    };
+    disks
+        .write_own_slot(&block)
+        .map_err(|e| failed(format!("joining the voting disks: {e}")))?;
+    block.state = SlotState::Joined;
+
+    // Arm the watchdog last: from here on a hang resets the node.
+    let roots = Roots::system();
+    let policy = match (&config.watchdog_device, config.watchdog_policy) {
+        (Some(d), _) => Policy::Device(d.clone()),
+        (None, WatchdogPolicy::RequireHardware) => Policy::RequireHardware,
+        (None, WatchdogPolicy::AllowSoftdog) => Policy::AllowSoftdog {
+            soft_margin: u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(60),
+            soft_panic: false,
+        },
+    };
+    let choice = watchdog::select(
+        &roots,
+        &policy,
+        &Modprobe::default(),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    let watchdog = Watchdog::arm(
+        &choice.device,
+        &ArmOptions {
+            timeout: u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(u32::MAX),
+            pretimeout: None,
+            nowayout: false,
+        },
+        &roots,
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    if u64::from(watchdog.timeout()) != config.timing.watchdog.as_secs() {
+        return Err(failed(format!(
+            "{} applied a {} s timeout instead of {} s: set timeouts.watchdog to {} ms",
+            choice.device.device_node.display(),
+            watchdog.timeout(),
+            config.timing.watchdog.as_secs(),
+            u64::from(watchdog.timeout()) * 1000
+        )));
+    }
+    tracing::info!(watchdog = %choice, timeout_s = watchdog.timeout(), "watchdog armed");
+
+    let keys = KeyWatch::new(luns.len());
+    luns::spawn_key_checker(
+        luns.clone(),
+        config.me.key,
+        io_timeout,
+        config.timing.poll,
+        keys.clone(),
+    )
+    .map_err(|e| failed(format!("starting the key checker: {e}")))?;
+    harden_process();
+    Ok(Daemon {
+        config,
+        disks,
+        view,
+        block,
+        watchdog,
+        notifier,
+        keys,
+        shared: Shared::new(),
+        luns,
+        joined_at: Instant::now(),
+    })
+}
+
+fn mono_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+        })
+        .unwrap_or(0)
+}
+
+fn spawn_logger(rx: Receiver<Event>, node: String) {
+    let _ = std::thread::Builder::new().name("log".into()).spawn(move || {
+        for event in rx {
+            match event {
+                Event::Verdict(Verdict::Healthy) => tracing::info!(node = %node, "healthy: feeding the watchdog"),
+                Event::Verdict(Verdict::Unhealthy(r)) => {
+                    tracing::warn!(node = %node, reason = %r, "unhealthy: not feeding the watchdog")
+                }
+                Event::Verdict(Verdict::SelfFence(r)) => tracing::error!(node = %node, reason = %r, "fencing this node"),
+                Event::Authority(m) => tracing::info!(
+                    epoch = m.epoch,
+                    issuer = m.issuer,
+                    dead = ?m.dead.iter().collect::<Vec<_>>(),
+                    "new voting-disk authority"
+                ),
+                Event::FeedFailed(errno) => tracing::error!(errno, "feeding the watchdog failed"),
+            }
+        }
+    });
+}
+
+impl Daemon {
+    /// Sends READY=1 and runs the loop until this node fences itself (never returns then).
+    pub fn run(mut self) -> std::io::Error {
+        let (events, rx): (SyncSender<Event>, Receiver<Event>) = sync_channel(64);
+        spawn_logger(rx, self.config.me.name.clone());
+        let _ = self.notifier.ready();
+        let period = self.config.timing.poll;
+        let lease = self.config.timing.lease;
+        let max_lateness = lease.saturating_sub(period + self.config.timing.io_deadline);
+        let mut confirmed: Vec<Option<Instant>> = vec![None; self.keys.len()];
+        let mut gone: Vec<bool> = vec![false; self.keys.len()];
+        let mut last_verdict: Option<Verdict> = None;
+        let mut last_authority = Marker::default();
+        let mut next = Instant::now();
+        loop {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            let scheduled = next;
+            let started = Instant::now();
+            let lateness = started.saturating_duration_since(scheduled);
+
+            let round = self.disks.poll_round();
+            let read_at = Instant::now();
+            self.view.update(round, read_at);
+            let authority = self.view.authority().map(|a| a.marker).unwrap_or_default();
+            self.shared.loop_record_authority(authority);
+            if authority != last_authority {
+                last_authority = authority;
+                let _ = events.try_send(Event::Authority(authority));
+            }
+
+            let requested = self
+                .shared
+                .loop_requested()
+                .filter(|m| m.key() > authority.key());
+            self.block.marker = requested.unwrap_or(authority);
+            self.block.heartbeat_seq = self.view.next_own_seq();
+            self.block.heartbeat_mono_ms = mono_ms();
+            let written = self.disks.write_own_slot(&self.block).is_ok();
+            if let (true, Some(m)) = (written, requested) {
+                self.shared.loop_published(m, Instant::now());
+            }
+
+            self.keys.snapshot(&mut confirmed, &mut gone);
+            let verdict = decide(&Inputs {
+                now: Instant::now(),
+                joined_at: self.joined_at,
+                lease,
+                last_majority: self.view.majority_age(read_at).map(|age| read_at - age),
+                read_majority: self.view.has_read_majority(),
+                marked_dead: self.view.self_dead(),
+                duplicate_slot: self.view.duplicate_own_slot().is_some(),
+                heartbeat_written: written,
+                keys_confirmed: &confirmed,
+                keys_gone: &gone,
+                lateness,
+                max_lateness,
+            });
+            match verdict {
+                Verdict::Healthy => {
+                    if let Err(e) = self.watchdog.feed() {
+                        let _ = events.try_send(Event::FeedFailed(e as i32));
+                    }
+                    let _ = self.notifier.watchdog();
+                }
+                Verdict::Unhealthy(_) => {}
+                Verdict::SelfFence(reason) => return self.fence_self(reason),
+            }
+            if last_verdict != Some(verdict) {
+                last_verdict = Some(verdict);
+                let _ = events.try_send(Event::Verdict(verdict));
+                let _ = self.notifier.status(format_args!(
+                    "{}; epoch {}; {} of {} voting disks",
+                    match verdict {
+                        Verdict::Healthy => "healthy",
+                        Verdict::Unhealthy(_) => "UNHEALTHY (watchdog not fed)",
+                        Verdict::SelfFence(_) => "fencing itself",
+                    },
+                    authority.epoch,
+                    round_answered(&self.disks),
+                    self.disks.paths().len()
+                ));
+            }
+            next = scheduled + period;
+            if next < Instant::now() {
+                next = Instant::now() + period;
+            }
+        }
+    }
+
+    fn fence_self(mut self, reason: Reason) -> std::io::Error {
+        // Stop feeding first (we simply never feed again), then leave a trace on the voting
+        // disks for the operator, bounded by the round deadline like every write.
+        self.block.state = SlotState::SelfFenced;
+        self.block.heartbeat_seq = self.view.next_own_seq();
+        let _ = self.disks.write_own_slot(&self.block);
+        let _ = self
+            .notifier
+            .status(format_args!("fencing this node: {reason}"));
+        let error = crate::selffence::fence_self(self.config.self_fence, reason);
+        // Still here: the reset did not happen. Keep the watchdog open and unfed: it resets us.
+        tracing::error!(error = %error, "self-fence action failed; waiting for the watchdog");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+fn round_answered(disks: &VotingDisks) -> usize {
+    disks.last_round().answered_disks()
+}

@@ -479,7 +479,7 @@ list"#
     /// The /dev path of the virtio disk whose serial is `serial` ([`GuestSpec::shared_disk`]).
     pub fn disk_by_serial(&self, serial: &str) -> Result<String> {
         let out = self.run_ok(&format!(
-            r#"for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = "{serial}" ] && echo /dev/$(basename $d); done"#
+            r#"for d in /sys/block/vd*; do if [ "$(cat $d/serial 2>/dev/null)" = "{serial}" ]; then echo /dev/$(basename $d); fi; done"#
         ))?;
         out.lines().next().map(String::from).ok_or_else(|| {
             Error::Setup(format!("guest {}: no disk with serial {serial}", self.name))

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod blocks;
+pub mod cluster;
 pub mod scenarios;
 pub mod sg_persist;
 

@@ -1,0 +1,256 @@
+//! A fenced cluster in guests: node guests sharing iSCSI LUNs (LIO in a storage guest, or tgt)
+//! and three voting disks, each with an i6300esb, each running `fenced run`.
+
+use crate::Narrator;
+use kmod_testing::iscsi::{Target, TargetKind};
+use kmod_testing::{project_binary, Error, Guest, Lab, Pending, Result};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// The cluster UUID the scenarios format their voting disks with.
+pub const CLUSTER_UUID: &str = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10";
+
+/// The timing model the scenarios use (ms): P, D, L, W.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Poll period P.
+    pub poll: u32,
+    /// I/O deadline D.
+    pub io_deadline: u32,
+    /// Lease L.
+    pub lease: u32,
+    /// Watchdog timeout W (whole seconds).
+    pub watchdog: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            poll: 1000,
+            io_deadline: 500,
+            lease: 3000,
+            watchdog: 5000,
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Run-directory name.
+    pub name: String,
+    /// Target implementation.
+    pub target: TargetKind,
+    /// Node guests (at most 3).
+    pub nodes: usize,
+    /// Shared LUNs.
+    pub luns: usize,
+    /// Timing.
+    pub timing: Timing,
+}
+
+/// A running cluster. Fields drop in order: guests first, then the target, then the lab.
+pub struct Cluster {
+    /// Node guests, `node1`..`nodeN` (node ids 0..N-1).
+    pub nodes: Vec<Guest>,
+    /// Each node's LUN devices, in LUN order.
+    pub lun_devices: Vec<Vec<String>>,
+    /// Each node's running `fenced run`.
+    pub daemons: Vec<Option<Pending>>,
+    /// The target.
+    pub target: Target,
+    /// The lab.
+    pub lab: Lab,
+    /// The timing.
+    pub timing: Timing,
+}
+
+/// The name of node `i` (0-based).
+pub fn node_name(i: usize) -> String {
+    format!("node{}", i + 1)
+}
+
+fn config_text(spec: &ClusterSpec, me: usize, luns: &[String], votes: &[String]) -> String {
+    let members: Vec<String> = (0..spec.nodes)
+        .map(|i| format!("{{ id = {i}, name = \"{}\" }}", node_name(i)))
+        .collect();
+    let quote = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let t = spec.timing;
+    format!(
+        r#"[cluster]
+name = "lab"
+uuid = "{CLUSTER_UUID}"
+nodes = [ {} ]
+
+[node]
+id = {me}
+
+[storage]
+luns = [ {} ]
+voting_disks = [ {} ]
+
+[timeouts]
+poll = {}
+io_deadline = {}
+lease = {}
+watchdog = {}
+
+[watchdog]
+policy = "require-hardware"
+
+[self_fence]
+action = "reboot"
+"#,
+        members.join(", "),
+        quote(luns),
+        quote(votes),
+        t.poll,
+        t.io_deadline,
+        t.lease,
+        t.watchdog
+    )
+}
+
+impl Cluster {
+    /// Boots the target and the nodes, formats the voting disks, writes each node's
+    /// /etc/fenced/fenced.toml, starts `fenced run` everywhere, and waits until every node is
+    /// registered on every LUN and heartbeating.
+    pub fn start(say: Narrator<'_>, spec: &ClusterSpec) -> Result<Cluster> {
+        let lab = Lab::new(&spec.name)?;
+        let target = Target::start(&lab, spec.target, spec.luns, 16)?;
+        let votes: Vec<_> = (0..3)
+            .map(|i| lab.shared_disk(&format!("vote{i}"), 4))
+            .collect::<Result<_>>()?;
+        let specs = (0..spec.nodes)
+            .map(|i| {
+                let mut s = target.node_spec(&node_name(i));
+                for (v, img) in votes.iter().enumerate() {
+                    s = s.shared_disk(img, &format!("vote{v}"));
+                }
+                s
+            })
+            .collect();
+        let nodes = lab.boot_all(specs)?;
+        say(&format!(
+            "{} node guests up, {} shared {:?} iSCSI LUN(s), 3 shared voting disks, an i6300esb in each",
+            spec.nodes, spec.luns, spec.target
+        ));
+        let fenced = project_binary("fenced");
+        let mut lun_devices = Vec::new();
+        for (i, g) in nodes.iter().enumerate() {
+            let luns = g.scsi_disks(spec.luns)?;
+            let vote_devs: Vec<String> = (0..3)
+                .map(|v| g.disk_by_serial(&format!("vote{v}")))
+                .collect::<Result<_>>()?;
+            if i == 0 {
+                let t = spec.timing;
+                g.run_ok(&format!(
+                    "{} disk format --cluster {CLUSTER_UUID} --slots {} --poll-ms {} --io-deadline-ms {} --lease-ms {} --watchdog-ms {} {}",
+                    fenced.display(),
+                    spec.nodes,
+                    t.poll,
+                    t.io_deadline,
+                    t.lease,
+                    t.watchdog,
+                    vote_devs.join(" ")
+                ))?;
+            }
+            let text = config_text(spec, i, &luns, &vote_devs);
+            g.run_ok(&format!(
+                "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\nchmod 600 /etc/fenced/fenced.toml"
+            ))?;
+            lun_devices.push(luns);
+        }
+        let mut daemons = Vec::new();
+        for g in &nodes {
+            daemons.push(Some(g.spawn(&format!(
+                "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
+                fenced.display()
+            ))?));
+        }
+        let cluster = Cluster {
+            nodes,
+            lun_devices,
+            daemons,
+            target,
+            lab,
+            timing: spec.timing,
+        };
+        let t = Instant::now();
+        cluster.wait_until(Duration::from_secs(60), |st| {
+            let all_keys = st["luns"].as_array().is_some_and(|l| {
+                l.iter()
+                    .all(|l| l["keys"].as_array().is_some_and(|k| k.len() >= spec.nodes))
+            });
+            let all_beating = st["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["heartbeat_advancing"] == true));
+            all_keys && all_beating
+        })?;
+        say(&format!(
+            "fenced runs on every node: all keys registered, all heartbeats advancing ({:.1} s after start)",
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(cluster)
+    }
+
+    /// `fenced status --json` as node `i` sees it.
+    pub fn status(&self, i: usize) -> Result<Value> {
+        let out = self.nodes[i].run_ok(&format!(
+            "{} status --json",
+            project_binary("fenced").display()
+        ))?;
+        serde_json::from_str(out.trim())
+            .map_err(|e| Error::Setup(format!("status is not JSON ({e}): {out}")))
+    }
+
+    /// Waits until `pred` holds for node 1's status.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status(0)?;
+            if pred(&st) {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|g| format!("{}: {}", g.name(), self.daemon_log(g)))
+                    .collect();
+                return Err(Error::Setup(format!(
+                    "cluster did not reach the expected state within {timeout:?}; last status: {st}\ndaemon logs:\n{}",
+                    logs.join("\n")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The stderr of a node's daemon so far.
+    pub fn daemon_log(&self, g: &Guest) -> String {
+        std::fs::read_to_string(self.lab.dir().join(g.name()).join("xchg/fenced.log"))
+            .unwrap_or_default()
+    }
+
+    /// Runs `fenced fence <victim>` on node `from` (0-based) and returns its output and how
+    /// long it took (host clock).
+    pub fn fence(&self, from: usize, victim: usize) -> Result<(kmod_testing::Output, Duration)> {
+        let t = Instant::now();
+        let out = self.nodes[from].run(&format!(
+            "{} fence {}",
+            project_binary("fenced").display(),
+            node_name(victim)
+        ))?;
+        Ok((out, t.elapsed()))
+    }
+}

@@ -17,6 +17,9 @@ use crate::vdisk::{
 pub struct Shared {
     state: Mutex<SharedState>,
     changed: Condvar,
+    /// The loop's thread, woken when a command hands it a marker so a fence does not wait for
+    /// the next scheduled round.
+    loop_thread: Mutex<Option<std::thread::Thread>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -45,6 +48,11 @@ impl Shared {
             drop(st);
             self.changed.notify_all();
         }
+    }
+
+    /// Loop side: register the calling thread as the loop, to be woken by requests.
+    pub fn loop_register(&self) {
+        *self.loop_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
     }
 
     /// Loop side: the marker a command asked for, if any.
@@ -101,6 +109,14 @@ impl MarkerChannel for DaemonChannel {
         let end = Instant::now() + deadline;
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         st.request = Some(marker);
+        if let Some(t) = &*self
+            .shared
+            .loop_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            t.unpark();
+        }
         loop {
             if let Some((m, at)) = st.published {
                 if m == marker {

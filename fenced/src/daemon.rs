@@ -296,13 +296,18 @@ impl Daemon {
         let mut last_verdict: Option<Verdict> = None;
         let mut last_authority = Marker::default();
         let mut next = Instant::now();
+        self.shared.loop_register();
         loop {
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
+            // Sleep until the next round, or until a command hands us a marker to write.
+            loop {
+                let now = Instant::now();
+                if now >= next || self.shared.loop_requested().is_some() {
+                    break;
+                }
+                std::thread::park_timeout(next - now);
             }
-            let scheduled = next;
             let started = Instant::now();
+            let scheduled = next.min(started);
             let lateness = started.saturating_duration_since(scheduled);
 
             let round = self.disks.poll_round();
@@ -370,6 +375,10 @@ impl Daemon {
             next = scheduled + period;
             if next < Instant::now() {
                 next = Instant::now() + period;
+            }
+            if requested.is_some() && !written {
+                // Retry a requested marker soon rather than a whole period later.
+                next = next.min(Instant::now() + period / 4);
             }
         }
     }

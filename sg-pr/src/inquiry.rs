@@ -187,6 +187,9 @@ impl Designator {
         match self {
             Designator::Naa { id, .. } => Some(format!("naa.{id}")),
             Designator::Eui64 { id } => Some(format!("eui.{id}")),
+            // A vendor id alone (LIO without a unit serial says just "LIO-ORG") names every LUN
+            // of that vendor: not an identity.
+            Designator::T10VendorId { specific, .. } if specific.trim().is_empty() => None,
             Designator::T10VendorId { vendor, specific } => {
                 Some(format!("t10.{vendor}:{specific}"))
             }
@@ -303,7 +306,8 @@ impl DeviceIdentification {
     }
 
     /// The best logical-unit designator as canonical text (NAA 6 preferred, then other NAA,
-    /// EUI-64, UUID, SCSI name, T10 vendor ID). Two paths with equal ids are one LUN.
+    /// EUI-64, UUID, SCSI name, T10 vendor ID with a vendor-specific part). Two paths with equal
+    /// ids are one LUN; `None` when the device offers nothing unique.
     pub fn lun_id(&self) -> Option<String> {
         self.designations
             .iter()
@@ -452,5 +456,15 @@ pub(crate) mod tests {
         let id = DeviceIdentification::parse(&b).unwrap();
         assert!(id.designations.is_empty());
         assert_eq!(id.lun_id(), None);
+    }
+
+    #[test]
+    fn a_vendor_id_without_a_serial_is_no_lun_identity() {
+        // LIO fileio backstore without a unit serial: T10 designator "LIO-ORG " and nothing else.
+        let mut b = vec![0x00, 0x83, 0x00, 12, 0x02, 0x01, 0x00, 8];
+        b.extend_from_slice(b"LIO-ORG ");
+        let id = DeviceIdentification::parse(&b).unwrap();
+        assert_eq!(id.designations.len(), 1);
+        assert_eq!(id.lun_id(), None, "every LIO LUN would share it");
     }
 }

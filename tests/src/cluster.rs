@@ -47,6 +47,27 @@ pub struct ClusterSpec {
     pub luns: usize,
     /// Timing.
     pub timing: Timing,
+    /// Start `fenced run` on every node (else only `fenced unfence`: keys registered, no
+    /// daemon, so `fenced fence` works on the disks itself).
+    pub daemons: bool,
+    /// Put every voting disk behind a device-mapper linear device (`/dev/mapper/voteN`) in each
+    /// guest, so a test can fail it there (`faults::dm_reload` to `error`).
+    pub voting_via_dm: bool,
+}
+
+impl ClusterSpec {
+    /// Three nodes, one LUN, default timing, daemons running, plain voting disks.
+    pub fn new(name: &str, target: TargetKind) -> ClusterSpec {
+        ClusterSpec {
+            name: name.into(),
+            target,
+            nodes: 3,
+            luns: 1,
+            timing: Timing::default(),
+            daemons: true,
+            voting_via_dm: false,
+        }
+    }
 }
 
 /// A running cluster. Fields drop in order: guests first, then the target, then the lab.
@@ -144,9 +165,17 @@ impl Cluster {
         let mut lun_devices = Vec::new();
         for (i, g) in nodes.iter().enumerate() {
             let luns = g.scsi_disks(spec.luns)?;
-            let vote_devs: Vec<String> = (0..3)
+            let mut vote_devs: Vec<String> = (0..3)
                 .map(|v| g.disk_by_serial(&format!("vote{v}")))
                 .collect::<Result<_>>()?;
+            if spec.voting_via_dm {
+                for (v, dev) in vote_devs.iter_mut().enumerate() {
+                    g.run_ok(&format!(
+                        "dmsetup --noudevsync create vote{v} --table \"0 $(blockdev --getsz {dev}) linear {dev} 0\" && dmsetup --noudevsync mknodes vote{v}"
+                    ))?;
+                    *dev = format!("/dev/mapper/vote{v}");
+                }
+            }
             if i == 0 {
                 let t = spec.timing;
                 g.run_ok(&format!(
@@ -168,10 +197,15 @@ impl Cluster {
         }
         let mut daemons = Vec::new();
         for g in &nodes {
-            daemons.push(Some(g.spawn(&format!(
-                "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
-                fenced.display()
-            ))?));
+            if spec.daemons {
+                daemons.push(Some(g.spawn(&format!(
+                    "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
+                    fenced.display()
+                ))?));
+            } else {
+                g.run_ok(&format!("{} unfence", fenced.display()))?;
+                daemons.push(None);
+            }
         }
         let cluster = Cluster {
             nodes,
@@ -187,13 +221,16 @@ impl Cluster {
                 l.iter()
                     .all(|l| l["keys"].as_array().is_some_and(|k| k.len() >= spec.nodes))
             });
-            let all_beating = st["nodes"]
-                .as_array()
-                .is_some_and(|n| n.iter().all(|n| n["heartbeat_advancing"] == true));
+            let all_beating = !spec.daemons
+                || st["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().all(|n| n["heartbeat_advancing"] == true));
             all_keys && all_beating
         })?;
         say(&format!(
-            "fenced runs on every node: all keys registered, all heartbeats advancing ({:.1} s after start)",
+            "{}: all keys registered{} ({:.1} s after start)",
+            if spec.daemons { "fenced runs on every node" } else { "every node unfenced, no daemons" },
+            if spec.daemons { ", all heartbeats advancing" } else { "" },
             t.elapsed().as_secs_f64()
         ));
         Ok(cluster)
@@ -240,6 +277,25 @@ impl Cluster {
     pub fn daemon_log(&self, g: &Guest) -> String {
         std::fs::read_to_string(self.lab.dir().join(g.name()).join("xchg/fenced.log"))
             .unwrap_or_default()
+    }
+
+    /// Runs `fenced <args>` on node `i`.
+    pub fn fenced(&self, i: usize, args: &str) -> Result<kmod_testing::Output> {
+        self.nodes[i].run(&format!("{} {args}", project_binary("fenced").display()))
+    }
+
+    /// Starts `fenced <args>` on node `i` without waiting.
+    pub fn spawn_fenced(&self, i: usize, args: &str) -> Result<Pending> {
+        self.nodes[i].spawn(&format!("{} {args}", project_binary("fenced").display()))
+    }
+
+    /// The keys registered on LUN 0, as node `i` reads them, by node name.
+    pub fn registered(&self, i: usize) -> Result<Vec<String>> {
+        let st = self.status(i)?;
+        Ok(st["luns"][0]["keys"]
+            .as_array()
+            .map(|k| k.iter().filter_map(|k| k["node"].as_str().map(String::from)).collect())
+            .unwrap_or_default())
     }
 
     /// Runs `fenced fence <victim>` on node `from` (0-based) and returns its output and how

@@ -32,6 +32,8 @@ struct SharedState {
     request: Option<Marker>,
     /// The last requested marker that reached a majority, and when.
     published: Option<(Marker, Instant)>,
+    /// The loop's last decision.
+    verdict: Option<crate::health::Verdict>,
 }
 
 impl Shared {
@@ -48,6 +50,18 @@ impl Shared {
             drop(st);
             self.changed.notify_all();
         }
+    }
+
+    /// Loop side: record this round's decision (skipped if a command holds the lock).
+    pub fn loop_record_verdict(&self, verdict: crate::health::Verdict) {
+        if let Ok(mut st) = self.state.try_lock() {
+            st.verdict = Some(verdict);
+        }
+    }
+
+    /// The loop's last decision.
+    pub fn verdict(&self) -> Option<crate::health::Verdict> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).verdict
     }
 
     /// Loop side: register the calling thread as the loop, to be woken by requests.

@@ -7,10 +7,11 @@
 //! connect: the daemon checks the peer's credentials (SO_PEERCRED) and the socket is 0600 in a
 //! 0700 directory. Requests are bounded (4 KiB, 10 s to arrive).
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,44 @@ use crate::luns::Lun;
 /// The protocol version this build speaks.
 pub const VERSION: u64 = 1;
 const MAX_REQUEST: u64 = 4096;
+
+/// The daemon's instance lock beside the socket: held (exclusively) for the daemon's whole life,
+/// from before it touches any disk. A CLI that finds it held knows a daemon owns this node's
+/// slot, even while that daemon is still starting and its socket is not there yet.
+fn lock_path(socket: &Path) -> PathBuf {
+    socket.with_file_name("daemon.lock")
+}
+
+/// Takes the instance lock (creating the 0700 directory); fails when another daemon holds it.
+pub fn take_instance_lock(socket: &Path) -> Result<nix::fcntl::Flock<File>, String> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let path = lock_path(socket);
+    let file = File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            format!(
+                "another fenced daemon already runs on this node (it holds {})",
+                path.display()
+            )
+        } else {
+            format!("locking {}: {e}", path.display())
+        }
+    })
+}
+
+/// Whether a daemon holds the instance lock (is running or starting).
+fn daemon_present(socket: &Path) -> bool {
+    let Ok(file) = File::open(lock_path(socket)) else {
+        return false;
+    };
+    matches!(
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
+}
 
 /// Binds the control socket (replacing a stale one) and serves it on a thread.
 pub fn serve(config: Config, luns: Vec<Lun>, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -94,7 +133,12 @@ fn dispatch(line: &str, config: &Config, luns: &[Lun], shared: &Arc<Shared>) -> 
     };
     let mut channel = DaemonChannel::new(shared.clone());
     match (req["op"].as_str(), req["node"].as_str()) {
-        (Some("ping"), _) => json!({ "v": VERSION, "ok": true, "node": config.me.name }),
+        (Some("ping"), _) => json!({
+            "v": VERSION,
+            "ok": true,
+            "node": config.me.name,
+            "verdict": shared.verdict().map(|v| format!("{v:?}")),
+        }),
         (Some("fence"), Some(name)) => match node(name) {
             Ok(victim) => {
                 tracing::warn!(victim = %victim.name, "fence requested");
@@ -121,18 +165,33 @@ fn dispatch(line: &str, config: &Config, luns: &[Lun], shared: &Arc<Shared>) -> 
 
 /// Client side: sends one request to the daemon at `socket`. `Ok(None)` when no daemon listens
 /// there (then the caller works on the disks itself).
+///
+/// While a daemon holds the instance lock but does not answer yet (it is starting), waits for it
+/// up to `timeout` rather than working beside it: two writers of one slot look like two nodes.
 pub fn request(socket: &Path, request: &Value, timeout: Duration) -> Result<Option<Value>, String> {
-    let mut stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
+    let deadline = std::time::Instant::now() + timeout;
+    let mut stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                if !daemon_present(socket) {
+                    return Ok(None);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "the fenced daemon on this node is starting and does not answer on {} yet; retry",
+                        socket.display()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(format!("connecting to {}: {e}", socket.display())),
         }
-        Err(e) => return Err(format!("connecting to {}: {e}", socket.display())),
     };
     let _ = stream.set_read_timeout(Some(timeout));
     writeln!(stream, "{request}").map_err(|e| format!("sending to the daemon: {e}"))?;

@@ -65,6 +65,7 @@ pub struct Daemon {
     shared: Arc<Shared>,
     luns: Vec<Lun>,
     joined_at: Instant,
+    _instance: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Daemon {
@@ -98,6 +99,9 @@ fn harden_process() {
 /// Runs the start sequence.
 pub fn start(config: Config) -> Result<Daemon, StartError> {
     let failed = StartError::Failed;
+    let instance = crate::control::take_instance_lock(&config.control_socket).map_err(failed)?;
+    // Before anything is armed: locking memory can take seconds on a large binary.
+    harden_process();
     let notifier = Notifier::from_env().map_err(|e| failed(format!("NOTIFY_SOCKET: {e}")))?;
     if !config.timing.startup_delay.is_zero() {
         tracing::info!(delay = ?config.timing.startup_delay, "start-up delay");
@@ -249,6 +253,7 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         shared: Shared::new(),
         luns,
         joined_at: Instant::now(),
+        _instance: instance,
     })
 }
 
@@ -347,6 +352,7 @@ impl Daemon {
                 lateness,
                 max_lateness,
             });
+            self.shared.loop_record_verdict(verdict);
             match verdict {
                 Verdict::Healthy => {
                     if let Err(e) = self.watchdog.feed() {

@@ -227,10 +227,22 @@ impl Cluster {
                     .is_some_and(|n| n.iter().all(|n| n["heartbeat_advancing"] == true));
             all_keys && all_beating
         })?;
+        if spec.daemons {
+            let all: Vec<usize> = (0..spec.nodes).collect();
+            cluster.wait_daemons_healthy(&all, Duration::from_secs(60))?;
+        }
         say(&format!(
             "{}: all keys registered{} ({:.1} s after start)",
-            if spec.daemons { "fenced runs on every node" } else { "every node unfenced, no daemons" },
-            if spec.daemons { ", all heartbeats advancing" } else { "" },
+            if spec.daemons {
+                "fenced runs on every node"
+            } else {
+                "every node unfenced, no daemons"
+            },
+            if spec.daemons {
+                ", all heartbeats advancing"
+            } else {
+                ""
+            },
             t.elapsed().as_secs_f64()
         ));
         Ok(cluster)
@@ -273,6 +285,30 @@ impl Cluster {
         }
     }
 
+    /// Waits until the daemons of `nodes` report themselves healthy (`fenced status`, daemon
+    /// verdict), i.e. it feeds its watchdog.
+    pub fn wait_daemons_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for &i in nodes {
+            loop {
+                let st = self.status(i)?;
+                if st["daemon"]["verdict"] == "Healthy" {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Setup(format!(
+                        "{}'s daemon is not healthy within {timeout:?}: {}\n{}",
+                        self.nodes[i].name(),
+                        st["daemon"],
+                        self.daemon_log(&self.nodes[i])
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        Ok(())
+    }
+
     /// The stderr of a node's daemon so far.
     pub fn daemon_log(&self, g: &Guest) -> String {
         std::fs::read_to_string(self.lab.dir().join(g.name()).join("xchg/fenced.log"))
@@ -294,7 +330,11 @@ impl Cluster {
         let st = self.status(i)?;
         Ok(st["luns"][0]["keys"]
             .as_array()
-            .map(|k| k.iter().filter_map(|k| k["node"].as_str().map(String::from)).collect())
+            .map(|k| {
+                k.iter()
+                    .filter_map(|k| k["node"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -17,10 +17,18 @@ fn narrate() -> impl FnMut(&str) {
 /// writes go on. Must not: node2's data reach the LUN.
 #[test]
 fn fence_cuts_the_victim_off_and_it_resets_while_others_write_on() {
-    let c = Cluster::start(&mut narrate(), &ClusterSpec::new("fence-lio", TargetKind::Lio))
-        .expect("cluster up");
+    let c = Cluster::start(
+        &mut narrate(),
+        &ClusterSpec::new("fence-lio", TargetKind::Lio),
+    )
+    .expect("cluster up");
     let dev = |i: usize| c.lun_devices[i][0].clone();
-    assert!(blocks::write(&c.nodes[1], &dev(1), 50, b'B').unwrap().success(), "node2 writes before");
+    assert!(
+        blocks::write(&c.nodes[1], &dev(1), 50, b'B')
+            .unwrap()
+            .success(),
+        "node2 writes before"
+    );
     let (out, took) = c.fence(0, 1).unwrap();
     println!(
         "fenced fence node2: exit {} in {:.2} s\n{}{}",
@@ -30,7 +38,11 @@ fn fence_cuts_the_victim_off_and_it_resets_while_others_write_on() {
         out.stderr
     );
     assert_eq!(out.code, 0, "fence must succeed: {}", out.stderr);
-    assert!(out.stdout.contains("preempted and aborted"), "LIO performs PREEMPT AND ABORT: {}", out.stdout);
+    assert!(
+        out.stdout.contains("preempted and aborted"),
+        "LIO performs PREEMPT AND ABORT: {}",
+        out.stdout
+    );
     let fenced_at = Instant::now();
     match blocks::write(&c.nodes[1], &dev(1), 51, b'X') {
         Ok(w) => assert_ne!(w.code, 0, "node2's write after the fence must fail"),
@@ -42,21 +54,29 @@ fn fence_cuts_the_victim_off_and_it_resets_while_others_write_on() {
         "node2's data must not be on the LUN"
     );
     let t = c.timing;
-    let bound = Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(3);
-    let reset = c.nodes[1].wait_exit(bound).expect("node2 must reset within lease + watchdog");
+    let bound =
+        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(3);
+    let reset = c.nodes[1]
+        .wait_exit(bound)
+        .expect("node2 must reset within lease + watchdog");
     println!(
         "MEASURED: node2 reset {:.2} s after the fence returned",
         reset.saturating_duration_since(fenced_at).as_secs_f64()
     );
     for i in [0, 2] {
         assert!(
-            blocks::write(&c.nodes[i], &dev(i), 60 + i as u64, b'A').unwrap().success(),
+            blocks::write(&c.nodes[i], &dev(i), 60 + i as u64, b'A')
+                .unwrap()
+                .success(),
             "node{} writes on",
             i + 1
         );
     }
     std::thread::sleep(Duration::from_millis(u64::from(t.lease + t.poll)));
-    assert!(c.nodes[0].is_running() && c.nodes[2].is_running(), "survivors stay up");
+    assert!(
+        c.nodes[0].is_running() && c.nodes[2].is_running(),
+        "survivors stay up"
+    );
     let st = c.status(0).unwrap();
     assert_eq!(st["authority"]["dead"], serde_json::json!([1]));
     assert_eq!(c.registered(0).unwrap(), vec!["node1", "node3"]);
@@ -67,24 +87,38 @@ fn fence_cuts_the_victim_off_and_it_resets_while_others_write_on() {
     // A node never fences itself.
     let own = c.fenced(0, "fence node1").unwrap();
     assert_ne!(own.code, 0);
-    assert!(own.stderr.contains("refusing to fence this node"), "{}", own.stderr);
+    assert!(
+        own.stderr.contains("refusing to fence this node"),
+        "{}",
+        own.stderr
+    );
 }
 
 /// Fault: the same eviction on tgt, which lacks PREEMPT AND ABORT.
 /// Must: the fence falls back to PREEMPT, says so, and still cuts node2 off.
 #[test]
 fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
-    let c = Cluster::start(&mut narrate(), &ClusterSpec::new("fence-tgt", TargetKind::Tgt))
-        .expect("cluster up");
+    let c = Cluster::start(
+        &mut narrate(),
+        &ClusterSpec::new("fence-tgt", TargetKind::Tgt),
+    )
+    .expect("cluster up");
     let (out, _) = c.fence(0, 1).unwrap();
     println!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("plain PREEMPT"), "fallback reported: {}", out.stdout);
+    assert!(
+        out.stdout.contains("plain PREEMPT"),
+        "fallback reported: {}",
+        out.stdout
+    );
     assert!(!c.registered(0).unwrap().contains(&"node2".to_string()));
     let t = c.timing;
     assert!(
         c.nodes[1]
-            .wait_exit(Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(3))
+            .wait_exit(
+                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
+                    + Duration::from_secs(3)
+            )
             .is_some(),
         "node2 resets"
     );
@@ -105,18 +139,41 @@ fn split_brain_has_exactly_one_survivor_each_round() {
         let b = c.spawn_fenced(1, "fence node1").unwrap();
         let a = c.nodes[0].wait(a, Duration::from_secs(60)).unwrap();
         let b = c.nodes[1].wait(b, Duration::from_secs(60)).unwrap();
-        let winners: Vec<usize> = [(0, &a), (1, &b)].iter().filter(|(_, o)| o.success()).map(|(i, _)| *i).collect();
-        assert_eq!(winners.len(), 1, "round {round}: exactly one winner: {a:?} {b:?}");
+        let winners: Vec<usize> = [(0, &a), (1, &b)]
+            .iter()
+            .filter(|(_, o)| o.success())
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one winner: {a:?} {b:?}"
+        );
         let (w, l) = (winners[0], 1 - winners[0]);
         let loser_out = if l == 0 { &a } else { &b };
-        assert!(loser_out.stderr.contains("lost the fence race") || loser_out.stderr.contains("marked dead"), "{}", loser_out.stderr);
+        assert!(
+            loser_out.stderr.contains("lost the fence race")
+                || loser_out.stderr.contains("marked dead"),
+            "{}",
+            loser_out.stderr
+        );
         let keys = c.registered(2).unwrap();
-        assert!(keys.contains(&node_name(w)) && !keys.contains(&node_name(l)), "round {round}: keys {keys:?}");
+        assert!(
+            keys.contains(&node_name(w)) && !keys.contains(&node_name(l)),
+            "round {round}: keys {keys:?}"
+        );
         let st = c.status(2).unwrap();
-        assert_eq!(st["authority"]["dead"], serde_json::json!([l]), "round {round}: the loser is marked dead");
+        assert_eq!(
+            st["authority"]["dead"],
+            serde_json::json!([l]),
+            "round {round}: the loser is marked dead"
+        );
         tally[w] += 1;
         // Let the loser back in for the next round.
-        assert!(c.fenced(w, &format!("clear {}", node_name(l))).unwrap().success());
+        assert!(c
+            .fenced(w, &format!("clear {}", node_name(l)))
+            .unwrap()
+            .success());
         let un = c.fenced(l, "unfence").unwrap();
         assert!(un.success(), "{}", un.stderr);
     }
@@ -125,27 +182,38 @@ fn split_brain_has_exactly_one_survivor_each_round() {
     // Once more with daemons: the loser's daemon sees its key gone and resets the node.
     let fenced = project_binary("fenced");
     for g in &c.nodes[..2] {
-        let _ = g.spawn(&format!("FENCED_LOG=info exec {} run 2>/xchg/fenced.log", fenced.display())).unwrap();
+        let _ = g
+            .spawn(&format!(
+                "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
+                fenced.display()
+            ))
+            .unwrap();
     }
-    c.wait_until(Duration::from_secs(60), |st| {
-        st["nodes"][0]["heartbeat_advancing"] == true && st["nodes"][1]["heartbeat_advancing"] == true
-    })
-    .unwrap();
+    c.wait_daemons_healthy(&[0, 1], Duration::from_secs(60))
+        .unwrap();
     let a = c.spawn_fenced(0, "fence node2").unwrap();
     let b = c.spawn_fenced(1, "fence node1").unwrap();
     let a = c.nodes[0].wait(a, Duration::from_secs(60));
     let b = c.nodes[1].wait(b, Duration::from_secs(60));
     println!("with daemons: node1 {a:?}\nnode2 {b:?}");
     let t = c.timing;
-    let bound = Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(5);
+    let bound =
+        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(5);
     let deadline = Instant::now() + bound;
     while c.nodes[0].is_running() && c.nodes[1].is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let survivors = c.nodes[..2].iter().filter(|g| g.is_running()).count();
-    assert_eq!(survivors, 1, "exactly one of node1/node2 survives with daemons running");
+    assert_eq!(
+        survivors, 1,
+        "exactly one of node1/node2 survives with daemons running"
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(c.nodes[..2].iter().filter(|g| g.is_running()).count(), 1, "and it stays up");
+    assert_eq!(
+        c.nodes[..2].iter().filter(|g| g.is_running()).count(),
+        1,
+        "and it stays up"
+    );
 }
 
 /// Fault: the fenced daemon on node2 stopped with SIGSTOP (hung daemon, healthy kernel).
@@ -165,25 +233,39 @@ fn stopped_daemon_is_reset_by_the_hardware_watchdog() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     for (i, g) in c.nodes.iter().enumerate() {
-        let env = if i == 1 { "NOTIFY_SOCKET=/run/notify.sock " } else { "" };
+        let env = if i == 1 {
+            "NOTIFY_SOCKET=/run/notify.sock "
+        } else {
+            ""
+        };
         let _ = g
-            .spawn(&format!("{env}FENCED_LOG=info exec {} run 2>/xchg/fenced.log", fenced.display()))
+            .spawn(&format!(
+                "{env}FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
+                fenced.display()
+            ))
             .unwrap();
     }
-    c.wait_until(Duration::from_secs(60), |st| {
-        st["nodes"].as_array().is_some_and(|n| n.iter().all(|n| n["heartbeat_advancing"] == true))
-    })
-    .unwrap();
+    c.wait_daemons_healthy(&[0, 1, 2], Duration::from_secs(60))
+        .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let stop = c.nodes[1].run_ok("pkill -STOP -x fenced && cat /proc/uptime").unwrap();
+    let stop = c.nodes[1]
+        .run_ok("pkill -STOP -x fenced && cat /proc/uptime")
+        .unwrap();
     let stopped_at = Instant::now();
     let t = c.timing;
     let reset = c.nodes[1]
         .wait_exit(Duration::from_millis(u64::from(t.watchdog + t.poll)) + Duration::from_secs(5))
         .expect("the hardware watchdog must reset a node whose daemon hangs");
     let after = reset.saturating_duration_since(stopped_at);
-    println!("MEASURED: node2 reset {:.2} s after its daemon was stopped (W = {} ms)", after.as_secs_f64(), t.watchdog);
-    assert!(after >= Duration::from_millis(u64::from(t.watchdog - t.poll)), "not before the watchdog timeout: {after:?}");
+    println!(
+        "MEASURED: node2 reset {:.2} s after its daemon was stopped (W = {} ms)",
+        after.as_secs_f64(),
+        t.watchdog
+    );
+    assert!(
+        after >= Duration::from_millis(u64::from(t.watchdog - t.poll)),
+        "not before the watchdog timeout: {after:?}"
+    );
     drop(listener);
     let log = std::fs::read_to_string(c.lab.dir().join("node2/xchg/notify.log")).unwrap();
     let stop_uptime: f64 = stop.split_whitespace().next().unwrap().parse().unwrap();
@@ -193,8 +275,15 @@ fn stopped_daemon_is_reset_by_the_hardware_watchdog() {
         .filter(|l| l.ends_with("WATCHDOG=1"))
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect();
-    println!("notify log: READY={ready}, {} WATCHDOG=1, last at {:?}, stopped at uptime {stop_uptime}", pings.len(), pings.last());
-    assert!(ready && pings.len() >= 3, "the daemon notified systemd while healthy");
+    println!(
+        "notify log: READY={ready}, {} WATCHDOG=1, last at {:?}, stopped at uptime {stop_uptime}",
+        pings.len(),
+        pings.last()
+    );
+    assert!(
+        ready && pings.len() >= 3,
+        "the daemon notified systemd while healthy"
+    );
     assert!(
         pings.iter().all(|&p| p <= stop_uptime + 0.1),
         "no WATCHDOG=1 after the daemon was stopped"
@@ -208,8 +297,11 @@ fn stopped_daemon_is_reset_by_the_hardware_watchdog() {
 /// reaches the LUN after the fence.
 #[test]
 fn node_frozen_while_fenced_cannot_write_after_thaw_and_resets() {
-    let c = Cluster::start(&mut narrate(), &ClusterSpec::new("freeze-fence", TargetKind::Lio))
-        .expect("cluster up");
+    let c = Cluster::start(
+        &mut narrate(),
+        &ClusterSpec::new("freeze-fence", TargetKind::Lio),
+    )
+    .expect("cluster up");
     let dev = c.lun_devices[1][0].clone();
     // node2 writes block 200+n, one every 200 ms, logging each result with a counter.
     let _writer = c.nodes[1]
@@ -223,13 +315,25 @@ fn node_frozen_while_fenced_cannot_write_after_thaw_and_resets() {
     let _freeze = faults::freeze_kernel(c.lab.kernel(), &c.nodes[1], 3).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let (out, took) = c.fence(0, 1).unwrap();
-    println!("fence during the freeze: exit {} in {:.2} s: {}{}", out.code, took.as_secs_f64(), out.stdout, out.stderr);
+    println!(
+        "fence during the freeze: exit {} in {:.2} s: {}{}",
+        out.code,
+        took.as_secs_f64(),
+        out.stdout,
+        out.stderr
+    );
     assert_eq!(out.code, 0, "the fence must not wait for the frozen victim");
     let t = c.timing;
-    let reset = c.nodes[1].wait_exit(Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(10));
+    let reset = c.nodes[1].wait_exit(
+        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(10),
+    );
     assert!(reset.is_some(), "node2 must reset");
-    let log = std::fs::read_to_string(c.lab.dir().join("node2/xchg/writes.log")).unwrap_or_default();
-    println!("node2's writes: {}", log.lines().collect::<Vec<_>>().join(", "));
+    let log =
+        std::fs::read_to_string(c.lab.dir().join("node2/xchg/writes.log")).unwrap_or_default();
+    println!(
+        "node2's writes: {}",
+        log.lines().collect::<Vec<_>>().join(", ")
+    );
     // Every block node2 reported written is on the LUN; no block is there that it did not
     // report before the fence: read the whole range from node1.
     let last_ok: u64 = log
@@ -275,10 +379,18 @@ fn losing_two_of_three_voting_disks_self_fences_every_node_after_the_lease() {
     let t = c.timing;
     for (i, g) in c.nodes.iter().enumerate() {
         let reset = g
-            .wait_exit(Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(5))
+            .wait_exit(
+                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
+                    + Duration::from_secs(5),
+            )
             .unwrap_or_else(|| panic!("node{} must fence itself", i + 1));
         let after = reset.saturating_duration_since(failed_at);
-        println!("MEASURED: node{} reset {:.2} s after losing 2 of 3 voting disks (L = {} ms)", i + 1, after.as_secs_f64(), t.lease);
+        println!(
+            "MEASURED: node{} reset {:.2} s after losing 2 of 3 voting disks (L = {} ms)",
+            i + 1,
+            after.as_secs_f64(),
+            t.lease
+        );
         assert!(
             after >= Duration::from_millis(u64::from(t.lease - t.poll)),
             "node{} fenced itself before its lease ran out: {after:?}",

@@ -433,7 +433,13 @@ pub fn status(args: &LocalArgs) -> Exit {
             }))
             .collect::<Vec<_>>());
     }
-    out["daemon_running"] = json!(matches!(via_daemon(&config, "ping", ""), Ok(Some(_))));
+    let ping = json!({ "v": fenced::control::VERSION, "op": "ping" });
+    out["daemon"] =
+        match fenced::control::request(&config.control_socket, &ping, Duration::from_secs(5)) {
+            Ok(Some(reply)) => json!({ "running": true, "verdict": reply["verdict"] }),
+            Ok(None) => json!({ "running": false }),
+            Err(e) => json!({ "running": null, "error": e }),
+        };
     if args.json {
         say!("{out}");
     } else {

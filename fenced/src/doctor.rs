@@ -160,7 +160,7 @@ fn voting_disks(config: &Config, r: &mut Report) {
             Verdict::Warn,
             "voting disks",
             format!(
-                "{n} configured: an even count tolerates no more failures than {} disks",
+                "{n} configured: an even count tolerates no more disk failures than {} disks would",
                 n - 1
             ),
             "use an odd number (3 or 5) of voting disks",

@@ -3,10 +3,12 @@
 //! The binary (`src/main.rs`) only parses the command line and calls into this crate.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod channel;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor;
 pub mod fence;
 pub mod health;
 pub mod luns;

@@ -41,9 +41,14 @@ enum Group {
     Unfence(commands::node::LocalArgs),
     /// Show voting disks, authority, heartbeats, keys per LUN, reservation holders, watchdogs.
     Status(commands::node::LocalArgs),
+    /// Preflight checks: config and timing, voting disks, LUNs and PR support, watchdog.
+    Doctor(commands::doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
+    if commands::agent::invoked_as_agent() {
+        return commands::agent::main();
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         Group::Clear(args) => commands::node::clear(&args),
         Group::Unfence(args) => commands::node::unfence(&args),
         Group::Status(args) => commands::node::status(&args),
+        Group::Doctor(args) => commands::doctor::run(&args),
     };
     status.into()
 }

@@ -17,7 +17,9 @@ macro_rules! complain {
     }};
 }
 
+pub mod agent;
 pub mod disk;
+pub mod doctor;
 pub mod node;
 pub mod watchdog;
 

@@ -1,0 +1,700 @@
+//! `fenced doctor`: preflight checks of a node, each a PASS/WARN/FAIL line that says what to do.
+//!
+//! What is checked, and how (nothing here changes any device state; every SCSI command sent is
+//! a read: TEST UNIT READY, PR IN, REPORT SUPPORTED OPERATION CODES):
+//! - the configuration loads (owner root, not group/world-writable) and its timing relations
+//!   hold (D < P, L >= 2P + D, W >= 2P, W whole seconds);
+//! - each voting disk: readable, of this cluster (UUID), enough slots for every member, header
+//!   timeouts equal to the configuration's; a majority of them good; an odd count;
+//! - each LUN path: TEST UNIT READY, READ KEYS shows this node's key, device-mapper maps are
+//!   warned about (dm-multipath's PR preempt never sets the abort flag); per LUN: REPORT
+//!   CAPABILITIES (type 5, Write Exclusive – Registrants Only, in the type mask; PTPL), READ FULL
+//!   STATUS (one registration of our key per configured path), the reservation (type 5 held),
+//!   and PREEMPT AND ABORT support as the target declares it in REPORT SUPPORTED OPERATION
+//!   CODES (one-command form for PR OUT / service action 5). A target may lack that command:
+//!   then support is "unknown" — sending PREEMPT AND ABORT is the only other test, and it would
+//!   preempt a registrant; `fenced fence` falls back to PREEMPT and says so per LUN;
+//! - the watchdog: which device the policy would pick (or the one the running daemon holds),
+//!   hardware or softdog, nowayout, and whether the driver's timeout range contains W.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use sg_pr::{DataTransfer, PersistentReservations, PrType, ScsiStatus, ScsiTransport};
+
+use crate::config::{self, Config, WatchdogPolicy};
+use crate::luns::{self, FENCING_TYPE};
+use crate::vdisk::admin::read_disk;
+use crate::vdisk::quorum::majority;
+
+/// The verdict of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    /// As it should be.
+    Pass,
+    /// Works, but weaker than it should be, or not verifiable.
+    Warn,
+    /// Fencing would not work (or not safely) as configured.
+    Fail,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        })
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// PASS, WARN or FAIL.
+    pub verdict: Verdict,
+    /// What was checked (`config`, `voting-disk /dev/vdb`, `lun naa.6001405... path /dev/sdb`).
+    pub subject: String,
+    /// What was found.
+    pub message: String,
+    /// What to do about it (WARN and FAIL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.verdict, self.subject, self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " -> {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The checks made so far.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// In order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, verdict: Verdict, subject: impl Into<String>, message: impl Into<String>) {
+        self.checks.push(Check {
+            verdict,
+            subject: subject.into(),
+            message: message.into(),
+            fix: None,
+        });
+    }
+
+    fn add_fix(
+        &mut self,
+        verdict: Verdict,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.checks.push(Check {
+            verdict,
+            subject: subject.into(),
+            message: message.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
+    /// Whether no check failed.
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.verdict != Verdict::Fail)
+    }
+}
+
+/// Runs every check for the configuration at `path`.
+pub fn run(path: &Path) -> Report {
+    let mut r = Report::default();
+    let config = match Config::load(path, true) {
+        Ok(c) => {
+            let t = c.timing;
+            r.add(
+                Verdict::Pass,
+                "config",
+                format!(
+                    "{} loads; node {} (id {}) of cluster {} ({} members); P {} ms, D {} ms, L {} ms, W {} ms: D < P, L >= 2P + D, W >= 2P hold; fence deadline {} ms",
+                    path.display(),
+                    c.me.name,
+                    c.me.id,
+                    c.cluster_name,
+                    c.members.len(),
+                    t.poll.as_millis(),
+                    t.io_deadline.as_millis(),
+                    t.lease.as_millis(),
+                    t.watchdog.as_millis(),
+                    t.fence_deadline.as_millis()
+                ),
+            );
+            c
+        }
+        Err(e) => {
+            r.add_fix(
+                Verdict::Fail,
+                "config",
+                e.to_string(),
+                "fix the file; nothing else can be checked without it",
+            );
+            return r;
+        }
+    };
+    voting_disks(&config, &mut r);
+    shared_luns(&config, &mut r);
+    watchdog_check(&config, &mut r);
+    r
+}
+
+fn voting_disks(config: &Config, r: &mut Report) {
+    let n = config.voting_disks.len();
+    if n % 2 == 0 {
+        r.add_fix(
+            Verdict::Warn,
+            "voting disks",
+            format!(
+                "{n} configured: an even count tolerates no more disk failures than {} disks would",
+                n - 1
+            ),
+            "use an odd number (3 or 5) of voting disks",
+        );
+    } else {
+        r.add(
+            Verdict::Pass,
+            "voting disks",
+            format!("{n} configured (odd)"),
+        );
+    }
+    let want = config.timing.as_header_timeouts();
+    let needed_slots = config.members.iter().map(|m| m.id).max().unwrap_or(0);
+    let mut good = 0;
+    for path in &config.voting_disks {
+        let subject = format!("voting disk {}", path.display());
+        match read_disk(path, Some(config.cluster)) {
+            Ok(dump) => {
+                let h = dump.header;
+                if h.timeouts != want {
+                    r.add_fix(
+                        Verdict::Fail,
+                        subject,
+                        format!(
+                            "header timeouts P {} D {} L {} W {} ms differ from the configuration's P {} D {} L {} W {} ms",
+                            h.timeouts.poll_ms, h.timeouts.io_deadline_ms, h.timeouts.lease_ms, h.timeouts.watchdog_ms,
+                            want.poll_ms, want.io_deadline_ms, want.lease_ms, want.watchdog_ms
+                        ),
+                        "make [timeouts] equal to the disks' (`fenced disk dump`), or stop the cluster and reformat the disks with the new timeouts",
+                    );
+                } else if h.slots <= needed_slots {
+                    r.add_fix(
+                        Verdict::Fail,
+                        subject,
+                        format!(
+                            "{} slots, but node id {needed_slots} needs slot {needed_slots}",
+                            h.slots
+                        ),
+                        "reformat the voting disks with more --slots",
+                    );
+                } else {
+                    good += 1;
+                    r.add(
+                        Verdict::Pass,
+                        subject,
+                        format!(
+                            "cluster {}, {} slots, timeouts match the configuration",
+                            h.cluster, h.slots
+                        ),
+                    );
+                }
+            }
+            Err(e) => r.add_fix(
+                Verdict::Fail,
+                subject,
+                e.to_string(),
+                "check the path and the device; `fenced disk dump` shows what is on it",
+            ),
+        }
+    }
+    let need = majority(n);
+    if good >= need {
+        r.add(
+            Verdict::Pass,
+            "voting-disk majority",
+            format!("{good} of {n} good, {need} needed"),
+        );
+    } else {
+        r.add_fix(
+            Verdict::Fail,
+            "voting-disk majority",
+            format!("only {good} of {n} good, {need} needed: the daemon cannot keep its lease"),
+            "repair or replace the failing voting disks",
+        );
+    }
+}
+
+/// PREEMPT AND ABORT support as the target declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreemptAbort {
+    /// The target says it supports it.
+    Supported,
+    /// The target says it does not.
+    NotSupported,
+    /// The target did not say (why).
+    Unknown(String),
+}
+
+/// Asks the target through REPORT SUPPORTED OPERATION CODES (MAINTENANCE IN, service action
+/// 0x0C), one-command form with service action (REPORTING OPTIONS 010b), for PERSISTENT RESERVE
+/// OUT (0x5F) service action PREEMPT AND ABORT (0x05). The reply's SUPPORT field (byte 1 bits
+/// 2..0): 011b/101b supported, 001b not supported, 000b not available.
+pub fn preempt_abort_support<T: ScsiTransport + ?Sized>(
+    transport: &T,
+    timeout: Duration,
+) -> PreemptAbort {
+    let mut cdb = [0u8; 12];
+    cdb[0] = 0xa3;
+    cdb[1] = 0x0c;
+    cdb[2] = 0x02;
+    cdb[3] = 0x5f;
+    cdb[4..6].copy_from_slice(&5u16.to_be_bytes());
+    let mut buf = [0u8; 64];
+    let len = u32::try_from(buf.len()).unwrap_or(64);
+    cdb[6..10].copy_from_slice(&len.to_be_bytes());
+    // One retry absorbs a pending UNIT ATTENTION.
+    for _ in 0..2 {
+        let out = match transport.execute(&cdb, DataTransfer::FromDevice(&mut buf), timeout) {
+            Ok(o) => o,
+            Err(e) => return PreemptAbort::Unknown(e.to_string()),
+        };
+        if out.status == ScsiStatus::GOOD {
+            return match buf[1] & 0x07 {
+                0b011 | 0b101 => PreemptAbort::Supported,
+                0b001 => PreemptAbort::NotSupported,
+                s => PreemptAbort::Unknown(format!(
+                    "REPORT SUPPORTED OPERATION CODES answered SUPPORT {s:03b} (no data)"
+                )),
+            };
+        }
+        let sense = out.decoded_sense();
+        let unit_attention = sense
+            .as_ref()
+            .is_some_and(|s| s.key == sg_pr::SenseKey::UnitAttention);
+        if !unit_attention {
+            return PreemptAbort::Unknown(match sense {
+                Some(s) => {
+                    format!("the target does not support REPORT SUPPORTED OPERATION CODES ({s})")
+                }
+                None => format!("REPORT SUPPORTED OPERATION CODES: status {}", out.status),
+            });
+        }
+    }
+    PreemptAbort::Unknown("unit attentions kept arriving".into())
+}
+
+fn shared_luns(config: &Config, r: &mut Report) {
+    let paths = config::expand_paths(&config.luns);
+    if config.luns.is_empty() {
+        r.add_fix(
+            Verdict::Warn,
+            "luns",
+            "storage.luns is empty: fencing only marks nodes dead on the voting disks; data is safe only after lease + watchdog",
+            "list every path of every shared LUN in storage.luns",
+        );
+        return;
+    }
+    if paths.is_empty() {
+        r.add_fix(
+            Verdict::Fail,
+            "luns",
+            format!("no device matches storage.luns {:?}", config.luns),
+            "check the patterns against /dev/disk/by-id",
+        );
+        return;
+    }
+    let timeout = config.timing.fence_deadline / 2;
+    let luns = match luns::discover(&paths, timeout) {
+        Ok(l) => l,
+        Err(e) => {
+            r.add_fix(
+                Verdict::Fail,
+                "luns",
+                e,
+                "every configured path must open and answer INQUIRY",
+            );
+            return;
+        }
+    };
+    let own = config.me.key;
+    for lun in &luns {
+        let mut sg_paths = 0usize;
+        let mut first_sg = None;
+        for path in &lun.paths {
+            let subject = format!("lun {} path {}", lun.id, path.display());
+            let dev = match luns::open_path(path, timeout) {
+                Ok(d) => d,
+                Err(e) => {
+                    r.add_fix(Verdict::Fail, subject, e.to_string(), "check the path");
+                    continue;
+                }
+            };
+            match dev.as_sg() {
+                None => r.add_fix(
+                    Verdict::Warn,
+                    subject.clone(),
+                    "a device-mapper (multipath) or non-SCSI device: reservations go through the block layer, and dm-multipath's PR preempt never sets the abort flag (queued writes of a fenced node are not aborted)",
+                    "configure the SCSI paths (/dev/disk/by-path or the sdX under the map) in storage.luns instead of the dm device",
+                ),
+                Some(sg) => {
+                    sg_paths += 1;
+                    match sg.test_unit_ready() {
+                        Ok(_) => r.add(Verdict::Pass, subject.clone(), "TEST UNIT READY answers"),
+                        Err(e) => r.add_fix(
+                            Verdict::Fail,
+                            subject.clone(),
+                            format!("TEST UNIT READY: {e}"),
+                            "check the path (cabling, zoning, iSCSI session)",
+                        ),
+                    }
+                }
+            }
+            match dev.keys() {
+                Ok(k) if k.value.contains(own) => r.add(
+                    Verdict::Pass,
+                    subject,
+                    format!(
+                        "READ KEYS lists this node's key 0x{:x} ({} keys)",
+                        own.0,
+                        k.value.keys.len()
+                    ),
+                ),
+                Ok(_) => r.add_fix(
+                    Verdict::Fail,
+                    subject,
+                    format!("this node's key 0x{:x} is not registered", own.0),
+                    "start fenced.service, or run `fenced unfence` (if this node was fenced, a live node runs `fenced clear` first)",
+                ),
+                Err(e) => r.add_fix(
+                    Verdict::Fail,
+                    subject,
+                    format!("READ KEYS: {e}"),
+                    "the target must support SCSI-3 persistent reservations",
+                ),
+            }
+            if first_sg.is_none() && dev.as_sg().is_some() {
+                first_sg = Some(dev);
+            }
+        }
+        let subject = format!("lun {}", lun.id);
+        let Some(dev) = first_sg else { continue };
+        let Some(sg) = dev.as_sg() else { continue };
+        match sg.report_capabilities() {
+            Ok(c) => {
+                let c = c.value;
+                if !c.type_mask_valid {
+                    r.add_fix(
+                        Verdict::Warn,
+                        subject.clone(),
+                        "REPORT CAPABILITIES has no valid type mask: type 5 support not declared",
+                        "check the target's documentation for Write Exclusive – Registrants Only",
+                    );
+                } else if c.supported_types.contains(&PrType::WriteExclusiveRegistrantsOnly) {
+                    r.add(
+                        Verdict::Pass,
+                        subject.clone(),
+                        format!(
+                            "REPORT CAPABILITIES: type 5 (Write Exclusive – Registrants Only) supported; PTPL {}{}; ALL_TG_PT {}",
+                            if c.persist_through_power_loss_capable { "capable" } else { "not capable" },
+                            if c.persist_through_power_loss_active { " (active)" } else { "" },
+                            if c.all_target_ports { "capable" } else { "not capable" },
+                        ),
+                    );
+                } else {
+                    r.add_fix(
+                        Verdict::Fail,
+                        subject.clone(),
+                        format!(
+                            "REPORT CAPABILITIES: type 5 (Write Exclusive – Registrants Only) not in the type mask {:?}",
+                            c.supported_types
+                        ),
+                        "fenced needs type 5 reservations: use a target that supports them",
+                    );
+                }
+                if !c.persist_through_power_loss_capable {
+                    r.add_fix(
+                        Verdict::Warn,
+                        subject.clone(),
+                        "the target cannot persist reservations through power loss (PTPL): a target reboot drops every key and the reservation",
+                        "after a storage outage, restart fenced on every node (it re-registers)",
+                    );
+                }
+            }
+            Err(e) => r.add_fix(
+                Verdict::Warn,
+                subject.clone(),
+                format!("REPORT CAPABILITIES: {e}"),
+                "type 5 support is not declared; the reservation check below shows whether it works",
+            ),
+        }
+        match sg.read_full_status() {
+            Ok(fs) => {
+                let mine = fs
+                    .value
+                    .registrations
+                    .iter()
+                    .filter(|reg| reg.key == own)
+                    .count();
+                if mine >= sg_paths {
+                    r.add(
+                        Verdict::Pass,
+                        subject.clone(),
+                        format!(
+                            "READ FULL STATUS: {mine} registration(s) of this node's key for {sg_paths} SCSI path(s)"
+                        ),
+                    );
+                } else {
+                    r.add_fix(
+                        Verdict::Fail,
+                        subject.clone(),
+                        format!(
+                            "READ FULL STATUS: {mine} registration(s) of this node's key for {sg_paths} SCSI path(s): some path (I_T nexus) is not registered and would be refused after a reservation change"
+                        ),
+                        "run `fenced unfence` (it registers every path); check that every path of the LUN is in storage.luns",
+                    );
+                }
+            }
+            Err(e) => r.add_fix(
+                Verdict::Warn,
+                subject.clone(),
+                format!("READ FULL STATUS not available ({e}): registration per path is checked only as \"key listed\" through each path"),
+                "nothing to do unless a path is missing from storage.luns",
+            ),
+        }
+        match dev.reservation() {
+            Ok(st) => match st.value.reservation {
+                Some(res) if res.pr_type == Some(FENCING_TYPE) => r.add(
+                    Verdict::Pass,
+                    subject.clone(),
+                    format!(
+                        "reserved, type 5, holder 0x{:x}{}",
+                        res.key.0,
+                        config
+                            .member_by_key(res.key)
+                            .map(|m| format!(" ({})", m.name))
+                            .unwrap_or_default()
+                    ),
+                ),
+                Some(res) => r.add_fix(
+                    Verdict::Fail,
+                    subject.clone(),
+                    format!(
+                        "reserved with type {} by 0x{:x}, not type 5",
+                        res.pr_type.map(|t| t.short_name()).unwrap_or("unknown"),
+                        res.key.0
+                    ),
+                    "another tool holds a different reservation: release it (sg_persist --release) and restart fenced",
+                ),
+                None => r.add_fix(
+                    Verdict::Warn,
+                    subject.clone(),
+                    "not reserved: registrations alone do not keep a preempted node out",
+                    "start fenced.service or run `fenced unfence` (it reserves a free LUN)",
+                ),
+            },
+            Err(e) => r.add_fix(
+                Verdict::Fail,
+                subject.clone(),
+                format!("READ RESERVATION: {e}"),
+                "the target must support SCSI-3 persistent reservations",
+            ),
+        }
+        match preempt_abort_support(sg.transport(), timeout) {
+            PreemptAbort::Supported => r.add(
+                Verdict::Pass,
+                subject,
+                "PREEMPT AND ABORT supported (declared in REPORT SUPPORTED OPERATION CODES)",
+            ),
+            PreemptAbort::NotSupported => r.add_fix(
+                Verdict::Warn,
+                subject,
+                "PREEMPT AND ABORT not supported (declared in REPORT SUPPORTED OPERATION CODES): a fence falls back to plain PREEMPT, so commands the victim queued before the fence may still complete",
+                "use a target with PREEMPT AND ABORT, or count on lease + watchdog for queued I/O",
+            ),
+            PreemptAbort::Unknown(why) => r.add_fix(
+                Verdict::Warn,
+                subject,
+                format!("PREEMPT AND ABORT support unknown: {why}; it cannot be tested without preempting a registrant"),
+                "a fence falls back to PREEMPT if needed and says so in its per-LUN outcome",
+            ),
+        }
+    }
+}
+
+fn watchdog_check(config: &Config, r: &mut Report) {
+    use watchdog::{choose, discover, Decision, Kind, Policy, Roots};
+    let w_secs = u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(u32::MAX);
+    let found = match discover(&Roots::system()) {
+        Ok(f) => f,
+        Err(e) => {
+            r.add_fix(Verdict::Fail, "watchdog", e.to_string(), "is /sys mounted?");
+            return;
+        }
+    };
+    // The running daemon holds its watchdog open; that device is the one in use.
+    let held = found.iter().find(|w| {
+        w.holders
+            .iter()
+            .any(|h| h.comm.as_deref() == Some("fenced"))
+    });
+    let policy = match (&config.watchdog_device, config.watchdog_policy) {
+        (Some(d), _) => Policy::Device(d.clone()),
+        (None, WatchdogPolicy::RequireHardware) => Policy::RequireHardware,
+        (None, WatchdogPolicy::AllowSoftdog) => Policy::AllowSoftdog {
+            soft_margin: w_secs,
+            soft_panic: false,
+        },
+    };
+    let device = match (held, choose(&found, &policy)) {
+        (Some(w), _) => {
+            r.add(
+                Verdict::Pass,
+                "watchdog",
+                format!(
+                    "{} ({}) is held by the running fenced",
+                    w.device_node.display(),
+                    w.identity.as_deref().unwrap_or("unknown identity")
+                ),
+            );
+            w.clone()
+        }
+        (None, Ok(Decision::Use(c))) => {
+            r.add(
+                Verdict::Pass,
+                "watchdog",
+                format!("policy {:?} would use {c}", config.watchdog_policy),
+            );
+            c.device
+        }
+        (None, Ok(Decision::LoadSoftdog { reason, .. })) => {
+            r.add_fix(
+                Verdict::Warn,
+                "watchdog",
+                format!("no watchdog device; the policy would load softdog: {reason}"),
+                "softdog does not fire while the kernel is frozen: add a hardware watchdog (iTCO, IPMI, i6300esb)",
+            );
+            return;
+        }
+        (None, Err(e)) => {
+            r.add_fix(
+                Verdict::Fail,
+                "watchdog",
+                e.to_string(),
+                "load the hardware watchdog driver, or set watchdog.policy = \"allow-softdog\" knowing its limits",
+            );
+            return;
+        }
+    };
+    let subject = format!("watchdog {}", device.device_node.display());
+    match device.kind {
+        Kind::Hardware => r.add(
+            Verdict::Pass,
+            subject.clone(),
+            "hardware: it resets the node even when the kernel is frozen",
+        ),
+        Kind::Software => r.add_fix(
+            Verdict::Warn,
+            subject.clone(),
+            "softdog: it runs inside the kernel it guards and does not fire while the kernel is frozen",
+            "use a hardware watchdog",
+        ),
+        Kind::Unknown => r.add_fix(
+            Verdict::Warn,
+            subject.clone(),
+            "kind unknown (neither identity nor driver recognised)",
+            "check with `fenced watchdog list` that it is a hardware timer",
+        ),
+    }
+    match device.nowayout {
+        Some(true) => r.add(
+            Verdict::Pass,
+            subject.clone(),
+            "nowayout set: closing the device cannot stop it",
+        ),
+        Some(false) => r.add_fix(
+            Verdict::Warn,
+            subject.clone(),
+            "nowayout not set: a process that writes the magic 'V' and closes it disarms it",
+            "load the driver with nowayout=1 (or CONFIG_WATCHDOG_NOWAYOUT)",
+        ),
+        None => r.add(Verdict::Warn, subject.clone(), "nowayout unknown"),
+    }
+    match (device.min_timeout, device.max_timeout) {
+        (Some(min), Some(max)) if (min..=max).contains(&w_secs) => r.add(
+            Verdict::Pass,
+            subject,
+            format!("timeouts.watchdog {w_secs} s is in the driver's range {min}..={max} s"),
+        ),
+        (Some(min), Some(max)) => r.add_fix(
+            Verdict::Fail,
+            subject,
+            format!("timeouts.watchdog {w_secs} s is outside the driver's range {min}..={max} s"),
+            "choose timeouts.watchdog in the range (and reformat the voting disks with it)",
+        ),
+        _ => r.add_fix(
+            Verdict::Warn,
+            subject,
+            "the driver does not publish its timeout range (min_timeout/max_timeout)",
+            "the daemon reads back the timeout the driver set and refuses a different one",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sg_pr::fake::{ScriptedTransport, Step};
+
+    #[test]
+    fn report_fails_only_on_fail() {
+        let mut r = Report::default();
+        r.add(Verdict::Pass, "a", "fine");
+        r.add_fix(Verdict::Warn, "b", "meh", "do x");
+        assert!(r.ok());
+        assert_eq!(r.checks[1].to_string(), "WARN b: meh -> do x");
+        r.add(Verdict::Fail, "c", "bad");
+        assert!(!r.ok());
+    }
+
+    #[test]
+    fn a_missing_config_is_one_fail() {
+        let r = run(Path::new("/nonexistent/fenced.toml"));
+        assert_eq!(r.checks.len(), 1);
+        assert_eq!(r.checks[0].verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn preempt_abort_support_reads_the_support_field() {
+        let t = Duration::from_secs(1);
+        let reply = |support: u8| Step::data(vec![0, support, 0, 10]);
+        let fake = ScriptedTransport::new("sdx", [reply(0x03)]);
+        assert_eq!(preempt_abort_support(&fake, t), PreemptAbort::Supported);
+        let cdb = &fake.sent()[0].cdb;
+        assert_eq!(&cdb[..6], &[0xa3, 0x0c, 0x02, 0x5f, 0x00, 0x05]);
+        let fake = ScriptedTransport::new("sdx", [reply(0x01)]);
+        assert_eq!(preempt_abort_support(&fake, t), PreemptAbort::NotSupported);
+        // A pending unit attention first, then the answer.
+        let fake = ScriptedTransport::new("sdx", [Step::check(0x6, 0x29, 0x00), reply(0x05)]);
+        assert_eq!(preempt_abort_support(&fake, t), PreemptAbort::Supported);
+        // ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE: the target does not say.
+        let fake = ScriptedTransport::new("sdx", [Step::check(0x5, 0x20, 0x00)]);
+        assert!(matches!(
+            preempt_abort_support(&fake, t),
+            PreemptAbort::Unknown(_)
+        ));
+    }
+}

@@ -1,0 +1,130 @@
+//! `fence_fenced` (Pacemaker's fence-agent protocol) and `fenced doctor` on a 3-node guest
+//! cluster: LIO over iSCSI in a storage guest, three shared voting disks, an i6300esb per node,
+//! `fenced run` on every node.
+
+use kmod_testing::iscsi::TargetKind;
+use kmod_testing::project_binary;
+use std::process::Command;
+use std::time::Instant;
+use tests::cluster::{Cluster, ClusterSpec, Timing};
+
+/// fence-agents' RelaxNG schema for `-o metadata` (Debian package fence-agents, on the host).
+const METADATA_RNG: &str = "/usr/share/cluster/relaxng/metadata.rng";
+
+/// Runs `fence_fenced` on `node` with `options` as its stdin lines (Pacemaker's way).
+fn agent(c: &Cluster, node: usize, options: &str) -> kmod_testing::Output {
+    let t = Instant::now();
+    let out = c.nodes[node]
+        .run(&format!("printf '{options}' | /tmp/fence_fenced"))
+        .expect("run fence_fenced in the guest");
+    let stdout = if out.stdout.len() > 200 {
+        format!("<{} bytes>", out.stdout.len())
+    } else {
+        format!("{:?}", out.stdout)
+    };
+    println!(
+        "    fence_fenced {:?}: exit {} in {:.2} s; stdout {stdout}; stderr {:?}",
+        options,
+        out.code,
+        t.elapsed().as_secs_f64(),
+        out.stderr
+    );
+    out
+}
+
+/// Pacemaker drives node1's `fence_fenced`: metadata (valid against the fence-agents schema),
+/// monitor, list, status of node2 (ON, exit 0), off for node2 (exit 0, its key gone from the
+/// LUN), status again (OFF, exit 2). Before that, `fenced doctor` on node1 passes.
+#[test]
+fn fence_agent_protocol_drives_a_fence_through_stdin() {
+    let spec = ClusterSpec {
+        name: "agent-lio".into(),
+        target: TargetKind::Lio,
+        nodes: 3,
+        luns: 1,
+        timing: Timing::default(),
+    };
+    let c = Cluster::start(&mut |s: &str| println!("    {s}"), &spec).expect("cluster up");
+    let fenced = project_binary("fenced");
+    c.nodes[0]
+        .run_ok(&format!("ln -sf {} /tmp/fence_fenced", fenced.display()))
+        .unwrap();
+
+    let doctor = c.nodes[0]
+        .run(&format!("{} doctor", fenced.display()))
+        .unwrap();
+    println!(
+        "fenced doctor on node1 (exit {}):\n{}{}",
+        doctor.code, doctor.stdout, doctor.stderr
+    );
+    assert_eq!(doctor.code, 0, "doctor must find no FAIL on a healthy node");
+    assert!(doctor.stdout.contains("PASS voting-disk majority"));
+    assert!(doctor.stdout.contains("READ KEYS lists this node's key"));
+
+    let meta = agent(&c, 0, "action=metadata\\n");
+    assert_eq!(meta.code, 0);
+    let dir = tempfile_dir();
+    let file = dir.join("metadata.xml");
+    std::fs::write(&file, &meta.stdout).unwrap();
+    let lint = Command::new("xmllint")
+        .args(["--noout", "--relaxng", METADATA_RNG])
+        .arg(&file)
+        .output()
+        .expect("xmllint (libxml2-utils) on the host");
+    assert!(
+        lint.status.success(),
+        "metadata must validate against {METADATA_RNG}: {}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    assert_eq!(agent(&c, 0, "action=monitor\\n").code, 0);
+    let list = agent(&c, 0, "action=list\\n");
+    assert_eq!(
+        (list.code, list.stdout.as_str()),
+        (0, "node1,\nnode2,\nnode3,\n")
+    );
+
+    let st = agent(&c, 0, "action=status\\nplug=node2\\n");
+    assert_eq!(
+        (st.code, st.stdout.trim()),
+        (0, "Status: ON"),
+        "node2 starts ON"
+    );
+
+    let t = Instant::now();
+    let off = agent(&c, 0, "action=off\\nport=node2\\nnodename=node2\\n");
+    println!(
+        "MEASURED: fence_fenced off took {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!((off.code, off.stdout.trim()), (0, "Success: Powered OFF"));
+    let status = c.status(0).unwrap();
+    let keys = &status["luns"][0]["keys"];
+    let holders: Vec<&str> = keys
+        .as_array()
+        .expect("keys of the LUN")
+        .iter()
+        .filter_map(|k| k["node"].as_str())
+        .collect();
+    assert!(
+        !holders.contains(&"node2"),
+        "node2's key must be gone: {keys}"
+    );
+    assert!(
+        holders.contains(&"node1") && holders.contains(&"node3"),
+        "{keys}"
+    );
+
+    let st = agent(&c, 0, "action=status\\nplug=node2\\n");
+    assert_eq!(
+        (st.code, st.stdout.trim()),
+        (2, "Status: OFF"),
+        "node2 is OFF"
+    );
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("agent-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -6,7 +6,7 @@ use kmod_testing::iscsi::TargetKind;
 use kmod_testing::project_binary;
 use std::process::Command;
 use std::time::Instant;
-use tests::cluster::{Cluster, ClusterSpec, Timing};
+use tests::cluster::{Cluster, ClusterSpec};
 
 /// fence-agents' RelaxNG schema for `-o metadata` (Debian package fence-agents, on the host).
 const METADATA_RNG: &str = "/usr/share/cluster/relaxng/metadata.rng";
@@ -37,13 +37,7 @@ fn agent(c: &Cluster, node: usize, options: &str) -> kmod_testing::Output {
 /// LUN), status again (OFF, exit 2). Before that, `fenced doctor` on node1 passes.
 #[test]
 fn fence_agent_protocol_drives_a_fence_through_stdin() {
-    let spec = ClusterSpec {
-        name: "agent-lio".into(),
-        target: TargetKind::Lio,
-        nodes: 3,
-        luns: 1,
-        timing: Timing::default(),
-    };
+    let spec = ClusterSpec::new("agent-lio", TargetKind::Lio);
     let c = Cluster::start(&mut |s: &str| println!("    {s}"), &spec).expect("cluster up");
     let fenced = project_binary("fenced");
     c.nodes[0]

@@ -266,10 +266,11 @@ impl Cluster {
     ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let st = self.status(0)?;
-            if pred(&st) {
-                return Ok(st);
-            }
+            let st = match self.status(0) {
+                Ok(st) if pred(&st) => return Ok(st),
+                Ok(st) => st,
+                Err(e) => serde_json::json!({ "status_error": e.to_string() }),
+            };
             if Instant::now() > deadline {
                 let logs: Vec<String> = self
                     .nodes
@@ -291,15 +292,20 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         for &i in nodes {
             loop {
-                let st = self.status(i)?;
-                if st["daemon"]["verdict"] == "Healthy" {
+                // A status command can fail while a daemon starts (voting disks busy, LUN
+                // discovery racing the unfence): that is not the verdict, look again.
+                let st = self.status(i);
+                if st
+                    .as_ref()
+                    .is_ok_and(|st| st["daemon"]["verdict"] == "Healthy")
+                {
                     break;
                 }
                 if Instant::now() > deadline {
                     return Err(Error::Setup(format!(
-                        "{}'s daemon is not healthy within {timeout:?}: {}\n{}",
+                        "{}'s daemon is not healthy within {timeout:?}: {:?}\n{}",
                         self.nodes[i].name(),
-                        st["daemon"],
+                        st.map(|st| st["daemon"].clone()),
                         self.daemon_log(&self.nodes[i])
                     )));
                 }

@@ -134,7 +134,11 @@ fn split_brain_has_exactly_one_survivor_each_round() {
     spec.daemons = false;
     let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
     let mut tally = [0usize; 2];
-    for round in 0..20 {
+    let rounds: usize = std::env::var("FENCED_SPLIT_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    for round in 0..rounds {
         let a = c.spawn_fenced(0, "fence node2").unwrap();
         let b = c.spawn_fenced(1, "fence node1").unwrap();
         let a = c.nodes[0].wait(a, Duration::from_secs(60)).unwrap();
@@ -177,7 +181,7 @@ fn split_brain_has_exactly_one_survivor_each_round() {
         let un = c.fenced(l, "unfence").unwrap();
         assert!(un.success(), "{}", un.stderr);
     }
-    println!("MEASURED: split-brain tally over 20 rounds: node1 won {}, node2 won {}; 0 rounds with two or zero survivors", tally[0], tally[1]);
+    println!("MEASURED: split-brain tally over {rounds} rounds: node1 won {}, node2 won {}; 0 rounds with two or zero survivors", tally[0], tally[1]);
 
     // Once more with daemons: the loser's daemon sees its key gone and resets the node.
     let fenced = project_binary("fenced");

@@ -32,6 +32,7 @@ packages=(
   dmsetup           # dm-delay / dm-flakey faults inside guests
   stress-ng         # CPU, memory and I/O stress inside guests (soak test)
   make gcc-12 libc6-dev  # build the fault-injection modules against the kernel headers
+  systemd           # systemd-analyze verifies the shipped unit
 )
 
 missing=()

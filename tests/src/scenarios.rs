@@ -247,13 +247,14 @@ pub fn watchdog_under_freeze(
     let sys = format!("/sys/class/watchdog/{}", dev.trim_start_matches("/dev/"));
     let deadline = Instant::now() + Duration::from_secs(20);
     let timeout_secs = loop {
+        // Armed = running with the requested timeout (the device starts on open, with the
+        // driver's default timeout, a moment before the feeder sets ours).
         let state = g.run_ok(&format!("cat {sys}/state {sys}/timeout"))?;
         let mut lines = state.lines();
-        if lines.next() == Some("active") {
-            break lines
-                .next()
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0);
+        let active = lines.next() == Some("active");
+        let set: u32 = lines.next().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+        if active && set == timeout {
+            break set;
         }
         if Instant::now() > deadline {
             return Err(Error::Setup(format!("{dev} was not armed: {state}")));

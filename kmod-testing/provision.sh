@@ -33,6 +33,7 @@ packages=(
   stress-ng         # CPU, memory and I/O stress inside guests (soak test)
   make gcc-12 libc6-dev  # build the fault-injection modules against the kernel headers
   systemd           # systemd-analyze verifies the shipped unit
+  udev              # the rules in udev/ run under a real udevd in a guest
 )
 
 missing=()

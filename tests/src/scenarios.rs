@@ -252,7 +252,10 @@ pub fn watchdog_under_freeze(
         let state = g.run_ok(&format!("cat {sys}/state {sys}/timeout"))?;
         let mut lines = state.lines();
         let active = lines.next() == Some("active");
-        let set: u32 = lines.next().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+        let set: u32 = lines
+            .next()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
         if active && set == timeout {
             break set;
         }

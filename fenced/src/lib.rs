@@ -13,6 +13,7 @@ pub mod fence;
 pub mod health;
 pub mod luns;
 pub mod notify;
+pub mod ops;
 mod rt;
 pub mod selffence;
 pub mod vdisk;

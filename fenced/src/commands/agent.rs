@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use fenced::agent::{self, Action, AgentOptions, AGENT_NAME};
 use fenced::config::Config;
+use fenced::ops;
 
 /// Whether argv\[0\]'s basename is the agent's name.
 pub fn invoked_as_agent() -> bool {
@@ -142,7 +143,7 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
         config.cluster_name
     ));
     let member = match &opts.plug {
-        Some(p) => match agent::member(&config, p) {
+        Some(p) => match ops::member(&config, p) {
             Ok(m) => Some(m.clone()),
             Err(e) => {
                 log.error(&e);
@@ -223,7 +224,7 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
                 log.info(&format!("waiting {:?} before fencing", opts.delay));
                 std::thread::sleep(opts.delay);
             }
-            match agent::fence_node(&config, &m.name) {
+            match ops::fence_node(&config, &m.name) {
                 Ok(report) => {
                     for l in &report.luns {
                         log.info(&format!("{}: {} ({} ms)", l.lun, l.outcome, l.ms));
@@ -243,7 +244,7 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
         }
         Action::On => {
             let Some(m) = member else { return 1 };
-            match agent::clear_node(&config, &m.name) {
+            match ops::clear_node(&config, &m.name) {
                 Ok(Some(epoch)) => log.info(&format!(
                     "{} is no longer marked dead (epoch {epoch})",
                     m.name
@@ -256,7 +257,7 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
             }
             if m.id == config.me.id {
                 // On the node itself: register its key as `fenced unfence` does.
-                let luns = match agent::discover_luns(&config) {
+                let luns = match ops::discover_luns(&config) {
                     Ok(l) => l,
                     Err(e) => {
                         log.error(&e);

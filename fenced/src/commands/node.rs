@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use fenced::channel::DiskChannel;
 use fenced::config::{self, Config};
-use fenced::fence::{self, FenceError, FenceReport};
+use fenced::fence::{self, FenceReport};
 use fenced::luns;
 use fenced::vdisk::{OpenOptions, QuorumView, VotingDisks};
 
@@ -86,26 +86,7 @@ pub fn run(args: &RunArgs) -> Exit {
 }
 
 fn luns_of(config: &Config) -> Result<Vec<luns::Lun>, Exit> {
-    let paths = config::expand_paths(&config.luns);
-    if paths.is_empty() && !config.luns.is_empty() {
-        complain!("no device matches storage.luns {:?}", config.luns);
-        return Err(Exit::Failure);
-    }
-    luns::discover(&paths, config.timing.fence_deadline / 2).map_err(|e| {
-        complain!("{e}");
-        Exit::Failure
-    })
-}
-
-/// Sends `op` for `node` to the running daemon, or returns `None` when none runs.
-fn via_daemon(config: &Config, op: &str, node: &str) -> Result<Option<Value>, Exit> {
-    let req = json!({ "v": fenced::control::VERSION, "op": op, "node": node });
-    fenced::control::request(
-        &config.control_socket,
-        &req,
-        config.timing.fence_deadline * 2,
-    )
-    .map_err(|e| {
+    fenced::ops::discover_luns(config).map_err(|e| {
         complain!("{e}");
         Exit::Failure
     })
@@ -145,58 +126,15 @@ pub fn fence(args: &NodeArgs) -> Exit {
         Ok(c) => c,
         Err(e) => return e,
     };
-    match via_daemon(&config, "fence", &args.node) {
-        Err(e) => return e,
-        Ok(Some(reply)) => {
-            if reply["ok"] == true {
-                match serde_json::from_value::<FenceReport>(reply["report"].clone()) {
-                    Ok(report) => print_report(&report, args.json),
-                    Err(_) => say!("{reply}"),
-                }
-                return Exit::Ok;
-            }
-            if args.json {
-                say!("{reply}");
-            }
-            complain!(
-                "{}",
-                reply["error"].as_str().unwrap_or("the daemon refused")
-            );
-            return Exit::Failure;
-        }
-        Ok(None) => {}
-    }
-    // No daemon on this node: do it ourselves.
-    let Some(victim) = config.member(&args.node).cloned() else {
-        complain!(
-            "{} is not a member of cluster {}",
-            args.node,
-            config.cluster_name
-        );
-        return Exit::Failure;
-    };
-    let luns = match luns_of(&config) {
-        Ok(l) => l,
-        Err(e) => return e,
-    };
-    let mut channel = match DiskChannel::open(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            complain!("voting disks: {e}");
-            return Exit::Failure;
-        }
-    };
-    match fence::fence(&config, &luns, &victim, &mut channel) {
+    match fenced::ops::fence_node(&config, &args.node) {
         Ok(report) => {
             print_report(&report, args.json);
             Exit::Ok
         }
-        Err(FenceError::Incomplete { report, .. }) => {
-            print_report(&report, args.json);
-            complain!("not confirmed on every LUN");
-            Exit::Failure
-        }
         Err(e) => {
+            if args.json {
+                say!("{}", json!({ "ok": false, "error": e }));
+            }
             complain!("{e}");
             Exit::Failure
         }
@@ -209,39 +147,13 @@ pub fn clear(args: &NodeArgs) -> Exit {
         Ok(c) => c,
         Err(e) => return e,
     };
-    match via_daemon(&config, "clear", &args.node) {
-        Err(e) => return e,
-        Ok(Some(reply)) if reply["ok"] == true => {
-            say!("{} may rejoin (epoch {}).", args.node, reply["epoch"]);
-            return Exit::Ok;
-        }
-        Ok(Some(reply)) => {
-            complain!(
-                "{}",
-                reply["error"].as_str().unwrap_or("the daemon refused")
-            );
-            return Exit::Failure;
-        }
-        Ok(None) => {}
-    }
-    let Some(member) = config.member(&args.node).cloned() else {
-        complain!(
-            "{} is not a member of cluster {}",
-            args.node,
-            config.cluster_name
-        );
-        return Exit::Failure;
-    };
-    let result = DiskChannel::open(&config)
-        .map_err(|e| e.to_string())
-        .and_then(|mut ch| fence::clear(&config, &member, &mut ch).map_err(|e| e.to_string()));
-    match result {
+    match fenced::ops::clear_node(&config, &args.node) {
         Ok(Some(epoch)) => {
-            say!("{} may rejoin (epoch {epoch}).", member.name);
+            say!("{} may rejoin (epoch {epoch}).", args.node);
             Exit::Ok
         }
         Ok(None) => {
-            say!("{} is not marked dead.", member.name);
+            say!("{} is not marked dead.", args.node);
             Exit::Ok
         }
         Err(e) => {

@@ -18,6 +18,7 @@ macro_rules! complain {
 }
 
 pub mod disk;
+pub mod disk_watch;
 
 /// Documented exit codes of the `fenced` binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

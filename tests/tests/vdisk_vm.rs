@@ -1,0 +1,242 @@
+//! The voting-disk layer in real kernels: io_uring O_DIRECT polling of shared virtio-blk and
+//! iSCSI disks by several guests, with the faults the layer exists for.
+//!
+//! The guests run `fenced disk format|dump|watch` and the test-only node driver `vdisk-node`
+//! (tests/src/bin/vdisk-node.rs) from the host's target directory; build them first
+//! (`cargo build --workspace --bins`). Timeouts are the format's defaults: poll period P = 1 s,
+//! I/O deadline D = 500 ms, lease L = 3 s.
+
+use kmod_testing::{faults, GuestSpec, Lab};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tests::vdisk::{self, fenced, node};
+
+const P_MS: u64 = 1000;
+const D_MS: u64 = 500;
+const LEASE_MS: u64 = 3000;
+
+/// Three guests share three voting disks (virtio-blk, share-rw). Nodes b and c heartbeat in
+/// slots 1 and 2; node a then writes one fence marker (epoch 1, slot 2 dead) with
+/// `write_own_slot`.
+/// Must: b and c read each other's heartbeats before the marker; both recognise the marker as the
+/// authority (on 3 of 3 disks) within one poll period of the write being acknowledged (measured
+/// on the host clock from a's write returning to b's and c's reaction); c, declared dead, stops
+/// writing (exit 10); b keeps taking part. Must not: any node see an authority before the marker
+/// is written.
+#[test]
+fn marker_written_by_one_node_is_seen_by_the_others_within_one_poll_period() {
+    let lab = Lab::new("vdisk-marker").unwrap();
+    let imgs = vdisk::images(&lab, 3, 4).unwrap();
+    let g = lab
+        .boot_all(
+            ["a", "b", "c"]
+                .iter()
+                .map(|n| vdisk::with_images(GuestSpec::new(n), &imgs))
+                .collect(),
+        )
+        .unwrap();
+    let devs: Vec<String> = g.iter().map(|x| vdisk::devices(x, 3).unwrap()).collect();
+    vdisk::format(&g[0], &devs[0], 8).unwrap();
+
+    let watchers: Vec<_> = [1usize, 2]
+        .iter()
+        .map(|&i| {
+            g[i].spawn(&format!(
+                "{} --slot {i} --for 60 --until-authority 1 {}",
+                node(),
+                devs[i]
+            ))
+            .unwrap()
+        })
+        .collect();
+    // Let them heartbeat for a few periods.
+    std::thread::sleep(Duration::from_secs(5));
+    let write = g[0]
+        .run_ok(&format!(
+            "{} --slot 0 --rounds 1 --marker 1:0:2 {}",
+            node(),
+            devs[0]
+        ))
+        .unwrap();
+    let written_at = Instant::now();
+    let writer = vdisk::rounds(&write);
+    assert_eq!(writer[0]["write"], "ok", "{write}");
+    assert_eq!(writer[0]["acked"], 3, "{write}");
+
+    let mut outs = Vec::new();
+    for (w, i) in watchers.into_iter().zip([1usize, 2]) {
+        let out = g[i].wait(w, Duration::from_secs(60)).unwrap();
+        outs.push(out);
+    }
+    let mut worst = Duration::ZERO;
+    for (out, (slot, other)) in outs.iter().zip([(1u64, 2u64), (2, 1)]) {
+        let lines = vdisk::rounds(&out.stdout);
+        let first_seen = lines
+            .iter()
+            .position(|l| vdisk::authority_epoch(l) == Some(1))
+            .unwrap_or_else(|| panic!("slot {slot} never saw the marker:\n{}", out.stdout));
+        let seen = &lines[first_seen];
+        assert_eq!(seen["authority"]["disks"], 3, "{seen}");
+        assert_eq!(seen["authority"]["marker"]["dead"], serde_json::json!([2]));
+        assert_eq!(seen["authority"]["marker"]["issuer"], 0);
+        // Before the marker: no authority, and the other node's heartbeat advancing.
+        let before = &lines[..first_seen];
+        assert!(before.len() >= 3, "too few rounds before the marker");
+        assert!(before.iter().all(|l| l["authority"].is_null()));
+        let other_seqs: Vec<u64> = before
+            .iter()
+            .filter_map(|l| {
+                l["slots"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["slot"] == other)
+                    .and_then(|s| s["seq"].as_u64())
+            })
+            .collect();
+        assert!(
+            other_seqs.windows(2).any(|w| w[1] > w[0]),
+            "slot {slot} did not see slot {other}'s heartbeat advance: {other_seqs:?}"
+        );
+        let reacted = out.finished_at.saturating_duration_since(written_at);
+        worst = worst.max(reacted);
+        println!(
+            "MEASURED: marker propagation to slot {slot}: {} ms from the writer's majority-acknowledged write returning to the reader's reaction (host clock; includes the guest agent's report latency); {} poll rounds before it",
+            reacted.as_millis(),
+            first_seen
+        );
+    }
+    assert_eq!(
+        outs[0].code, 0,
+        "b reached the authority: {}",
+        outs[0].stdout
+    );
+    assert_eq!(
+        outs[1].code, 10,
+        "c must see itself dead: {}",
+        outs[1].stdout
+    );
+    let last_c = vdisk::rounds(&outs[1].stdout).pop().unwrap();
+    assert_eq!(last_c["self_dead"], true);
+    assert_eq!(
+        last_c["write"], "not-attempted",
+        "a dead node must not write"
+    );
+    let last_b = vdisk::rounds(&outs[0].stdout).pop().unwrap();
+    assert_eq!(last_b["write"], "ok");
+    // One period, plus what reporting a finished command to the host costs under TCG.
+    assert!(
+        worst < Duration::from_millis(P_MS + D_MS),
+        "the marker took {worst:?} to be seen: more than one poll period (plus the I/O deadline for the reporting)"
+    );
+}
+
+/// One guest polls three voting disks, each behind a device-mapper device; a fence marker
+/// (epoch 3) is on all three. Fault: one disk's table is switched to `error` (every I/O fails
+/// with EIO), then a second one; then both are healed.
+/// Must: with one disk failed, every round reads a majority (2 of 3), still recognises the epoch-3
+/// authority on 2 disks, and the node's own-slot writes succeed on 2 disks. With two failed:
+/// no round reads a majority, no round recognises an authority, every write attempted fails
+/// closed (`NoMajority`), the node stops taking part, and the time since the last majority read
+/// grows past the lease (3 s). After healing, all three disks answer again. Must not: a round
+/// without a majority ever report an authority or a successful write.
+#[test]
+fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
+    let lab = Lab::new("vdisk-detach").unwrap();
+    let imgs = vdisk::images(&lab, 3, 4).unwrap();
+    let g = lab
+        .boot(vdisk::with_images(GuestSpec::new("n"), &imgs))
+        .unwrap();
+    let raw: Vec<String> = vdisk::devices(&g, 3)
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    vdisk::format(&g, &raw.join(" "), 8).unwrap();
+    // dm-delay with 0 ms: a transparent device-mapper layer whose table we can swap.
+    let mapped: Vec<String> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, d)| faults::dm_delay(&g, d, &format!("vote{i}"), 0).unwrap())
+        .collect();
+    let devs = mapped.join(" ");
+    let w = g
+        .run_ok(&format!(
+            "{} --slot 0 --rounds 1 --marker 3:0:5 {devs}",
+            node()
+        ))
+        .unwrap();
+    assert_eq!(vdisk::rounds(&w)[0]["acked"], 3, "{w}");
+
+    let run = g
+        .spawn(&format!(
+            "{} --slot 1 --for 16 --write-always {devs}",
+            node()
+        ))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    faults::dm_reload(&g, "vote0", &raw[0], "error", "").unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    faults::dm_reload(&g, "vote1", &raw[1], "error", "").unwrap();
+    let out = g.wait(run, Duration::from_secs(60)).unwrap();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let lines = vdisk::rounds(&out.stdout);
+    let by_answered =
+        |n: u64| -> Vec<&Value> { lines.iter().filter(|l| l["answered"] == n).collect() };
+    let (three, two, one) = (by_answered(3), by_answered(2), by_answered(1));
+    println!(
+        "rounds: {} with 3 disks, {} with 2, {} with 1",
+        three.len(),
+        two.len(),
+        one.len()
+    );
+    assert!(
+        three.len() >= 2 && two.len() >= 3 && one.len() >= 5,
+        "{}",
+        out.stdout
+    );
+    for l in &three {
+        assert_eq!(vdisk::authority_epoch(l), Some(3), "{l}");
+        assert_eq!(l["write"], "ok", "{l}");
+    }
+    for l in &two {
+        assert_eq!(l["majority"], true, "{l}");
+        assert_eq!(
+            vdisk::authority_epoch(l),
+            Some(3),
+            "majority must hold: {l}"
+        );
+        assert_eq!(l["authority"]["disks"], 2, "{l}");
+        assert_eq!(l["write"], "ok", "{l}");
+        assert_eq!(l["acked"], 2, "{l}");
+        assert_eq!(vdisk::disk_statuses(l)[0], "io-error", "{l}");
+    }
+    for l in &one {
+        assert_eq!(l["majority"], false, "{l}");
+        assert!(
+            l["authority"].is_null(),
+            "authority without a majority: {l}"
+        );
+        assert_eq!(l["write"], "no-majority", "write must fail closed: {l}");
+        assert!(l["acked"].as_u64().unwrap() <= 1, "{l}");
+        assert_eq!(l["may_take_part"], false, "{l}");
+    }
+    let last_age = one.last().unwrap()["majority_age_ms"].as_u64().unwrap();
+    println!("MEASURED: time since the last majority read at the end: {last_age} ms (lease {LEASE_MS} ms)");
+    assert!(last_age > LEASE_MS, "the lease must run out: {last_age} ms");
+    // The rounds themselves stay short: failing disks answer at once with EIO.
+    let s = vdisk::summary(&out).unwrap();
+    assert_eq!(s["over_deadline"], 0, "{s}");
+
+    // Heal both: the disks answer again.
+    faults::dm_reload(&g, "vote0", &raw[0], "linear", "0").unwrap();
+    faults::dm_reload(&g, "vote1", &raw[1], "linear", "0").unwrap();
+    let healed = g
+        .run_ok(&format!(
+            "{} disk watch --rounds 2 --period 200 --json {devs}",
+            fenced()
+        ))
+        .unwrap();
+    let last = vdisk::rounds(&healed).pop().unwrap();
+    assert_eq!(last["answered"], 3, "{healed}");
+    assert_eq!(vdisk::authority_epoch(&last), Some(3), "{healed}");
+}

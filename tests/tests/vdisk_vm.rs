@@ -6,6 +6,7 @@
 //! (`cargo build --workspace --bins`). Timeouts are the format's defaults: poll period P = 1 s,
 //! I/O deadline D = 500 ms, lease L = 3 s.
 
+use kmod_testing::iscsi::{Target, TargetKind};
 use kmod_testing::{faults, GuestSpec, Lab};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -239,4 +240,98 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
     let last = vdisk::rounds(&healed).pop().unwrap();
     assert_eq!(last["answered"], 3, "{healed}");
     assert_eq!(vdisk::authority_epoch(&last), Some(3), "{healed}");
+}
+
+/// One guest polls three voting disks: an iSCSI LUN from tgtd on the host (QEMU's initiator,
+/// scsi-block passthrough) and two virtio-blk disks. Fault: tgtd is stopped (SIGSTOP) for 40 s
+/// of a 60 s `fenced disk watch`, then continued. (The guest's SCSI command timeout is raised to
+/// 300 s, so what is measured is the poller facing a hung path, not the guest's SCSI error
+/// handling.)
+/// Must: no round overruns its I/O deadline (the worst round over the 60 s is measured and
+/// printed), and none comes near the poll period; while paused the LUN counts as missing (timed
+/// out, then busy), its read buffers stay owned by the kernel (in flight), the majority (2 of 3)
+/// and the authority hold; after the resume the LUN answers again and its buffers come back.
+/// Must not: a round wait for the paused LUN.
+#[test]
+fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
+    let lab = Lab::new("vdisk-paused-target").unwrap();
+    let target = Target::start(&lab, TargetKind::Tgt, 1, 16).unwrap();
+    let imgs = vdisk::images(&lab, 2, 4).unwrap();
+    let g = lab
+        .boot(vdisk::with_images(target.node_spec("node1"), &imgs))
+        .unwrap();
+    let lun = g.scsi_disks(1).unwrap().remove(0);
+    let devs = format!("{lun} {}", vdisk::devices(&g, 2).unwrap());
+    let sd = lun.trim_start_matches("/dev/");
+    g.run_ok(&format!("echo 300 > /sys/block/{sd}/device/timeout"))
+        .unwrap();
+    vdisk::format(&g, &devs, 8).unwrap();
+    g.run_ok(&format!(
+        "{} --slot 0 --rounds 1 --marker 2:0:7 {devs}",
+        node()
+    ))
+    .unwrap();
+
+    let watch = g
+        .spawn(&format!("{} disk watch --for 60 --json {devs}", fenced()))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    target.pause().unwrap();
+    std::thread::sleep(Duration::from_secs(40));
+    target.resume().unwrap();
+    let out = g.wait(watch, Duration::from_secs(90)).unwrap();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let lines = vdisk::rounds(&out.stdout);
+    let s = vdisk::summary(&out).unwrap();
+    let paused: Vec<&Value> = lines
+        .iter()
+        .filter(|l| vdisk::disk_statuses(l)[0] != "answered")
+        .collect();
+    let worst_paused = paused
+        .iter()
+        .filter_map(|l| l["wall_us"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let statuses: Vec<String> = paused
+        .iter()
+        .map(|l| vdisk::disk_statuses(l)[0].clone())
+        .collect();
+    println!(
+        "MEASURED: paused iSCSI target (tgtd SIGSTOP 40 s): {} rounds in 60 s, worst round {:.1} ms (worst while the LUN was missing {:.1} ms), mean {:.1} ms; I/O deadline {D_MS} ms, period {P_MS} ms; rounds that waited out the deadline: {}, rounds that overran it by more than {} ms: {}; LUN status while paused: {statuses:?}; max buffers in flight {}",
+        s["rounds"],
+        s["worst_round_us"].as_f64().unwrap_or(0.0) / 1e3,
+        worst_paused as f64 / 1e3,
+        s["mean_round_us"].as_f64().unwrap_or(0.0) / 1e3,
+        s["deadline_waits"],
+        s["grace_ms"],
+        s["over_deadline"],
+        s["max_in_flight"],
+    );
+    assert!(
+        paused.len() >= 30,
+        "the LUN was missing in only {} rounds",
+        paused.len()
+    );
+    for l in &paused {
+        assert_eq!(l["majority"], true, "{l}");
+        assert_eq!(vdisk::authority_epoch(l), Some(2), "{l}");
+        assert!(
+            l["in_flight"].as_u64().unwrap() >= 1,
+            "buffers must stay owned: {l}"
+        );
+    }
+    assert!(s["deadline_waits"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["over_deadline"], 0, "{s}");
+    assert_eq!(s["over_period"], 0, "{s}");
+    assert!(
+        s["worst_round_us"].as_u64().unwrap() <= (D_MS + D_MS / 10) * 1000,
+        "{s}"
+    );
+    assert_eq!(s["majority_rounds"], s["rounds"], "{s}");
+    let last = lines.last().unwrap();
+    assert_eq!(
+        last["answered"], 3,
+        "the LUN must answer again after the resume: {last}"
+    );
+    assert_eq!(last["in_flight"], 0, "{last}");
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use fenced::vdisk::report::{self, LINE_CAPACITY};
-use fenced::vdisk::{ClusterId, OpenOptions, QuorumView, VotingDisks};
+use fenced::vdisk::{ClusterId, DiskStatus, OpenOptions, QuorumView, VotingDisks};
 
 use super::Exit;
 
@@ -31,6 +31,10 @@ pub struct WatchArgs {
     /// Deadline of each round's I/O in ms (default: the one the disks were formatted with).
     #[arg(long, value_name = "MS")]
     io_deadline: Option<u64>,
+    /// Time a round may take past the I/O deadline (to decode what it read) before it counts as
+    /// overrunning, in ms (default: a tenth of the I/O deadline).
+    #[arg(long, value_name = "MS")]
+    grace: Option<u64>,
     /// Expect this cluster; by default the cluster most disks carry.
     #[arg(long, value_name = "UUID")]
     cluster: Option<ClusterId>,
@@ -50,6 +54,7 @@ struct Summary {
     worst: Duration,
     worst_round: u64,
     total: Duration,
+    deadline_waits: u64,
     over_deadline: u64,
     over_period: u64,
     max_in_flight: usize,
@@ -76,6 +81,7 @@ pub fn watch(args: &WatchArgs) -> Exit {
             .unwrap_or_else(|| u64::from(header.timeouts.poll_ms)),
     );
     let deadline = disks.io_deadline();
+    let grace = args.grace.map_or(deadline / 10, Duration::from_millis);
     let lease = Duration::from_millis(u64::from(header.timeouts.lease_ms));
     let mut view = QuorumView::observer(&header, args.devices.len());
     let started = Instant::now();
@@ -117,7 +123,10 @@ pub fn watch(args: &WatchArgs) -> Exit {
             sum.worst = elapsed;
             sum.worst_round = sum.rounds;
         }
-        if elapsed > deadline {
+        if round.disk_statuses().contains(&DiskStatus::TimedOut) {
+            sum.deadline_waits += 1;
+        }
+        if elapsed > deadline + grace {
             sum.over_deadline += 1;
         }
         if elapsed > period {
@@ -151,16 +160,14 @@ pub fn watch(args: &WatchArgs) -> Exit {
             next = now; // a round overran the period: do not try to catch up in a burst
         }
     }
-    print_summary(args.json, &sum, deadline, period, lease, &view);
+    print_summary(args.json, &sum, (deadline, grace, period, lease), &view);
     Exit::Ok
 }
 
 fn print_summary(
     json: bool,
     sum: &Summary,
-    deadline: Duration,
-    period: Duration,
-    lease: Duration,
+    (deadline, grace, period, lease): (Duration, Duration, Duration, Duration),
     view: &QuorumView,
 ) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -174,15 +181,17 @@ fn print_summary(
         let mut marker = String::new();
         let _ = report::marker_json(&mut marker, &authority);
         say!(
-            r#"{{"summary":{{"rounds":{},"majority_rounds":{},"worst_round_us":{},"worst_round":{},"mean_round_us":{},"io_deadline_ms":{},"period_ms":{},"lease_ms":{},"over_deadline":{},"over_period":{},"max_in_flight":{},"max_majority_gap_ms":{},"authority":{marker}}}}}"#,
+            r#"{{"summary":{{"rounds":{},"majority_rounds":{},"worst_round_us":{},"worst_round":{},"mean_round_us":{},"io_deadline_ms":{},"grace_ms":{},"period_ms":{},"lease_ms":{},"deadline_waits":{},"over_deadline":{},"over_period":{},"max_in_flight":{},"max_majority_gap_ms":{},"authority":{marker}}}}}"#,
             sum.rounds,
             sum.majority_rounds,
             sum.worst.as_micros(),
             sum.worst_round,
             mean.as_micros(),
             deadline.as_millis(),
+            grace.as_millis(),
             period.as_millis(),
             lease.as_millis(),
+            sum.deadline_waits,
             sum.over_deadline,
             sum.over_period,
             sum.max_in_flight,
@@ -190,14 +199,16 @@ fn print_summary(
         );
     } else {
         say!(
-            "summary: {} rounds, {} with a read majority; round wall time mean {:.1} ms, worst {:.1} ms (round {}); {} round(s) over the {} ms I/O deadline, {} over the {} ms period; at most {} buffer(s) in flight; longest time without a majority {:.0} ms (lease {} ms){}",
+            "summary: {} rounds, {} with a read majority; round wall time mean {:.1} ms, worst {:.1} ms (round {}); {} round(s) waited out the {} ms I/O deadline for a disk, {} overran it (by more than {} ms), {} overran the {} ms period; at most {} buffer(s) in flight; longest time without a majority {:.0} ms (lease {} ms){}",
             sum.rounds,
             sum.majority_rounds,
             ms(mean),
             ms(sum.worst),
             sum.worst_round,
-            sum.over_deadline,
+            sum.deadline_waits,
             deadline.as_millis(),
+            sum.over_deadline,
+            grace.as_millis(),
             sum.over_period,
             period.as_millis(),
             sum.max_in_flight,

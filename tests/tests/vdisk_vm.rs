@@ -10,7 +10,7 @@ use kmod_testing::iscsi::{Target, TargetKind};
 use kmod_testing::{faults, GuestSpec, Lab};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tests::vdisk::{self, fenced, node};
+use tests::vdisk::{self, fenced, node, CLUSTER, OTHER_CLUSTER};
 
 const P_MS: u64 = 1000;
 const D_MS: u64 = 500;
@@ -334,4 +334,208 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
         "the LUN must answer again after the resume: {last}"
     );
     assert_eq!(last["in_flight"], 0, "{last}");
+}
+
+/// `fenced disk format|dump` on real virtio block devices in a guest, then damage written with
+/// dd: one byte flipped in slot 3's block on two of three disks (that slot carries the only fence
+/// marker, epoch 7), a valid slot block of another cluster carrying a newer marker (epoch 9)
+/// copied onto slot 4 of two disks, and random bytes over slot 5 of the third disk.
+/// Must: format refuses to overwrite formatted disks without --force (exit 3, nothing changed)
+/// and succeeds with it; dump reports each damaged block with its verdict (bad CRC or torn,
+/// foreign cluster, bad magic) and a disk of another cluster as an error; the poller (`disk
+/// watch`) still counts every disk as answering, counts the rejected blocks, and recognises no
+/// authority. Must not: the foreign epoch-9 marker or the epoch-7 marker left on one disk become
+/// an authority.
+#[test]
+fn format_and_dump_on_block_devices_and_damaged_blocks_are_reported_and_ignored() {
+    let lab = Lab::new("vdisk-format-dump").unwrap();
+    let imgs = vdisk::images(&lab, 4, 4).unwrap();
+    let g = lab
+        .boot(vdisk::with_images(GuestSpec::new("admin"), &imgs))
+        .unwrap();
+    let all: Vec<String> = vdisk::devices(&g, 4)
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let devs = all[..3].join(" ");
+    let (d0, d1, d2, other) = (&all[0], &all[1], &all[2], &all[3]);
+    let f = fenced();
+    let formatted = vdisk::format(&g, &devs, 8).unwrap();
+    assert_eq!(formatted.lines().count(), 3, "{formatted}");
+
+    let again = g
+        .run(&format!(
+            "{f} disk format --cluster {OTHER_CLUSTER} --slots 16 {devs}"
+        ))
+        .unwrap();
+    assert_eq!(again.code, 3, "must refuse without --force: {again:?}");
+    assert!(
+        again.stderr.contains("refusing to overwrite"),
+        "{}",
+        again.stderr
+    );
+    let dump = g.run_ok(&format!("{f} disk dump --json {devs}")).unwrap();
+    let v: Value = serde_json::from_str(&dump).unwrap();
+    for d in v["disks"].as_array().unwrap() {
+        assert_eq!(
+            d["header"]["cluster"], CLUSTER,
+            "refused format changed a disk: {d}"
+        );
+        assert_eq!(d["header"]["slots"], 8);
+    }
+    g.run_ok(&format!(
+        "{f} disk format --force --cluster {CLUSTER} --slots 8 {devs}"
+    ))
+    .unwrap();
+    g.run_ok(&format!(
+        "{f} disk format --cluster {OTHER_CLUSTER} --slots 8 {other}"
+    ))
+    .unwrap();
+
+    // Slot 3 carries the cluster's only marker; slot 4 of the other cluster's disk a newer one.
+    g.run_ok(&format!(
+        "{} --slot 3 --rounds 1 --marker 7:0:1 {devs}",
+        node()
+    ))
+    .unwrap();
+    g.run_ok(&format!(
+        "{} --slot 4 --rounds 1 --marker 9:0:0 {other}",
+        node()
+    ))
+    .unwrap();
+    let before = g
+        .run_ok(&format!("{f} disk watch --rounds 1 --json {devs}"))
+        .unwrap();
+    assert_eq!(vdisk::authority_epoch(&vdisk::rounds(&before)[0]), Some(7));
+
+    // Block of slot s is at 4096 * (1 + s).
+    g.run_ok(&format!(
+        r#"set -e
+dd if={other} of=/tmp/foreign bs=4096 skip=5 count=1 iflag=direct status=none
+for d in {d0} {d1}; do
+    dd if=$d of=/tmp/b bs=4096 skip=4 count=1 iflag=direct status=none
+    printf '\377' | dd of=/tmp/b bs=1 seek=300 conv=notrunc status=none
+    dd if=/tmp/b of=$d bs=4096 seek=4 count=1 oflag=direct conv=notrunc status=none
+    dd if=/tmp/foreign of=$d bs=4096 seek=5 count=1 oflag=direct conv=notrunc status=none
+done
+head -c 4096 /dev/urandom > /tmp/r
+dd if=/tmp/r of={d2} bs=4096 seek=6 count=1 oflag=direct conv=notrunc status=none"#
+    ))
+    .unwrap();
+
+    let dump = g.run_ok(&format!("{f} disk dump --json {devs}")).unwrap();
+    let v: Value = serde_json::from_str(&dump).unwrap();
+    let verdict = |disk: usize, slot: u64| -> String {
+        v["disks"][disk]["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["slot"] == slot)
+            .map(|s| s["verdict"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| "never-written".into())
+    };
+    for disk in [0, 1] {
+        assert!(
+            ["bad-crc", "torn"].contains(&verdict(disk, 3).as_str()),
+            "disk {disk} slot 3: {}",
+            verdict(disk, 3)
+        );
+        assert_eq!(verdict(disk, 4), "foreign-cluster", "disk {disk}");
+    }
+    assert_eq!(verdict(2, 3), "ok");
+    assert_eq!(verdict(2, 5), "bad-magic");
+    assert!(
+        v["authority"].is_null(),
+        "dump must not see an authority: {}",
+        v["authority"]
+    );
+    let text = g.run_ok(&format!("{f} disk dump {devs}")).unwrap();
+    println!("{text}");
+    assert!(text.contains("REJECTED (foreign-cluster)"), "{text}");
+    assert!(text.contains("authority: none"), "{text}");
+    let mixed = g.run(&format!("{f} disk dump {devs} {other}")).unwrap();
+    assert_eq!(mixed.code, 1, "{mixed:?}");
+    assert!(
+        mixed.stderr.contains("belongs to cluster"),
+        "{}",
+        mixed.stderr
+    );
+
+    let after = g
+        .run_ok(&format!(
+            "{f} disk watch --rounds 2 --period 200 --json {devs}"
+        ))
+        .unwrap();
+    let last = vdisk::rounds(&after).pop().unwrap();
+    println!("poller after the damage: {last}");
+    assert_eq!(last["answered"], 3, "{last}");
+    assert!(last["authority"].is_null(), "{last}");
+    assert!(last["view_authority"].is_null(), "{last}");
+    let rejected: Vec<u64> = last["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["rejected"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rejected, vec![2, 2, 1], "{last}");
+}
+
+/// Two guests run a node on the same slot (1) of three shared voting disks, each with its own
+/// random incarnation: a configuration error (two nodes given one slot).
+/// Must: the duplicate is detected within a few rounds by at least one of them, and a node that
+/// detected it stops writing (it no longer takes part). Usually only the first to notice
+/// detects it: once it stops writing, the other sees only its own blocks in the slot and has no
+/// evidence left (one writer remains, which is the point). Must not: a node that detected it
+/// write its slot again.
+#[test]
+fn two_nodes_writing_one_slot_are_detected() {
+    let lab = Lab::new("vdisk-duplicate").unwrap();
+    let imgs = vdisk::images(&lab, 3, 4).unwrap();
+    let g = lab
+        .boot_all(
+            ["x", "y"]
+                .iter()
+                .map(|n| vdisk::with_images(GuestSpec::new(n), &imgs))
+                .collect(),
+        )
+        .unwrap();
+    let devs: Vec<String> = g.iter().map(|x| vdisk::devices(x, 3).unwrap()).collect();
+    vdisk::format(&g[0], &devs[0], 8).unwrap();
+    let runs: Vec<_> = g
+        .iter()
+        .zip(&devs)
+        .map(|(x, d)| {
+            x.spawn(&format!(
+                "{} --slot 1 --name {} --for 12 {d}",
+                node(),
+                x.name()
+            ))
+            .unwrap()
+        })
+        .collect();
+    let mut detected = 0;
+    for (x, r) in g.iter().zip(runs) {
+        let out = x.wait(r, Duration::from_secs(60)).unwrap();
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        let lines = vdisk::rounds(&out.stdout);
+        let Some(at) = lines.iter().position(|l| !l["duplicate"].is_null()) else {
+            println!("{}: no duplicate seen in {} rounds", x.name(), lines.len());
+            continue;
+        };
+        detected += 1;
+        println!(
+            "MEASURED: {} detected the second writer of slot 1 in round {} of {}: {}",
+            x.name(),
+            at + 1,
+            lines.len(),
+            lines[at]["duplicate"]
+        );
+        for l in &lines[at..] {
+            assert_eq!(l["may_take_part"], false, "{l}");
+            assert_eq!(l["write"], "not-attempted", "wrote after detecting: {l}");
+        }
+        assert!(at < 6, "detected only in round {}", at + 1);
+    }
+    assert!(detected >= 1, "nobody detected two writers of one slot");
 }

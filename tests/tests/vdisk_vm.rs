@@ -15,6 +15,12 @@ use tests::vdisk::{self, fenced, node, CLUSTER, OTHER_CLUSTER};
 const P_MS: u64 = 1000;
 const D_MS: u64 = 500;
 const LEASE_MS: u64 = 3000;
+/// How far past D a round may end in the hung-disk test. The product's default (D/10 = 50 ms)
+/// covers decoding; a TCG guest on a 2-core host shared with other VM tests also loses its CPU
+/// for a while now and then (worst rounds of D + 4 ms on a quiet host, D + 141 ms at load
+/// average 7), which is not the poller's doing. A round that waited for a hung disk would take
+/// 3 s (dm-delay) or 30 s (paused target), an order of magnitude more.
+const GRACE_MS: u64 = 300;
 
 /// Three guests share three voting disks (virtio-blk, share-rw). Nodes b and c heartbeat in
 /// slots 1 and 2; node a then writes fence markers with `write_own_slot`, one at a time: epoch 1
@@ -53,7 +59,7 @@ fn marker_written_by_one_node_is_seen_by_the_others_within_one_poll_period() {
             })
             .collect();
         // Let them start and heartbeat for a few periods.
-        std::thread::sleep(Duration::from_secs(if epoch == 1 { 5 } else { 3 }));
+        std::thread::sleep(Duration::from_secs(if epoch == 1 { 3 } else { 2 }));
         let write = g[0]
             .run_ok(&format!(
                 "{} --slot 0 --rounds 1 --marker {epoch}:0:{dead} {}",
@@ -165,7 +171,7 @@ fn marker_written_by_one_node_is_seen_by_the_others_within_one_poll_period() {
 /// authority on 2 disks, and the node's own-slot writes succeed on 2 disks. With two failed:
 /// no round reads a majority, no round recognises an authority, every write attempted fails
 /// closed (`NoMajority`), the node stops taking part, and the time since the last majority read
-/// grows past the lease (3 s). After healing, all three disks answer again. Must not: a round
+/// grows past the lease (3 s), where the node stops (exit 11). After healing, all three disks answer again. Must not: a round
 /// without a majority ever report an authority or a successful write.
 #[test]
 fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
@@ -195,18 +201,23 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
         .unwrap();
     assert_eq!(vdisk::rounds(&w)[0]["acked"], 3, "{w}");
 
+    // The node stops by itself (exit 11) when its lease runs out.
     let run = g
         .spawn(&format!(
-            "{} --slot 1 --for 16 --write-always {devs}",
+            "{} --slot 1 --for 60 --write-always {devs}",
             node()
         ))
         .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     faults::dm_reload(&g, "vote0", &raw[0], "error", "").unwrap();
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(4));
     faults::dm_reload(&g, "vote1", &raw[1], "error", "").unwrap();
     let out = g.wait(run, Duration::from_secs(60)).unwrap();
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code, 11,
+        "the lease must run out: {}\n{}",
+        out.stdout, out.stderr
+    );
     let lines = vdisk::rounds(&out.stdout);
     let by_answered =
         |n: u64| -> Vec<&Value> { lines.iter().filter(|l| l["answered"] == n).collect() };
@@ -218,7 +229,7 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
         one.len()
     );
     assert!(
-        three.len() >= 2 && two.len() >= 3 && one.len() >= 5,
+        !three.is_empty() && two.len() >= 2 && one.len() >= 3,
         "{}",
         out.stdout
     );
@@ -236,7 +247,7 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
         assert_eq!(l["authority"]["disks"], 2, "{l}");
         assert_eq!(l["write"], "ok", "{l}");
         assert_eq!(l["acked"], 2, "{l}");
-        assert_eq!(vdisk::disk_statuses(l)[0], "io-error", "{l}");
+        assert_ne!(vdisk::disk_statuses(l)[0], "answered", "{l}");
     }
     for l in &one {
         assert_eq!(l["majority"], false, "{l}");
@@ -248,7 +259,15 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
         assert!(l["acked"].as_u64().unwrap() <= 1, "{l}");
         assert_eq!(l["may_take_part"], false, "{l}");
     }
-    let last_age = one.last().unwrap()["majority_age_ms"].as_u64().unwrap();
+    let last = one.last().unwrap();
+    assert_eq!(last["lease_expired"], true, "{last}");
+    assert!(
+        one[..one.len() - 1]
+            .iter()
+            .all(|l| l["lease_expired"] == false),
+        "the lease ran out too early"
+    );
+    let last_age = last["majority_age_ms"].as_u64().unwrap();
     println!("MEASURED: time since the last majority read at the end: {last_age} ms (lease {LEASE_MS} ms)");
     assert!(last_age > LEASE_MS, "the lease must run out: {last_age} ms");
     // The rounds themselves stay short: failing disks answer at once with EIO.
@@ -270,15 +289,16 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
 }
 
 /// One guest polls three voting disks: an iSCSI LUN from tgtd on the host (QEMU's initiator,
-/// scsi-block passthrough) and two virtio-blk disks. Fault: tgtd is stopped (SIGSTOP) for 40 s
-/// of a 60 s `fenced disk watch`, then continued. (The guest's SCSI command timeout is raised to
-/// 300 s, so what is measured is the poller facing a hung path, not the guest's SCSI error
-/// handling.)
-/// Must: no round overruns its I/O deadline (the worst round over the 60 s is measured and
-/// printed), and none comes near the poll period; while paused the LUN counts as missing (timed
-/// out, then busy), its read buffers stay owned by the kernel (in flight), the majority (2 of 3)
-/// and the authority hold; after the resume the LUN answers again and its buffers come back.
-/// Must not: a round wait for the paused LUN.
+/// scsi-block passthrough), a virtio-blk disk behind device-mapper, and a plain virtio-blk disk,
+/// during one 60 s `fenced disk watch`. Faults, one after the other: tgtd is stopped (SIGSTOP)
+/// for 30 s and continued; then the device-mapper disk is switched to dm-delay of 3 s per I/O
+/// until the end. (The guest's SCSI command timeout is raised to 300 s, so what is measured is
+/// the poller facing a hung path, not the guest's SCSI error handling.)
+/// Must: no round overruns its I/O deadline D (by more than [`GRACE_MS`]) — the worst round over
+/// the 60 s is measured and printed — and none comes near the period; while a disk hangs it
+/// counts as missing (timed out, then busy), its read buffers stay owned by the kernel (in
+/// flight), the majority (2 of 3) and the authority hold; after the resume the LUN answers again
+/// and its buffers come back. Must not: a round wait for a hung disk past D.
 #[test]
 fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
     let lab = Lab::new("vdisk-paused-target").unwrap();
@@ -288,7 +308,13 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
         .boot(vdisk::with_images(target.node_spec("node1"), &imgs))
         .unwrap();
     let lun = g.scsi_disks(1).unwrap().remove(0);
-    let devs = format!("{lun} {}", vdisk::devices(&g, 2).unwrap());
+    let virtio: Vec<String> = vdisk::devices(&g, 2)
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let slow = faults::dm_delay(&g, &virtio[0], "slow", 0).unwrap();
+    let devs = format!("{lun} {slow} {}", virtio[1]);
     let sd = lun.trim_start_matches("/dev/");
     g.run_ok(&format!("echo 300 > /sys/block/{sd}/device/timeout"))
         .unwrap();
@@ -300,46 +326,68 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
     .unwrap();
 
     let watch = g
-        .spawn(&format!("{} disk watch --for 60 --json {devs}", fenced()))
+        .spawn(&format!(
+            "{} disk watch --for 60 --grace {GRACE_MS} --json {devs}",
+            fenced()
+        ))
         .unwrap();
-    std::thread::sleep(Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(6));
     target.pause().unwrap();
-    std::thread::sleep(Duration::from_secs(40));
+    std::thread::sleep(Duration::from_secs(30));
     target.resume().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    faults::dm_reload(&g, "slow", &virtio[0], "delay", "0 3000").unwrap();
     let out = g.wait(watch, Duration::from_secs(90)).unwrap();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let lines = vdisk::rounds(&out.stdout);
     let s = vdisk::summary(&out).unwrap();
-    let paused: Vec<&Value> = lines
-        .iter()
-        .filter(|l| vdisk::disk_statuses(l)[0] != "answered")
-        .collect();
-    let worst_paused = paused
-        .iter()
-        .filter_map(|l| l["wall_us"].as_u64())
-        .max()
-        .unwrap_or(0);
-    let statuses: Vec<String> = paused
-        .iter()
-        .map(|l| vdisk::disk_statuses(l)[0].clone())
-        .collect();
+    let missing = |disk: usize| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| vdisk::disk_statuses(l)[disk] != "answered")
+            .collect()
+    };
+    let (lun_missing, slow_missing) = (missing(0), missing(1));
+    let worst = |ls: &[&Value]| {
+        ls.iter()
+            .filter_map(|l| l["wall_us"].as_u64())
+            .max()
+            .unwrap_or(0) as f64
+            / 1e3
+    };
+    let statuses = |ls: &[&Value], disk: usize| -> Vec<String> {
+        ls.iter()
+            .map(|l| vdisk::disk_statuses(l)[disk].clone())
+            .collect()
+    };
     println!(
-        "MEASURED: paused iSCSI target (tgtd SIGSTOP 40 s): {} rounds in 60 s, worst round {:.1} ms (worst while the LUN was missing {:.1} ms), mean {:.1} ms; I/O deadline {D_MS} ms, period {P_MS} ms; rounds that waited out the deadline: {}, rounds that overran it by more than {} ms: {}; LUN status while paused: {statuses:?}; max buffers in flight {}",
+        "MEASURED: 60 s watch, {} rounds: worst round {:.1} ms (while the iSCSI target was paused: {:.1} ms over {} rounds; while dm-delay held a disk 3 s per I/O: {:.1} ms over {} rounds), mean {:.1} ms; I/O deadline {D_MS} ms, period {P_MS} ms; rounds that waited out the deadline: {}, rounds that overran it by more than {} ms: {}; max buffers in flight {}",
         s["rounds"],
         s["worst_round_us"].as_f64().unwrap_or(0.0) / 1e3,
-        worst_paused as f64 / 1e3,
+        worst(&lun_missing),
+        lun_missing.len(),
+        worst(&slow_missing),
+        slow_missing.len(),
         s["mean_round_us"].as_f64().unwrap_or(0.0) / 1e3,
         s["deadline_waits"],
         s["grace_ms"],
         s["over_deadline"],
         s["max_in_flight"],
     );
+    println!("LUN while paused: {:?}", statuses(&lun_missing, 0));
+    println!("dm-delay disk while slow: {:?}", statuses(&slow_missing, 1));
     assert!(
-        paused.len() >= 30,
+        lun_missing.len() >= 25,
         "the LUN was missing in only {} rounds",
-        paused.len()
+        lun_missing.len()
     );
-    for l in &paused {
+    assert!(
+        slow_missing.len() >= 8,
+        "the slow disk was missing in only {} rounds",
+        slow_missing.len()
+    );
+    for l in lun_missing.iter().chain(&slow_missing) {
+        assert_eq!(l["answered"], 2, "only one disk hangs at a time: {l}");
         assert_eq!(l["majority"], true, "{l}");
         assert_eq!(vdisk::authority_epoch(l), Some(2), "{l}");
         assert!(
@@ -347,20 +395,31 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
             "buffers must stay owned: {l}"
         );
     }
-    assert!(s["deadline_waits"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["deadline_waits"].as_u64().unwrap() >= 2, "{s}");
     assert_eq!(s["over_deadline"], 0, "{s}");
     assert_eq!(s["over_period"], 0, "{s}");
     assert!(
-        s["worst_round_us"].as_u64().unwrap() <= (D_MS + D_MS / 10) * 1000,
+        s["worst_round_us"].as_u64().unwrap() <= (D_MS + GRACE_MS) * 1000,
         "{s}"
     );
     assert_eq!(s["majority_rounds"], s["rounds"], "{s}");
+    // After the resume, before the delay: the LUN answers again and its buffers came back.
+    let last_paused = lines
+        .iter()
+        .rposition(|l| vdisk::disk_statuses(l)[0] != "answered")
+        .unwrap();
+    let healed = lines[last_paused + 1..]
+        .iter()
+        .find(|l| l["answered"] == 3)
+        .unwrap_or_else(|| {
+            panic!(
+                "the LUN never answered again after the resume: {}",
+                out.stdout
+            )
+        });
+    assert_eq!(healed["in_flight"], 0, "{healed}");
     let last = lines.last().unwrap();
-    assert_eq!(
-        last["answered"], 3,
-        "the LUN must answer again after the resume: {last}"
-    );
-    assert_eq!(last["in_flight"], 0, "{last}");
+    assert_eq!(vdisk::disk_statuses(last)[0], "answered", "{last}");
 }
 
 /// `fenced disk format|dump` on real virtio block devices in a guest, then damage written with

@@ -11,10 +11,12 @@
 //! allows it (`may_take_part`), or always with `--write-always` (to prove that a write without a
 //! majority fails closed). Prints one JSON line per round (the fields of
 //! `fenced::vdisk::report::round_json_fields` plus `round`, `t_ms`, `write`, `acked`,
-//! `self_dead`, `duplicate`) and a final `{"summary": ...}` line.
+//! `self_dead`, `lease_expired`, `duplicate`) and a final `{"summary": ...}` line.
 //!
 //! Exit: 0 at the end of its time or rounds, or when `--until-authority` is reached; 10 when the
 //! authority declares its own slot dead (a real node would fence itself there: it stops writing);
+//! 11 when its lease expired (no majority read for longer than the lease: a real node stops
+//! feeding its watchdog there);
 //! 2 when `--until-authority` was not reached in time; 1 when the disks cannot be opened.
 //! After start-up a round allocates nothing.
 
@@ -141,6 +143,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| u64::from(header.timeouts.poll_ms)),
     );
     let deadline = disks.io_deadline();
+    let lease = Duration::from_millis(u64::from(header.timeouts.lease_ms));
     let mut view = QuorumView::new(&header, args.devices.len(), args.slot, incarnation);
     let started = Instant::now();
     let stop_at = args
@@ -174,8 +177,9 @@ fn main() -> ExitCode {
             over_deadline += 1;
         }
         let self_dead = view.self_dead();
+        let lease_expired = view.majority_age(now).unwrap_or_else(|| now - started) > lease;
         let mut write: Result<usize, Option<WriteError>> = Err(None);
-        if !self_dead && (view.may_take_part() || args.write_always) {
+        if !self_dead && ((view.may_take_part() && !lease_expired) || args.write_always) {
             let authority = view.authority().map(|a| a.marker).unwrap_or_default();
             let marker = match own_marker {
                 Some(m) if m.key() > authority.key() => m,
@@ -222,7 +226,7 @@ fn main() -> ExitCode {
         };
         let _ = write!(
             line,
-            r#","may_take_part":{},"self_dead":{self_dead},"duplicate":"#,
+            r#","may_take_part":{},"self_dead":{self_dead},"lease_expired":{lease_expired},"duplicate":"#,
             view.may_take_part()
         );
         let _ = match view.duplicate_own_slot() {
@@ -238,6 +242,11 @@ fn main() -> ExitCode {
         if self_dead {
             exit = 10;
             reason = "own slot declared dead by the authority: stopped writing (self-fence)";
+            break;
+        }
+        if lease_expired {
+            exit = 11;
+            reason = "lease expired: no majority read within the lease (a node stops feeding its watchdog here)";
             break;
         }
         if let (Some(want), Some(a)) = (args.until_authority, view.authority()) {

@@ -148,7 +148,8 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let stop_at = args
         .duration
-        .map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .and_then(|d| started.checked_add(d));
     let mut line = String::with_capacity(LINE_CAPACITY);
     let (mut rounds, mut worst, mut over_deadline) = (0u64, Duration::ZERO, 0u64);
     let (mut writes_ok, mut writes_failed) = (0u64, 0u64);

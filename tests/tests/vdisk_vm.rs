@@ -292,13 +292,15 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
 /// scsi-block passthrough), a virtio-blk disk behind device-mapper, and a plain virtio-blk disk,
 /// during one 60 s `fenced disk watch`. Faults, one after the other: tgtd is stopped (SIGSTOP)
 /// for 30 s and continued; then the device-mapper disk is switched to dm-delay of 3 s per I/O
-/// until the end. (The guest's SCSI command timeout is raised to 300 s, so what is measured is
+/// until the end. A node heartbeats in slot 1 beside the watcher all along. (The guest's SCSI
+/// command timeout is raised to 300 s, so what is measured is
 /// the poller facing a hung path, not the guest's SCSI error handling.)
 /// Must: no round overruns its I/O deadline D (by more than [`GRACE_MS`]) — the worst round over
 /// the 60 s is measured and printed — and none comes near the period; while a disk hangs it
 /// counts as missing (timed out, then busy), its read buffers stay owned by the kernel (in
 /// flight), the majority (2 of 3) and the authority hold; after the resume the LUN answers again
-/// and its buffers come back. Must not: a round wait for a hung disk past D.
+/// and its buffers come back; every own-slot write of the node is acknowledged by a majority and
+/// returns by D too. Must not: a round or a write wait for a hung disk past D.
 #[test]
 fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
     let lab = Lab::new("vdisk-paused-target").unwrap();
@@ -331,6 +333,10 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
             fenced()
         ))
         .unwrap();
+    // A node heartbeating beside the watcher: its own-slot writes face the same hung disks.
+    let writer = g
+        .spawn(&format!("{} --slot 1 --for 58 {devs}", node()))
+        .unwrap();
     std::thread::sleep(Duration::from_secs(6));
     target.pause().unwrap();
     std::thread::sleep(Duration::from_secs(30));
@@ -339,6 +345,26 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
     faults::dm_reload(&g, "slow", &virtio[0], "delay", "0 3000").unwrap();
     let out = g.wait(watch, Duration::from_secs(90)).unwrap();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let written = g.wait(writer, Duration::from_secs(30)).unwrap();
+    assert_eq!(written.code, 0, "{}\n{}", written.stdout, written.stderr);
+    let ws = vdisk::summary(&written).unwrap();
+    println!(
+        "MEASURED: the heartbeating node beside it: {} rounds, {} writes acknowledged by a majority, {} failed, worst own-slot write {:.1} ms, worst poll round {:.1} ms",
+        ws["rounds"],
+        ws["writes_ok"],
+        ws["writes_failed"],
+        ws["worst_write_us"].as_f64().unwrap_or(0.0) / 1e3,
+        ws["worst_round_us"].as_f64().unwrap_or(0.0) / 1e3
+    );
+    assert_eq!(ws["writes_failed"], 0, "{ws}");
+    assert!(
+        ws["worst_write_us"].as_u64().unwrap() <= (D_MS + GRACE_MS) * 1000,
+        "{ws}"
+    );
+    assert!(
+        ws["worst_round_us"].as_u64().unwrap() <= (D_MS + GRACE_MS) * 1000,
+        "{ws}"
+    );
     let lines = vdisk::rounds(&out.stdout);
     let s = vdisk::summary(&out).unwrap();
     let missing = |disk: usize| -> Vec<&Value> {

@@ -10,7 +10,7 @@
 //! heartbeat; the newer of `--marker` and the authority in force as its marker) when the view
 //! allows it (`may_take_part`), or always with `--write-always` (to prove that a write without a
 //! majority fails closed). Prints one JSON line per round (the fields of
-//! `fenced::vdisk::report::round_json_fields` plus `round`, `t_ms`, `write`, `acked`,
+//! `fenced::vdisk::report::round_json_fields` plus `round`, `t_ms`, `write`, `acked`, `write_us`,
 //! `self_dead`, `lease_expired`, `duplicate`) and a final `{"summary": ...}` line.
 //!
 //! Exit: 0 at the end of its time or rounds, or when `--until-authority` is reached; 10 when the
@@ -153,6 +153,7 @@ fn main() -> ExitCode {
     let mut line = String::with_capacity(LINE_CAPACITY);
     let (mut rounds, mut worst, mut over_deadline) = (0u64, Duration::ZERO, 0u64);
     let (mut writes_ok, mut writes_failed) = (0u64, 0u64);
+    let mut worst_write = Duration::ZERO;
     let mut next = started;
     let mut exit = 0u8;
     let mut reason = "done";
@@ -180,6 +181,7 @@ fn main() -> ExitCode {
         let self_dead = view.self_dead();
         let lease_expired = view.majority_age(now).unwrap_or_else(|| now - started) > lease;
         let mut write: Result<usize, Option<WriteError>> = Err(None);
+        let mut write_time = Duration::ZERO;
         if !self_dead && ((view.may_take_part() && !lease_expired) || args.write_always) {
             let authority = view.authority().map(|a| a.marker).unwrap_or_default();
             let marker = match own_marker {
@@ -196,10 +198,13 @@ fn main() -> ExitCode {
                 heartbeat_mono_ms: mono_ms(),
                 marker,
             };
+            let t = Instant::now();
             write = disks
                 .write_own_slot(&block)
                 .map(|ack| ack.acked)
                 .map_err(Some);
+            write_time = t.elapsed();
+            worst_write = worst_write.max(write_time);
             match write {
                 Ok(_) => writes_ok += 1,
                 Err(_) => writes_failed += 1,
@@ -227,7 +232,8 @@ fn main() -> ExitCode {
         };
         let _ = write!(
             line,
-            r#","may_take_part":{},"self_dead":{self_dead},"lease_expired":{lease_expired},"duplicate":"#,
+            r#","write_us":{},"may_take_part":{},"self_dead":{self_dead},"lease_expired":{lease_expired},"duplicate":"#,
+            write_time.as_micros(),
             view.may_take_part()
         );
         let _ = match view.duplicate_own_slot() {
@@ -262,9 +268,10 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        r#"{{"summary":{{"rounds":{rounds},"worst_round_us":{},"over_deadline":{over_deadline},"io_deadline_ms":{},"writes_ok":{writes_ok},"writes_failed":{writes_failed},"duplicate":{},"incarnation":"{incarnation:#018x}","exit":{exit},"reason":"{reason}"}}}}"#,
+        r#"{{"summary":{{"rounds":{rounds},"worst_round_us":{},"over_deadline":{over_deadline},"io_deadline_ms":{},"writes_ok":{writes_ok},"writes_failed":{writes_failed},"worst_write_us":{},"duplicate":{},"incarnation":"{incarnation:#018x}","exit":{exit},"reason":"{reason}"}}}}"#,
         worst.as_micros(),
         deadline.as_millis(),
+        worst_write.as_micros(),
         view.duplicate_own_slot().is_some()
     );
     ExitCode::from(exit)

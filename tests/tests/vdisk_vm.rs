@@ -171,8 +171,9 @@ fn marker_written_by_one_node_is_seen_by_the_others_within_one_poll_period() {
 /// authority on 2 disks, and the node's own-slot writes succeed on 2 disks. With two failed:
 /// no round reads a majority, no round recognises an authority, every write attempted fails
 /// closed (`NoMajority`), the node stops taking part, and the time since the last majority read
-/// grows past the lease (3 s), where the node stops (exit 11). After healing, all three disks answer again. Must not: a round
-/// without a majority ever report an authority or a successful write.
+/// grows past the lease (3 s), where the node stops (exit 11). After healing, all three disks
+/// answer again. Must not: a round without a majority ever report an authority or a successful
+/// write.
 #[test]
 fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
     let lab = Lab::new("vdisk-detach").unwrap();
@@ -293,8 +294,8 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
 /// during one 60 s `fenced disk watch`. Faults, one after the other: tgtd is stopped (SIGSTOP)
 /// for 30 s and continued; then the device-mapper disk is switched to dm-delay of 3 s per I/O
 /// until the end. A node heartbeats in slot 1 beside the watcher all along. (The guest's SCSI
-/// command timeout is raised to 300 s, so what is measured is
-/// the poller facing a hung path, not the guest's SCSI error handling.)
+/// command timeout is raised to 300 s, so what is measured is the poller facing a hung path, not
+/// the guest's SCSI error handling.)
 /// Must: no round overruns its I/O deadline D (by more than [`GRACE_MS`]) — the worst round over
 /// the 60 s is measured and printed — and none comes near the period; while a disk hangs it
 /// counts as missing (timed out, then busy), its read buffers stay owned by the kernel (in

@@ -620,7 +620,7 @@ fn two_nodes_writing_one_slot_are_detected() {
         .zip(&devs)
         .map(|(x, d)| {
             x.spawn(&format!(
-                "{} --slot 1 --name {} --for 12 {d}",
+                "{} --slot 1 --name {} --for 8 {d}",
                 node(),
                 x.name()
             ))

@@ -26,7 +26,14 @@ use fenced::vdisk::{
     VotingDisks, BLOCK_SIZE,
 };
 
-const SLOTS: u8 = 255;
+/// Slots per disk (255 unless `VDISK_BENCH_SLOTS` says otherwise, for experiments).
+fn slot_count() -> u8 {
+    std::env::var("VDISK_BENCH_SLOTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(255)
+}
 const CLUSTER: &str = "5a1f0c3e-7d2b-4e8a-9c61-0123456789ab";
 
 fn cpu_now() -> Duration {
@@ -95,8 +102,9 @@ impl Stats {
 const TABLE_HEAD: &str = "| method | runs | wall median ms | wall p90 ms | wall max ms | CPU median ms | CPU p90 ms |\n|---|---:|---:|---:|---:|---:|---:|";
 
 fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
+    let slots = slot_count();
     let cluster: ClusterId = CLUSTER.parse().map_err(|e| format!("{e:?}"))?;
-    let header = Header::new(cluster, SLOTS, Timeouts::default());
+    let header = Header::new(cluster, slots, Timeouts::default());
     for d in devs {
         admin::format_disk(d.as_ref(), &header, true).map_err(|e| e.to_string())?;
     }
@@ -107,7 +115,7 @@ fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
         ..OpenOptions::default()
     };
     let mut disks = VotingDisks::open(devs, &opts).map_err(|e| e.to_string())?;
-    for slot in 0..SLOTS {
+    for slot in 0..slots {
         let b = SlotBlock {
             cluster,
             slot,
@@ -121,8 +129,15 @@ fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
         disks.write_own_slot(&b).map_err(|e| e.to_string())?;
     }
     let d = devs.len();
+    // Experiment switch: let the io-wq workers of the slot writes above retire (they exit after
+    // 5 s idle), so the worker threads counted after the io_uring rounds are the rounds' own.
+    let count_workers = std::env::var_os("VDISK_BENCH_WORKERS").is_some();
+    if count_workers {
+        std::thread::sleep(Duration::from_secs(7));
+        eprintln!("io-wq workers before the rounds: {}", io_workers());
+    }
     eprintln!(
-        "{d} disks x {SLOTS} slots (all written), {n} rounds per method, fixed buffers: {}",
+        "{d} disks x {slots} slots (all written), {n} rounds per method, fixed buffers: {}",
         disks.uses_fixed_buffers()
     );
 
@@ -132,16 +147,19 @@ fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
         let r = disks.poll_round();
         let valid: usize = (0..d)
             .map(|disk| {
-                (0..SLOTS)
+                (0..slots)
                     .filter(|&slot| matches!(r.slot(disk, slot), Some(Ok(_))))
                     .count()
             })
             .sum();
         s.wall.push(w0.elapsed());
         s.cpu.push(cpu_now().saturating_sub(c0));
-        if valid != d * usize::from(SLOTS) {
+        if valid != d * usize::from(slots) {
             return Err(format!("uring round decoded {valid} valid slots"));
         }
+    }
+    if count_workers {
+        eprintln!("io-wq workers after the io_uring rounds: {}", io_workers());
     }
     println!("{}", s.row("uring (poll_round)", n));
 
@@ -166,7 +184,7 @@ fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
             if decode_header(&block.0).is_err() {
                 return Err("bad header".into());
             }
-            for slot in 0..SLOTS {
+            for slot in 0..slots {
                 let off = (1 + u64::from(slot)) * BLOCK_SIZE as u64;
                 f.read_exact_at(&mut block.0, off)
                     .map_err(|e| e.to_string())?;
@@ -175,13 +193,13 @@ fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
         }
         s.wall.push(w0.elapsed());
         s.cpu.push(cpu_now().saturating_sub(c0));
-        if valid != d * usize::from(SLOTS) {
+        if valid != d * usize::from(slots) {
             return Err(format!("pread-4k decoded {valid} valid slots"));
         }
     }
     println!("{}", s.row("sync pread 4 KiB x 768", n));
 
-    let mut big = vec![AlignedBlock::ZERO; 1 + usize::from(SLOTS)].into_boxed_slice();
+    let mut big = vec![AlignedBlock::ZERO; 1 + usize::from(slots)].into_boxed_slice();
     let mut s = Stats::new(n);
     for _ in 0..n {
         let (w0, c0) = (Instant::now(), cpu_now());
@@ -192,19 +210,34 @@ fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
             if decode_header(&big[0].0).is_err() {
                 return Err("bad header".into());
             }
-            for slot in 0..SLOTS {
+            for slot in 0..slots {
                 valid +=
                     usize::from(decode_slot(&big[1 + usize::from(slot)].0, &cluster, slot).is_ok());
             }
         }
         s.wall.push(w0.elapsed());
         s.cpu.push(cpu_now().saturating_sub(c0));
-        if valid != d * usize::from(SLOTS) {
+        if valid != d * usize::from(slots) {
             return Err(format!("pread-1m decoded {valid} valid slots"));
         }
     }
     println!("{}", s.row("sync pread 1 MiB x 3", n));
     Ok(())
+}
+
+/// Threads of this process named `iou-wrk-*`: io_uring's io-wq workers, which exist only while
+/// requests are punted to them (or for 5 s after).
+fn io_workers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("iou-wrk"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The blocks as one byte slice (an `AlignedBlock` is `repr(C)` of exactly BLOCK_SIZE bytes,

@@ -1,7 +1,7 @@
 //! Test-only benchmark driver run inside a guest (see tests/bench/vdisk.sh).
 //!
 //! ```text
-//! vdisk-bench rounds N DEV0 DEV1 DEV2   # formats the 3 disks with 255 slots, writes every slot,
+//! vdisk-bench rounds N DEV...           # formats the disks with 255 slots, writes every slot,
 //!                                       # then times N rounds of each method
 //! vdisk-bench exec N -- CMD ARGS...     # runs CMD N times, times each whole process
 //! ```
@@ -13,6 +13,10 @@
 //! CLOCK_PROCESS_CPUTIME_ID (includes io_uring's io-wq workers). `exec` reports wall time and the
 //! children's user+system CPU time (getrusage RUSAGE_CHILDREN) per process. Prints medians and
 //! p90 as Markdown table rows.
+//!
+//! Experiment switches: `VDISK_BENCH_SLOTS=N` formats N slots instead of 255;
+//! `VDISK_BENCH_WORKERS=1` waits for the slot writes' io-wq workers to retire, then reports on
+//! stderr how many io-wq worker threads (`iou-wrk-*`) the io_uring rounds needed.
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Group {
-    /// Voting disks: format and inspect.
+    /// Voting disks: format, inspect and watch.
     #[command(subcommand)]
     Disk(commands::disk::DiskCommand),
     /// Watchdogs: list them and the policy's choice; test that one resets this node.

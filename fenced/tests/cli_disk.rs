@@ -275,3 +275,75 @@ fn dump_rejects_unformatted_foreign_small_and_newer_disks() {
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
 }
+
+/// `fenced disk watch` on files: one JSON line per round and a summary; a missing disk counts
+/// against the majority; a marker on a majority is reported as the authority.
+#[test]
+fn watch_prints_rounds_and_a_summary() {
+    let Some(dir) = direct_io_dir() else { return };
+    let paths = common::formatted(dir.path(), 3, 4);
+    let mut block = AlignedBlock::ZERO;
+    let mut dead = DeadSet::default();
+    dead.insert(2);
+    let slot = SlotBlock {
+        cluster: common::cluster(),
+        slot: 1,
+        state: SlotState::Joined,
+        node_name: NodeName::new("b").unwrap(),
+        incarnation: 9,
+        heartbeat_seq: 4,
+        heartbeat_mono_ms: 0,
+        marker: Marker {
+            epoch: 5,
+            generation: 1,
+            dead,
+            issuer: 1,
+        },
+    };
+    encode_slot(&slot, &mut block.0);
+    for path in &paths[..2] {
+        write_block(path, slot_offset(1), &block);
+    }
+    let mut args = vec!["disk", "watch", "--rounds", "2", "--period", "10", "--json"];
+    args.extend(paths.iter().map(|x| p(x)));
+    let o = fenced(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let round = &lines[1];
+    assert_eq!(round["answered"], 3, "{round}");
+    assert_eq!(round["majority"], true);
+    assert_eq!(round["authority"]["marker"]["epoch"], 5, "{round}");
+    assert_eq!(round["authority"]["marker"]["dead"], serde_json::json!([2]));
+    assert_eq!(round["authority"]["disks"], 2);
+    assert_eq!(round["slots"][0]["slot"], 1, "{round}");
+    assert_eq!(round["slots"][0]["seq"], 4);
+    let summary = &lines[2]["summary"];
+    assert_eq!(summary["rounds"], 2, "{summary}");
+    assert_eq!(summary["majority_rounds"], 2);
+    assert_eq!(summary["over_deadline"], 0);
+
+    // Text mode, with one disk gone: 2 of 3 still a majority.
+    std::fs::remove_file(&paths[2]).unwrap();
+    let mut args = vec!["disk", "watch", "--rounds", "1"];
+    args.extend(paths.iter().map(|x| p(x)));
+    let o = fenced(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("disks 2/3 [answered answered excluded] majority yes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("authority epoch 5 gen 1 issuer 1 dead {2} on 2/3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("summary: 1 rounds, 1 with a read majority"),
+        "{text}"
+    );
+}

@@ -8,7 +8,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use fenced::vdisk::{Marker, NodeName, OpenOptions, QuorumView, SlotBlock, SlotState, VotingDisks};
+use fenced::vdisk::{
+    report, Marker, NodeName, OpenOptions, QuorumView, SlotBlock, SlotState, VotingDisks,
+};
 
 struct Counting;
 
@@ -77,6 +79,9 @@ fn poll_rounds_and_writes_do_not_allocate() {
     block.heartbeat_seq = view.next_own_seq();
     disks.write_own_slot(&block).unwrap();
 
+    // What `fenced disk watch` and the VM tests' node driver do each round: format the round
+    // into a line buffer allocated once.
+    let mut line = String::with_capacity(report::LINE_CAPACITY);
     COUNTING.with(|c| c.set(true));
     for _ in 0..100 {
         let round = disks.poll_round();
@@ -84,6 +89,24 @@ fn poll_rounds_and_writes_do_not_allocate() {
         view.update(round, Instant::now());
         block.heartbeat_seq = view.next_own_seq();
         assert!(disks.write_own_slot(&block).is_ok());
+        let in_flight = disks.buffers_in_flight();
+        line.clear();
+        report::round_json_fields(
+            &mut line,
+            disks.last_round(),
+            &view,
+            in_flight,
+            Instant::now(),
+        )
+        .unwrap();
+        report::round_text(
+            &mut line,
+            disks.last_round(),
+            &view,
+            in_flight,
+            Instant::now(),
+        )
+        .unwrap();
     }
     COUNTING.with(|c| c.set(false));
     assert_eq!(
@@ -92,4 +115,5 @@ fn poll_rounds_and_writes_do_not_allocate() {
         "heap allocations in 100 rounds"
     );
     assert!(view.authority().is_some());
+    assert!(line.contains(r#""slot":7,"node":"node-7""#), "{line}");
 }

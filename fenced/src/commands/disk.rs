@@ -1,4 +1,4 @@
-//! `fenced disk format|dump`.
+//! `fenced disk format|dump` (`watch` is in `disk_watch.rs`).
 
 use std::path::PathBuf;
 
@@ -19,6 +19,10 @@ pub enum DiskCommand {
     Format(FormatArgs),
     /// Print the header, every written slot with its CRC verdict, and the authority.
     Dump(DumpArgs),
+    /// Poll the disks every period as the daemon does (read-only) and print each round: disks
+    /// answering, read majority, authority, every live slot's heartbeat and its age; with
+    /// `--for` or `--rounds`, a summary with the worst round time at the end.
+    Watch(super::disk_watch::WatchArgs),
 }
 
 /// `fenced disk format`.
@@ -69,6 +73,7 @@ pub fn run(cmd: DiskCommand) -> Exit {
     match cmd {
         DiskCommand::Format(args) => format(&args),
         DiskCommand::Dump(args) => dump(&args),
+        DiskCommand::Watch(args) => super::disk_watch::watch(&args),
     }
 }
 

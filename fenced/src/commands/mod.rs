@@ -19,6 +19,7 @@ macro_rules! complain {
 
 pub mod agent;
 pub mod disk;
+pub mod disk_watch;
 pub mod doctor;
 pub mod node;
 pub mod watchdog;

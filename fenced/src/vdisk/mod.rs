@@ -32,6 +32,7 @@
 pub mod admin;
 pub mod format;
 pub mod quorum;
+pub mod report;
 pub mod uring;
 pub mod view;
 

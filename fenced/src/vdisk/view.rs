@@ -61,6 +61,8 @@ pub struct QuorumView {
     last_majority: Option<Instant>,
     rounds: u64,
     duplicate: Option<DuplicateSlotUse>,
+    /// A read-only watcher owns no slot: no duplicate-writer check.
+    observer: bool,
 }
 
 impl QuorumView {
@@ -87,7 +89,17 @@ impl QuorumView {
             last_majority: None,
             rounds: 0,
             duplicate: None,
+            observer: false,
         }
+    }
+
+    /// A view for a read-only watcher (`fenced disk watch`) that owns no slot: liveness,
+    /// authority and majority as for a node, without the check for a second writer of an own
+    /// slot. [`may_take_part`](Self::may_take_part) is always false.
+    pub fn observer(header: &Header, disks: usize) -> Self {
+        let mut view = QuorumView::new(header, disks, 0, 0);
+        view.observer = true;
+        view
     }
 
     /// Folds one round into the views. `now` is the reader's CLOCK_MONOTONIC time.
@@ -127,7 +139,9 @@ impl QuorumView {
                 _ => node.rounds_since_change = node.rounds_since_change.saturating_add(1),
             }
         }
-        self.check_own_slot(round);
+        if !self.observer {
+            self.check_own_slot(round);
+        }
     }
 
     fn check_own_slot(&mut self, round: &RoundReport) {
@@ -186,9 +200,10 @@ impl QuorumView {
         self.authority.is_some_and(|a| a.marker.dead.contains(slot))
     }
 
-    /// Whether the authority declares this node dead: it must fence itself.
+    /// Whether the authority declares this node dead: it must fence itself. Never true for an
+    /// [`observer`](Self::observer).
     pub fn self_dead(&self) -> bool {
-        self.is_dead(self.own_slot)
+        !self.observer && self.is_dead(self.own_slot)
     }
 
     /// Whether the last round read a majority of the disks.
@@ -209,7 +224,7 @@ impl QuorumView {
     /// Whether this node may write its slot and count as a member: it reads a majority, is not
     /// dead per the authority, and is the only writer of its slot.
     pub fn may_take_part(&self) -> bool {
-        self.read_majority && !self.self_dead() && self.duplicate.is_none()
+        !self.observer && self.read_majority && !self.self_dead() && self.duplicate.is_none()
     }
 
     /// The heartbeat sequence for the next own-slot write: above anything read in our slot.

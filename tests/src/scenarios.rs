@@ -193,15 +193,6 @@ done"#
     }
 }
 
-/// Who feeds the watchdog during the freeze scenario.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Feeder {
-    /// busybox's `watchdog` daemon: the peer, for the harness self-test.
-    Busybox,
-    /// Our `watchdog` crate, through the `wdprobe` test driver at this path.
-    Ours(std::path::PathBuf),
-}
-
 /// What the watchdog-under-freeze scenario observed.
 #[derive(Debug, Clone)]
 pub struct FreezeReport {
@@ -218,12 +209,13 @@ pub struct FreezeReport {
     pub thawed_after: Option<Duration>,
 }
 
-/// Arms `kind` at `timeout` s (fed every second by `feeder`), freezes the whole kernel for
-/// `freeze_secs` (stop_machine), and times the reset, watching up to `freeze_secs + 15` s.
+/// Arms `kind` at `timeout` s through the `watchdog` crate (the `wdprobe` driver at `wdprobe`
+/// feeds it every second), freezes the whole kernel for `freeze_secs` (stop_machine), and times
+/// the reset, watching up to `freeze_secs + 15` s.
 pub fn watchdog_under_freeze(
     say: Narrator<'_>,
     kind: WatchdogKind,
-    feeder: &Feeder,
+    wdprobe: &std::path::Path,
     timeout: u32,
     freeze_secs: u32,
 ) -> Result<FreezeReport> {
@@ -237,13 +229,10 @@ pub fn watchdog_under_freeze(
         WatchdogKind::Softdog => "Software Watchdog",
     };
     let dev = watchdog_device(&g, wanted)?;
-    let _feeder = match feeder {
-        Feeder::Busybox => g.spawn(&format!("exec busybox watchdog -F -T {timeout} -t 1 {dev}"))?,
-        Feeder::Ours(wdprobe) => g.spawn(&format!(
-            "exec {} arm {dev} {timeout} --feed-ms 1000 --feed-for-s 3600 --then drop",
-            wdprobe.display()
-        ))?,
-    };
+    let _feeder = g.spawn(&format!(
+        "exec {} arm {dev} {timeout} --feed-ms 1000 --feed-for-s 3600 --then drop",
+        wdprobe.display()
+    ))?;
     let sys = format!("/sys/class/watchdog/{}", dev.trim_start_matches("/dev/"));
     let deadline = Instant::now() + Duration::from_secs(20);
     let timeout_secs = loop {
@@ -265,11 +254,7 @@ pub fn watchdog_under_freeze(
         std::thread::sleep(Duration::from_millis(200));
     };
     say(&format!(
-        "{dev} ({wanted}) armed at {timeout_secs} s, fed every second by {}",
-        match feeder {
-            Feeder::Busybox => "busybox watchdog",
-            Feeder::Ours(_) => "our watchdog crate",
-        }
+        "{dev} ({wanted}) armed at {timeout_secs} s through the watchdog crate, fed every second"
     ));
     // Let it run fed for a few periods: it must not fire while the node is healthy.
     std::thread::sleep(Duration::from_secs(3));

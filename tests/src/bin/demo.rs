@@ -15,7 +15,7 @@ use kmod_testing::iscsi::TargetKind;
 use kmod_testing::project_binary;
 use tests::blocks;
 use tests::cluster::{Cluster, ClusterSpec};
-use tests::scenarios::{self, Feeder, WatchdogKind};
+use tests::scenarios::{self, WatchdogKind};
 
 fn main() -> ExitCode {
     match run() {
@@ -138,9 +138,9 @@ fn run() -> kmod_testing::Result<bool> {
     drop(c);
 
     println!("\n== 2. A frozen kernel and its watchdog ==\n");
-    let feeder = Feeder::Ours(project_binary("wdprobe"));
+    let wdprobe = project_binary("wdprobe");
     println!("  -- hardware watchdog (i6300esb, a timer outside the guest's kernel) --");
-    let hw = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::I6300esb, &feeder, 8, 30)?;
+    let hw = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::I6300esb, &wdprobe, 8, 30)?;
     all &= check(
         hw.reset_after.is_some_and(|d| d.as_secs() < 14),
         &format!(
@@ -152,7 +152,7 @@ fn run() -> kmod_testing::Result<bool> {
         ),
     );
     println!("\n  -- softdog (a timer inside the frozen kernel) --");
-    let soft = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::Softdog, &feeder, 8, 30)?;
+    let soft = scenarios::watchdog_under_freeze(&mut say, WatchdogKind::Softdog, &wdprobe, 8, 30)?;
     all &= check(
         soft.reset_after.is_none_or(|d| d.as_secs() >= 29),
         "softdog armed at 8 s did not fire while the kernel was frozen: it cannot bound a hung node",

@@ -26,8 +26,10 @@ pub struct Shared {
 struct SharedState {
     /// The authority as the loop last computed it.
     authority: Marker,
-    /// Whether the loop has completed at least one round.
-    polled: bool,
+    /// Rounds the loop has recorded.
+    rounds: u64,
+    /// A command waits for a fresh round (the loop wakes for it as for a marker).
+    want_round: bool,
     /// A marker a command wants written in our slot.
     request: Option<Marker>,
     /// The last requested marker that reached a majority, and when.
@@ -46,7 +48,8 @@ impl Shared {
     pub fn loop_record_authority(&self, authority: Marker) {
         if let Ok(mut st) = self.state.try_lock() {
             st.authority = authority;
-            st.polled = true;
+            st.rounds += 1;
+            st.want_round = false;
             drop(st);
             self.changed.notify_all();
         }
@@ -72,6 +75,19 @@ impl Shared {
     /// Loop side: the marker a command asked for, if any.
     pub fn loop_requested(&self) -> Option<Marker> {
         self.state.try_lock().ok().and_then(|st| st.request)
+    }
+
+    /// Loop side: whether a command waits for a marker or for a fresh round.
+    pub fn loop_wanted(&self) -> bool {
+        self.state
+            .try_lock()
+            .is_ok_and(|st| st.request.is_some() || st.want_round)
+    }
+
+    fn wake_loop(&self) {
+        if let Some(t) = &*self.loop_thread.lock().unwrap_or_else(|e| e.into_inner()) {
+            t.unpark();
+        }
     }
 
     /// Loop side: `marker` reached a majority now.
@@ -101,20 +117,34 @@ impl DaemonChannel {
 }
 
 impl MarkerChannel for DaemonChannel {
+    /// The authority from a round that started after this call: a command must never decide
+    /// from a round older than its own request (a marker it just published would be missing).
     fn authority(&mut self) -> Result<Marker, String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while !st.polled {
+        // The round in progress may have read the disks before this call: wait for the next.
+        let target = st.rounds + 2;
+        st.want_round = true;
+        drop(st);
+        self.shared.wake_loop();
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.rounds < target {
             let now = Instant::now();
             if now >= deadline {
-                return Err("the daemon has not completed a voting-disk round yet".into());
+                return Err("the daemon has not completed a voting-disk round in 10 s".into());
             }
+            st.want_round = true;
             st = self
                 .shared
                 .changed
-                .wait_timeout(st, deadline - now)
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(50)))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
+            if st.rounds < target {
+                drop(st);
+                self.shared.wake_loop();
+                st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            }
         }
         Ok(st.authority)
     }
@@ -225,5 +255,62 @@ impl MarkerChannel for DiskChannel {
             .write_own_slot(&self.block)
             .map_err(|e| e.to_string())?;
         Ok(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for the daemon loop: rounds every `period`, or at once when a command waits.
+    fn fake_loop(shared: Arc<Shared>, period: Duration, epoch: Arc<std::sync::atomic::AtomicU64>) {
+        std::thread::spawn(move || {
+            shared.loop_register();
+            loop {
+                let until = Instant::now() + period;
+                while Instant::now() < until && !shared.loop_wanted() {
+                    std::thread::park_timeout(until - Instant::now());
+                }
+                let marker = Marker {
+                    epoch: epoch.load(std::sync::atomic::Ordering::SeqCst),
+                    ..Marker::default()
+                };
+                if let Some(m) = shared.loop_requested() {
+                    shared.loop_published(m, Instant::now());
+                    epoch.store(m.epoch, std::sync::atomic::Ordering::SeqCst);
+                }
+                shared.loop_record_authority(marker);
+            }
+        });
+    }
+
+    #[test]
+    fn a_command_reads_a_fresh_round_without_waiting_for_the_schedule() {
+        let shared = Shared::new();
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(3));
+        fake_loop(shared.clone(), Duration::from_secs(30), epoch.clone());
+        std::thread::sleep(Duration::from_millis(100));
+        let mut ch = DaemonChannel::new(shared);
+        let t = Instant::now();
+        assert_eq!(ch.authority().unwrap().epoch, 3);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "woke the loop instead of waiting 30 s"
+        );
+    }
+
+    #[test]
+    fn the_authority_after_a_publish_includes_it() {
+        let shared = Shared::new();
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(3));
+        fake_loop(shared.clone(), Duration::from_secs(30), epoch);
+        let mut ch = DaemonChannel::new(shared);
+        let m = Marker {
+            epoch: 4,
+            ..Marker::default()
+        };
+        ch.publish(m, Duration::from_secs(5)).unwrap();
+        // The round that published recorded the old authority; a fresh one sees the new.
+        assert_eq!(ch.authority().unwrap().epoch, 4);
     }
 }

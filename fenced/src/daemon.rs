@@ -306,7 +306,7 @@ impl Daemon {
             // Sleep until the next round, or until a command hands us a marker to write.
             loop {
                 let now = Instant::now();
-                if now >= next || self.shared.loop_requested().is_some() {
+                if now >= next || self.shared.loop_wanted() {
                     break;
                 }
                 std::thread::park_timeout(next - now);

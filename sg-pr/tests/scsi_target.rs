@@ -42,6 +42,20 @@ fn paths() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The device named by `var`, or None after a loud SKIP; with `SG_PR_TEST_REQUIRE=1` a missing
+/// variable fails the test (in the guest nothing may skip).
+fn required_device(var: &str, example: &str) -> Option<std::ffi::OsString> {
+    let dev = std::env::var_os(var);
+    if dev.is_none() {
+        assert!(
+            !flag("SG_PR_TEST_REQUIRE"),
+            "SG_PR_TEST_REQUIRE=1 but {var} is not set"
+        );
+        eprintln!("SKIP: set {var} to {example}");
+    }
+    dev
+}
+
 fn flag(name: &str) -> bool {
     std::env::var(name).as_deref() == Ok("1")
 }
@@ -193,8 +207,8 @@ fn two_initiators_register_reserve_preempt_and_observe() {
 /// `SG_PR_TEST_PARTITION=/dev/sda1`: a partition is refused, naming the whole disk.
 #[test]
 fn partition_is_refused_with_the_whole_disk_named() {
-    let Some(part) = std::env::var_os("SG_PR_TEST_PARTITION") else {
-        eprintln!("SKIP: set SG_PR_TEST_PARTITION to a partition node (e.g. /dev/sda1)");
+    let Some(part) = required_device("SG_PR_TEST_PARTITION", "a partition node (e.g. /dev/sda1)")
+    else {
         return;
     };
     let err = PrDevice::open(&part).unwrap_err();
@@ -208,8 +222,7 @@ fn partition_is_refused_with_the_whole_disk_named() {
 /// backend falls back to the block layer.
 #[test]
 fn non_scsi_block_device_uses_the_block_layer() {
-    let Some(dev) = std::env::var_os("SG_PR_TEST_NON_SCSI") else {
-        eprintln!("SKIP: set SG_PR_TEST_NON_SCSI to a virtio-blk/NVMe whole disk");
+    let Some(dev) = required_device("SG_PR_TEST_NON_SCSI", "a virtio-blk/NVMe whole disk") else {
         return;
     };
     assert!(matches!(PrDevice::open(&dev), Err(Error::NotScsi { .. })));

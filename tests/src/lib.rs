@@ -8,6 +8,7 @@
 pub mod blocks;
 pub mod scenarios;
 pub mod sg_persist;
+pub mod sg_pr;
 
 /// Where a scenario tells what it is doing (the demo prints it; tests print it too, and the test
 /// runner shows it when a test fails).

@@ -633,6 +633,10 @@ fn tgt_iscsi_every_service_action_fallback_and_frozen_target() {
         after < Duration::from_secs_f64(deadline + 4.0),
         "reported {after:?} after the start, deadline {deadline} s"
     );
+    // Give the process 3 s to exit on its own while the target is still frozen: its worker is
+    // stuck in SG_IO (uninterruptible until the target answers the abort), and a process cannot
+    // finish exiting while one of its threads is in the kernel.
+    std::thread::sleep(Duration::from_secs(3));
     let exited_early = ssg
         .guest()
         .run_ok("cat /tmp/frozen.code 2>/dev/null || true")

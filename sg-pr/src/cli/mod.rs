@@ -20,7 +20,7 @@ pub mod exit {
     /// Bad command line (clap's own code).
     pub const USAGE: u8 = 2;
     /// The device could not be used: nonexistent, no permission, not a device, a partition,
-    /// not SCSI; or a malformed key.
+    /// not SCSI; or key 0 where it means nothing (a malformed key is a usage error, 2).
     pub const BAD_DEVICE: u8 = 3;
     /// The device does not support the command (ILLEGAL REQUEST, ioctl not in this kernel).
     pub const NOT_SUPPORTED: u8 = 5;
@@ -36,9 +36,9 @@ const EXIT_CODES_HELP: &str = "\
 Exit codes:
    0  success
    1  other failure (transport error, unexpected sense data, malformed reply)
-   2  bad command line
+   2  bad command line (including a malformed key)
    3  device unusable: nonexistent, permission denied, not a device node, a partition,
-      not SCSI (try --backend block), or malformed key
+      not SCSI (try --backend block); or key 0 where it means nothing
    5  command not supported by the device or kernel
    6  device stayed busy / not ready / raised unit attentions through every retry
   15  timeout (per-command --timeout, or --deadline for several devices)

@@ -631,8 +631,9 @@ fn lio_iscsi_every_service_action_and_preempt_abort() {
 /// tgtd is frozen (SIGSTOP) and node2 preempts on LUNs of both targets in one call.
 /// Must: every service action works; the fence falls back to PREEMPT and says so (human output,
 /// stderr note, `--json` report); node1 is cut off. With the frozen target: the live LUNs' results
-/// arrive, the frozen LUN is reported as a timeout (exit 15) within the deadline (+ slack), and
-/// the process ends once the target thaws. Must not: hang past the deadline before reporting.
+/// arrive, the frozen LUN is reported as a timeout, and the process exits 15 within the deadline
+/// (+ 4 s slack) while the target is still frozen, closing its output. Must not: stay alive (or
+/// hold a reader's pipe open) until the target thaws.
 #[test]
 fn tgt_iscsi_every_service_action_fallback_and_frozen_target() {
     let lab = Lab::new("sgpr-tgt-iscsi").unwrap();
@@ -663,64 +664,48 @@ fn tgt_iscsi_every_service_action_fallback_and_frozen_target() {
     frozen.pause().unwrap();
     let deadline = 8.0;
     let started = Instant::now();
-    let pending = ssg
+    // Through a pipe, as a fence agent reads it: the pipeline ends only when every writer has
+    // closed stdout, so this also proves a worker stuck in the kernel does not hold it open.
+    let out = ssg
         .guest()
-        .spawn(&format!(
-            "{} --timeout 3 --json preempt --deadline {deadline} --key {SURVIVOR:x} --victim {VICTIM:x} --type wero {s1} {s3} >/tmp/frozen.json 2>/tmp/frozen.err; echo $? >/tmp/frozen.code",
+        .run_with_timeout(
+            &format!(
+                "( {} --timeout 3 --json preempt --deadline {deadline} --key {SURVIVOR:x} --victim {VICTIM:x} --type wero {s1} {s3} 2>/tmp/frozen.err; echo $? >/tmp/frozen.code ) | cat >/tmp/frozen.json",
+                ssg.bin()
+            ),
+            Duration::from_secs_f64(deadline + 30.0),
+        )
+        .unwrap();
+    let exited_after = out.finished_at.saturating_duration_since(started);
+    let code = ssg.guest().run_ok("cat /tmp/frozen.code").unwrap();
+    let text = ssg.guest().run_ok("cat /tmp/frozen.json").unwrap();
+    let stuck = ssg
+        .guest()
+        .run_ok(&format!(
+            "ps -eo stat,args | grep '^D.*{}' | grep -v grep || true",
             ssg.bin()
         ))
         .unwrap();
-    // Poll the output file: the report must be complete before the frozen path lets go.
-    let reported = loop {
-        let text = ssg
-            .guest()
-            .run_ok("cat /tmp/frozen.json 2>/dev/null || true")
-            .unwrap();
-        if let Ok(v) = serde_json::from_str::<Value>(&text) {
-            break (v, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs_f64(deadline + 20.0),
-            "no report {:?} after a {deadline} s deadline",
-            started.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    let (json, after) = reported;
+    frozen.resume().unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     say(&format!(
-        "frozen target: report after {:.1} s (deadline {deadline} s): {json}",
-        after.as_secs_f64()
+        "frozen target: exit {} after {:.1} s (deadline {deadline} s), target still frozen; worker left in the kernel: {}; report: {json}",
+        code.trim(),
+        exited_after.as_secs_f64(),
+        if stuck.trim().is_empty() { "none seen" } else { stuck.trim() }
     ));
     let results = json["results"].as_array().cloned().unwrap_or_default();
     assert_eq!(results.len(), 2, "{json}");
     assert_eq!(results[0]["ok"], true, "live LUN fenced: {json}");
     assert_eq!(results[1]["ok"], false, "{json}");
     assert_eq!(results[1]["exit_code"], 15, "{json}");
-    assert!(
-        after < Duration::from_secs_f64(deadline + 4.0),
-        "reported {after:?} after the start, deadline {deadline} s"
-    );
-    // Give the process 3 s to exit on its own while the target is still frozen: its worker is
-    // stuck in SG_IO (uninterruptible until the target answers the abort), and a process cannot
-    // finish exiting while one of its threads is in the kernel.
-    std::thread::sleep(Duration::from_secs(3));
-    let exited_early = ssg
-        .guest()
-        .run_ok("cat /tmp/frozen.code 2>/dev/null || true")
-        .unwrap();
-    frozen.resume().unwrap();
-    let out = ssg.guest().wait(pending, Duration::from_secs(120)).unwrap();
-    let code = ssg.guest().run_ok("cat /tmp/frozen.code").unwrap();
-    say(&format!(
-        "process exit code {} (exited before the thaw: {}), {:.1} s after the start; stderr: {}",
-        code.trim(),
-        !exited_early.trim().is_empty(),
-        out.finished_at
-            .saturating_duration_since(started)
-            .as_secs_f64(),
-        ssg.guest().run_ok("cat /tmp/frozen.err").unwrap().trim()
-    ));
     assert_eq!(code.trim(), "15");
+    // Before the fix the report came at the deadline but the process (and the pipe) stayed
+    // until the target thawed: the stuck SG_IO thread kept the process from exiting.
+    assert!(
+        exited_after < Duration::from_secs_f64(deadline + 4.0),
+        "exited {exited_after:?} after the start, deadline {deadline} s"
+    );
     // After the thaw the frozen LUN answers again.
     let k = ssg.keys(s3).unwrap();
     say(&format!("frozen LUN's keys after the thaw: {k:x?}"));

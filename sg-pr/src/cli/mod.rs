@@ -1,5 +1,6 @@
 //! Command line: argument definitions, device opening, exit codes.
 
+mod detach;
 mod read;
 mod write;
 
@@ -325,11 +326,13 @@ pub fn main() -> ExitCode {
         Command::Reservation(a) => read::reservation(&ctx, &a.device),
         Command::Caps(a) => read::caps(&ctx, &a.device),
         Command::Status(a) => read::full_status(&ctx, &a.device),
-        Command::Register(a) => write::register(&ctx, a),
-        Command::Reserve(a) => write::reserve(&ctx, a),
-        Command::Release(a) => write::release(&ctx, a),
-        Command::Clear(a) => write::clear(&ctx, a),
-        Command::Preempt(a) => write::preempt(&ctx, a),
+        // PR OUT commands promise an answer by --deadline even when a device hangs: see
+        // `detach`.
+        Command::Register(a) => detach::run_detachable(|| write::register(&ctx, a)),
+        Command::Reserve(a) => detach::run_detachable(|| write::reserve(&ctx, a)),
+        Command::Release(a) => detach::run_detachable(|| write::release(&ctx, a)),
+        Command::Clear(a) => detach::run_detachable(|| write::clear(&ctx, a)),
+        Command::Preempt(a) => detach::run_detachable(|| write::preempt(&ctx, a)),
     };
     ExitCode::from(code)
 }

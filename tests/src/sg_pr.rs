@@ -129,6 +129,12 @@ impl<'a> SgPr<'a> {
 /// Builds sg-pr's kernel-facing integration test (`sg-pr/tests/scsi_target.rs`) in the
 /// workspace's dev profile and returns its executable, which a guest can run at the same path.
 ///
+/// `--workspace`, so features unify as in `cargo test --workspace` / `cargo nextest run
+/// --workspace` (tests/run): there the binary is already built and this is a no-op. Otherwise it
+/// may re-link `target/debug/sg-pr` (dev-dependency features differ from `cargo build --bins`),
+/// so call it before booting guests that run `sg-pr`: a guest that already ran the old file runs
+/// a torn mix of both (SIGSEGV seen).
+///
 /// Panics when cargo fails: the VM tests that call it cannot run without it.
 pub fn scsi_target_binary() -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -136,8 +142,7 @@ pub fn scsi_target_binary() -> std::path::PathBuf {
         .current_dir(kmod_testing::repo_root())
         .args([
             "test",
-            "-p",
-            "sg-pr",
+            "--workspace",
             "--test",
             "scsi_target",
             "--no-run",

@@ -440,9 +440,8 @@ test -b {dev}1"#
 /// Runs sg-pr's own kernel-facing test binary (sg-pr/tests/scsi_target.rs) in the guest with
 /// `SG_PR_TEST_REQUIRE=1`, so none of its tests may skip.
 ///
-/// `bin` comes from [`tests::sg_pr::scsi_target_binary`], called BEFORE the guest boots: building
-/// it re-links `target/debug/sg-pr` (dev-dependency features differ), and a guest that already
-/// ran the old file then runs a torn mix of both (SIGSEGV seen).
+/// `bin` comes from [`tests::sg_pr::scsi_target_binary`], called BEFORE the guest boots (see
+/// there why).
 fn run_scsi_target_binary(g: &Guest, bin: &std::path::Path, env: &str) {
     let out = g
         .run_with_timeout(

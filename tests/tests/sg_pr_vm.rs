@@ -680,7 +680,7 @@ fn tgt_iscsi_every_service_action_fallback_and_frozen_target() {
     let text = ssg.guest().run_ok("cat /tmp/frozen.json").unwrap();
     let stuck = ssg
         .guest()
-        .run_ok("ps -eo pid,ppid,stat,args | grep '[s]g-pr --timeout 3' || true")
+        .run_ok("ps -eo pid,ppid,stat,wchan:24,comm | grep '[s]g-pr' || true")
         .unwrap();
     frozen.resume().unwrap();
     let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));

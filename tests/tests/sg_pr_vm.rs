@@ -442,11 +442,11 @@ test -b {dev}1"#
 ///
 /// `bin` comes from [`tests::sg_pr::scsi_target_binary`], called BEFORE the guest boots (see
 /// there why).
-fn run_scsi_target_binary(g: &Guest, bin: &std::path::Path, env: &str) {
+fn run_scsi_target_binary(g: &Guest, bin: &std::path::Path, env: &str, filter: &str, tests: usize) {
     let out = g
         .run_with_timeout(
             &format!(
-                "cd /tmp && SG_PR_TEST_REQUIRE=1 {env} {} --test-threads=1 2>&1",
+                "cd /tmp && SG_PR_TEST_REQUIRE=1 {env} {} --test-threads=1 {filter} 2>&1",
                 bin.display()
             ),
             Duration::from_secs(180),
@@ -455,7 +455,8 @@ fn run_scsi_target_binary(g: &Guest, bin: &std::path::Path, env: &str) {
     println!("{}", out.stdout);
     assert_eq!(out.code, 0, "scsi_target in {} ({env}) failed", g.name());
     assert!(
-        out.stdout.contains("test result: ok. 3 passed"),
+        out.stdout
+            .contains(&format!("test result: ok. {tests} passed")),
         "{}",
         out.stdout
     );
@@ -527,6 +528,8 @@ fn tcm_loop_every_service_action_and_bad_input() {
             "SG_PR_TEST_DEV_A={} SG_PR_TEST_DEV_B={} SG_PR_TEST_PARTITION={part} SG_PR_TEST_NON_SCSI={vda}",
             v.dev, s.dev
         ),
+        "",
+        3,
     );
 }
 
@@ -612,6 +615,12 @@ fn node_sides<'a>(nodes: &'a [Guest], disks: &[Vec<String>], node: usize) -> Vec
 /// initiators; PREEMPT AND ABORT is performed (no fallback reported); node1's next command
 /// reports the UNIT ATTENTION and succeeds; node1's writes fail (EBADE) and its data is absent;
 /// exit 24 on real conflicts.
+///
+/// (sg-pr's own scsi_target test is not run here: it needs two nexuses in one guest, and when
+/// node1 had a second iSCSI session to LUN 0 (same initiator name, another ISID), LIO answered
+/// both PREEMPT and PREEMPT AND ABORT between the two sessions with RESERVATION CONFLICT and no
+/// log line; tgt accepts it, see the next test. Not investigated further: a node never fences its
+/// own other path.)
 #[test]
 fn lio_iscsi_every_service_action_and_preempt_abort() {
     let lab = Lab::new("sgpr-lio-iscsi").unwrap();
@@ -625,7 +634,8 @@ fn lio_iscsi_every_service_action_and_preempt_abort() {
     preempt_several_luns(&v[1..], &s[1..], Flavour::LioIscsi);
 }
 
-/// Target: tgtd over iSCSI, three LUNs, plus a second tgtd with one LUN; two node guests.
+/// Target: tgtd over iSCSI, three LUNs, plus a second tgtd with one LUN; two node guests (node1
+/// with a second session to LUN 0, where sg-pr's scsi_target test runs expecting the fallback).
 /// Faults: node2 fences node1 with `--abort` on a target without PREEMPT AND ABORT; then the second
 /// tgtd is frozen (SIGSTOP) and node2 preempts on LUNs of both targets in one call.
 /// Must: every service action works; the fence falls back to PREEMPT and says so (human output,
@@ -635,19 +645,39 @@ fn lio_iscsi_every_service_action_and_preempt_abort() {
 /// hold a reader's pipe open) until the target thaws.
 #[test]
 fn tgt_iscsi_every_service_action_fallback_and_frozen_target() {
+    let scsi_target = tests::sg_pr::scsi_target_binary();
     let lab = Lab::new("sgpr-tgt-iscsi").unwrap();
     let target = Target::start(&lab, TargetKind::Tgt, 3, 16).unwrap();
     let frozen = Target::start(&lab, TargetKind::Tgt, 1, 16).unwrap();
     let nodes = lab
         .boot_all(vec![
-            target.node_spec("node1").iscsi_lun(&frozen.lun_url(0)),
+            target
+                .node_spec("node1")
+                .iscsi_lun(&frozen.lun_url(0))
+                .iscsi_lun(&target.lun_url(0)),
             target.node_spec("node2").iscsi_lun(&frozen.lun_url(0)),
         ])
         .unwrap();
-    let disks: Vec<Vec<String>> = nodes.iter().map(|g| g.scsi_disks(4).unwrap()).collect();
+    let mut disks: Vec<Vec<String>> = vec![
+        nodes[0].scsi_disks(5).unwrap(),
+        nodes[1].scsi_disks(4).unwrap(),
+    ];
+    let second_path = disks[0].pop().unwrap_or_default();
     let (v, s) = (node_sides(&nodes, &disks, 0), node_sides(&nodes, &disks, 1));
     every_service_action(&v[0], &s[0], Flavour::TgtIscsi);
     preempt_several_luns(&v[1..3], &s[1..3], Flavour::TgtIscsi);
+    // The library's own kernel test on two nexuses of node1 (second session to LUN 0): PREEMPT
+    // AND ABORT must fall back and say so.
+    run_scsi_target_binary(
+        &nodes[0],
+        &scsi_target,
+        &format!(
+            "SG_PR_TEST_DEV_A={} SG_PR_TEST_DEV_B={second_path} SG_PR_TEST_ABORT=1 SG_PR_TEST_EXPECT_PA_FALLBACK=1 SG_PR_TEST_NO_FULL_STATUS=1",
+            v[0].dev
+        ),
+        "two_initiators",
+        1,
+    );
 
     // node1 comes back on LUN 1 and the frozen target's LUN; node2 registers there too.
     let (v1, v3, s1, s3) = (&v[1].dev, &v[3].dev, &s[1].dev, &s[3].dev);

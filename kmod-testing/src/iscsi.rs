@@ -171,10 +171,12 @@ mkdir -p $I/np/0.0.0.0:3260
             r#"mkdir -p $T/core/fileio_{i}/lun{i}
 echo "fd_dev_name=/var/tmp/lun{i}.img,fd_dev_size={bytes}" > $T/core/fileio_{i}/lun{i}/control
 echo 1 > $T/core/fileio_{i}/lun{i}/enable
+echo {serial} > $T/core/fileio_{i}/lun{i}/wwn/vpd_unit_serial
 mkdir -p $I/lun/lun_{i}
 ln -s $T/core/fileio_{i}/lun{i} $I/lun/lun_{i}/lun
 "#,
-            bytes = size_mb << 20
+            bytes = size_mb << 20,
+            serial = unit_serial(i),
         ));
     }
     script.push_str(
@@ -188,6 +190,13 @@ echo 1 > $I/enable
     guest.run_ok(&script)?;
     wait_for_iscsi(port, luns.saturating_sub(1))?;
     Ok(Target::Lio { guest, port, luns })
+}
+
+/// The VPD 0x80 unit serial number the harness gives LIO backstore `index`. LIO reports no VPD
+/// pages (0x00 lists none, 0x83 has no NAA designator) until one is set, as targetcli always
+/// does; LIO derives the LUN's NAA id from its first 25 hex digits, so the index comes first.
+pub(crate) fn unit_serial(index: usize) -> String {
+    format!("{index:08x}-5f2a-4c00-8000-0000fe4ced00")
 }
 
 fn start_tgt(lab: &Lab, port: u16, luns: usize, size_mb: u64) -> Result<Target> {

@@ -27,7 +27,9 @@ T=/sys/kernel/config/target
 mkdir -p $T/core/fileio_0/lun0
 echo "fd_dev_name=/var/tmp/lun0.img,fd_dev_size={bytes}" > $T/core/fileio_0/lun0/control
 echo 1 > $T/core/fileio_0/lun0/enable
+echo {serial} > $T/core/fileio_0/lun0/wwn/vpd_unit_serial
 "#,
+        serial = crate::iscsi::unit_serial(0),
         bytes = size_mb << 20
     );
     let mut initiators = Vec::new();

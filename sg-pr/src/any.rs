@@ -97,6 +97,13 @@ impl PersistentReservations for AnyDevice {
             AnyDevice::Block(d) => d.reservation(),
         }
     }
+
+    fn keys_for_verification(&self) -> Result<Completed<RegisteredKeys>> {
+        match self {
+            AnyDevice::Sg(d) => d.keys_for_verification(),
+            AnyDevice::Block(d) => d.keys_for_verification(),
+        }
+    }
 }
 
 #[cfg(test)]

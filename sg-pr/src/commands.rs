@@ -654,6 +654,11 @@ pub trait PersistentReservations: Send + Sync {
     fn keys(&self) -> Result<Completed<RegisteredKeys>>;
     /// Current reservation.
     fn reservation(&self) -> Result<Completed<ReservationStatus>>;
+    /// Registered keys, read to confirm a PR OUT took effect: [`keys`](Self::keys), unless
+    /// the backend's own read is unavailable and it has another way to ask.
+    fn keys_for_verification(&self) -> Result<Completed<RegisteredKeys>> {
+        self.keys()
+    }
 }
 
 impl<T: ScsiTransport> PersistentReservations for PrDevice<T> {

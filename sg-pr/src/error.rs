@@ -106,7 +106,7 @@ pub enum Error {
     },
 
     /// The target answered RESERVATION CONFLICT (status 0x18). Never retried.
-    #[error("{device}: {command} got RESERVATION CONFLICT; this initiator is not registered or its key was preempted (if this was your own PREEMPT, you lost the race: your key is gone){}",
+    #[error("{device}: {command} got RESERVATION CONFLICT; {}{}", conflict_hint(command),
         if *after_ambiguous_retry { "; an earlier attempt was cut off by a transport error and may have been carried out, so check with READ KEYS" } else { "" })]
     ReservationConflict {
         /// Device name.
@@ -247,6 +247,25 @@ pub enum Error {
     },
 }
 
+/// What a RESERVATION CONFLICT most likely means for `command` (SPC-4 5.14), so the operator
+/// is not sent looking for a preemption when a RESERVE simply met another holder (seen in the
+/// VM tests on LIO and tgt).
+fn conflict_hint(command: &str) -> &'static str {
+    if command.contains("PREEMPT") {
+        "this initiator is not registered or its key was preempted (if this was your own PREEMPT, you lost the race: your key is gone)"
+    } else if command.contains("IGNORE EXISTING") {
+        "this initiator's registration was refused by the target's reservation rules"
+    } else if command.contains("REGISTER") {
+        "this initiator is already registered with another key (give it with --old-key, or use --ignore-existing), or its key was preempted"
+    } else if command.contains("RESERVE") {
+        "another initiator holds the reservation, or this initiator is not registered (or was preempted)"
+    } else if command.contains("RELEASE") || command.contains("CLEAR") {
+        "this initiator is not registered with that key (or was preempted)"
+    } else {
+        "another initiator's reservation excludes this one, or this initiator's registration was preempted"
+    }
+}
+
 impl Error {
     /// True when the target answered RESERVATION CONFLICT.
     pub fn is_reservation_conflict(&self) -> bool {
@@ -263,5 +282,29 @@ impl Error {
     /// True for timeouts and missed deadlines.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. } | Error::DeadlineExceeded { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conflict(command: &'static str) -> String {
+        Error::ReservationConflict {
+            device: "/dev/sdb".into(),
+            command,
+            after_ambiguous_retry: false,
+        }
+        .to_string()
+    }
+
+    /// A RESERVE that meets another holder must not send the operator looking for a preemption.
+    #[test]
+    fn conflict_message_fits_the_command() {
+        assert!(conflict("PR OUT RESERVE").contains("another initiator holds the reservation"));
+        assert!(conflict("IOC_PR_RESERVE").contains("another initiator holds the reservation"));
+        assert!(conflict("PR OUT REGISTER").contains("--old-key"));
+        assert!(conflict("PR OUT PREEMPT AND ABORT").contains("lost the race"));
+        assert!(conflict("PR OUT RELEASE").contains("not registered with that key"));
     }
 }

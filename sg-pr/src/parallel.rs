@@ -196,8 +196,12 @@ where
 pub struct FenceOutcome {
     /// The PREEMPT (AND ABORT) report, merged with the READ KEYS one.
     pub report: Report,
-    /// READ KEYS after the preempt no longer lists the victim.
+    /// READ KEYS after the preempt no longer lists the victim (false when `verified` is).
     pub victim_removed: bool,
+    /// READ KEYS could be sent. False only where no way to read keys exists (NVMe through the
+    /// block layer before Linux 6.19): the target answered GOOD to the PREEMPT, but nothing
+    /// confirmed it.
+    pub verified: bool,
     /// Keys registered after the preempt.
     pub keys_after: Vec<ReservationKey>,
 }
@@ -230,7 +234,19 @@ where
             abort,
         };
         let mut report = d.apply(op)?;
-        let keys = d.keys()?;
+        // A PREEMPT that succeeded must not be reported as failed because this kernel cannot
+        // read keys through the block layer (seen on 6.1 with --backend block).
+        let keys = match d.keys_for_verification() {
+            Err(Error::NotSupported { .. }) => {
+                return Ok(FenceOutcome {
+                    report,
+                    victim_removed: false,
+                    verified: false,
+                    keys_after: Vec::new(),
+                })
+            }
+            other => other?,
+        };
         report.attempts += keys.report.attempts;
         report.unit_attentions.extend(keys.report.unit_attentions);
         if keys.value.contains(victim) {
@@ -242,6 +258,7 @@ where
         Ok(FenceOutcome {
             report,
             victim_removed: true,
+            verified: true,
             keys_after: keys.value.keys,
         })
     })
@@ -282,12 +299,54 @@ mod tests {
             Duration::from_secs(5),
         );
         let first = results[0].result.as_ref().unwrap();
-        assert!(first.victim_removed);
+        assert!(first.victim_removed && first.verified);
         assert_eq!(first.keys_after, vec![ReservationKey(0xa)]);
         assert_eq!(first.report.attempts, 2);
         let err = results[1].result.as_ref().unwrap_err();
         assert!(matches!(err, Error::VictimStillRegistered { .. }), "{err}");
         assert!(err.to_string().contains("/dev/sdc"));
+    }
+
+    /// A block-layer device on a kernel before 6.19: PR OUT works, reads do not.
+    struct NoReads;
+
+    impl PersistentReservations for NoReads {
+        fn device_name(&self) -> &str {
+            "/dev/nvme0n1"
+        }
+        fn apply(&self, _op: PrOperation) -> Result<crate::Report> {
+            Ok(crate::Report::default())
+        }
+        fn keys(&self) -> Result<crate::Completed<crate::RegisteredKeys>> {
+            Err(Error::NotSupported {
+                device: "/dev/nvme0n1".into(),
+                op: "IOC_PR_READ_KEYS",
+            })
+        }
+        fn reservation(&self) -> Result<crate::Completed<crate::ReservationStatus>> {
+            Err(Error::NotSupported {
+                device: "/dev/nvme0n1".into(),
+                op: "IOC_PR_READ_RESERVATION",
+            })
+        }
+    }
+
+    /// Regression (Linux 6.1, `sg-pr --backend block preempt`): the PREEMPT took effect but the
+    /// command failed with exit 5 because IOC_PR_READ_KEYS does not exist before 6.19.
+    #[test]
+    fn preempt_without_a_way_to_read_keys_succeeds_unverified() {
+        let results = preempt_and_verify_all(
+            vec![NoReads],
+            ReservationKey(0xa),
+            ReservationKey(0xb),
+            PrType::WriteExclusiveRegistrantsOnly,
+            false,
+            1,
+            Duration::from_secs(5),
+        );
+        let outcome = results[0].result.as_ref().unwrap();
+        assert!(!outcome.verified);
+        assert!(!outcome.victim_removed);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   on Linux 6.1; use LIO over iSCSI, or tgt to exercise the fallback).
 //! - `SG_PR_TEST_EXPECT_PA_FALLBACK=1`: the target lacks PREEMPT AND ABORT (tgt); the
 //!   fallback must be reported.
+//! - `SG_PR_TEST_NO_FULL_STATUS=1`: the target lacks READ FULL STATUS (tgt): ILLEGAL REQUEST.
 //!
 //! The scenario clears every registration on the LUN at the start and at the end.
 
@@ -40,6 +41,20 @@ fn paths() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
+}
+
+/// The device named by `var`, or None after a loud SKIP; with `SG_PR_TEST_REQUIRE=1` a missing
+/// variable fails the test (in the guest nothing may skip).
+fn required_device(var: &str, example: &str) -> Option<std::ffi::OsString> {
+    let dev = std::env::var_os(var);
+    if dev.is_none() {
+        assert!(
+            !flag("SG_PR_TEST_REQUIRE"),
+            "SG_PR_TEST_REQUIRE=1 but {var} is not set"
+        );
+        eprintln!("SKIP: set {var} to {example}");
+    }
+    dev
 }
 
 fn flag(name: &str) -> bool {
@@ -103,16 +118,32 @@ fn two_initiators_register_reserve_preempt_and_observe() {
     let res = b.read_reservation().unwrap().value.reservation.unwrap();
     assert_eq!((res.key, res.pr_type), (KEY_A, Some(WERO)));
 
-    // Full status: both registrations, A the holder, transport IDs decoded.
-    let full = b.read_full_status().unwrap().value;
-    assert_eq!(full.registrations.len(), 2, "{full:?}");
-    let holder = full
-        .registrations
-        .iter()
-        .find(|r| r.reservation_holder)
-        .unwrap();
-    assert_eq!(holder.key, KEY_A);
-    assert!(full.registrations.iter().all(|r| r.transport_id.is_some()));
+    // Full status: both registrations, A the holder, transport IDs decoded. tgt lacks READ FULL
+    // STATUS (ILLEGAL REQUEST): `SG_PR_TEST_NO_FULL_STATUS=1` expects exactly that.
+    match b.read_full_status() {
+        Ok(full) => {
+            assert!(
+                !flag("SG_PR_TEST_NO_FULL_STATUS"),
+                "READ FULL STATUS worked"
+            );
+            let full = full.value;
+            assert_eq!(full.registrations.len(), 2, "{full:?}");
+            let holder = full
+                .registrations
+                .iter()
+                .find(|r| r.reservation_holder)
+                .unwrap();
+            assert_eq!(holder.key, KEY_A);
+            assert!(full.registrations.iter().all(|r| r.transport_id.is_some()));
+        }
+        Err(Error::CheckCondition { sense, .. })
+            if flag("SG_PR_TEST_NO_FULL_STATUS")
+                && sense.key == sg_pr::SenseKey::IllegalRequest =>
+        {
+            eprintln!("note: no READ FULL STATUS on this target (ILLEGAL REQUEST)")
+        }
+        Err(e) => panic!("READ FULL STATUS: {e}"),
+    }
 
     // A second RESERVE from B conflicts, and the error is the dedicated variant.
     let err = b.reserve(KEY_B, WERO).unwrap_err();
@@ -193,8 +224,8 @@ fn two_initiators_register_reserve_preempt_and_observe() {
 /// `SG_PR_TEST_PARTITION=/dev/sda1`: a partition is refused, naming the whole disk.
 #[test]
 fn partition_is_refused_with_the_whole_disk_named() {
-    let Some(part) = std::env::var_os("SG_PR_TEST_PARTITION") else {
-        eprintln!("SKIP: set SG_PR_TEST_PARTITION to a partition node (e.g. /dev/sda1)");
+    let Some(part) = required_device("SG_PR_TEST_PARTITION", "a partition node (e.g. /dev/sda1)")
+    else {
         return;
     };
     let err = PrDevice::open(&part).unwrap_err();
@@ -208,8 +239,7 @@ fn partition_is_refused_with_the_whole_disk_named() {
 /// backend falls back to the block layer.
 #[test]
 fn non_scsi_block_device_uses_the_block_layer() {
-    let Some(dev) = std::env::var_os("SG_PR_TEST_NON_SCSI") else {
-        eprintln!("SKIP: set SG_PR_TEST_NON_SCSI to a virtio-blk/NVMe whole disk");
+    let Some(dev) = required_device("SG_PR_TEST_NON_SCSI", "a virtio-blk/NVMe whole disk") else {
         return;
     };
     assert!(matches!(PrDevice::open(&dev), Err(Error::NotScsi { .. })));

@@ -1,5 +1,6 @@
 //! Command line: argument definitions, device opening, exit codes.
 
+mod detach;
 mod read;
 mod write;
 
@@ -20,7 +21,7 @@ pub mod exit {
     /// Bad command line (clap's own code).
     pub const USAGE: u8 = 2;
     /// The device could not be used: nonexistent, no permission, not a device, a partition,
-    /// not SCSI; or a malformed key.
+    /// not SCSI; or key 0 where it means nothing (a malformed key is a usage error, 2).
     pub const BAD_DEVICE: u8 = 3;
     /// The device does not support the command (ILLEGAL REQUEST, ioctl not in this kernel).
     pub const NOT_SUPPORTED: u8 = 5;
@@ -36,9 +37,9 @@ const EXIT_CODES_HELP: &str = "\
 Exit codes:
    0  success
    1  other failure (transport error, unexpected sense data, malformed reply)
-   2  bad command line
+   2  bad command line (including a malformed key)
    3  device unusable: nonexistent, permission denied, not a device node, a partition,
-      not SCSI (try --backend block), or malformed key
+      not SCSI (try --backend block); or key 0 where it means nothing
    5  command not supported by the device or kernel
    6  device stayed busy / not ready / raised unit attentions through every retry
   15  timeout (per-command --timeout, or --deadline for several devices)
@@ -325,11 +326,13 @@ pub fn main() -> ExitCode {
         Command::Reservation(a) => read::reservation(&ctx, &a.device),
         Command::Caps(a) => read::caps(&ctx, &a.device),
         Command::Status(a) => read::full_status(&ctx, &a.device),
-        Command::Register(a) => write::register(&ctx, a),
-        Command::Reserve(a) => write::reserve(&ctx, a),
-        Command::Release(a) => write::release(&ctx, a),
-        Command::Clear(a) => write::clear(&ctx, a),
-        Command::Preempt(a) => write::preempt(&ctx, a),
+        // PR OUT commands promise an answer by --deadline even when a device hangs: see
+        // `detach`.
+        Command::Register(a) => detach::run_detachable(|| write::register(&ctx, a)),
+        Command::Reserve(a) => detach::run_detachable(|| write::reserve(&ctx, a)),
+        Command::Release(a) => detach::run_detachable(|| write::release(&ctx, a)),
+        Command::Clear(a) => detach::run_detachable(|| write::clear(&ctx, a)),
+        Command::Preempt(a) => detach::run_detachable(|| write::preempt(&ctx, a)),
     };
     ExitCode::from(code)
 }

@@ -209,10 +209,12 @@ pub(super) fn preempt(ctx: &Ctx, a: PreemptArgs) -> u8 {
             )
         },
         |fence: &FenceOutcome| {
-            (
-                &fence.report,
-                "; READ KEYS confirms the victim key is gone".to_string(),
-            )
+            let verdict = if fence.verified {
+                "; READ KEYS confirms the victim key is gone"
+            } else {
+                "; NOT verified: no way to read keys on this device and kernel (READ KEYS needs SG_IO, or the block layer on Linux 6.19+)"
+            };
+            (&fence.report, verdict.to_string())
         },
     )
 }

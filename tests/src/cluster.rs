@@ -331,17 +331,20 @@ impl Cluster {
         self.nodes[i].spawn(&format!("{} {args}", project_binary("fenced").display()))
     }
 
-    /// The keys registered on LUN 0, as node `i` reads them, by node name.
+    /// The nodes whose keys are registered on LUN 0, as node `i` reads them, sorted.
     pub fn registered(&self, i: usize) -> Result<Vec<String>> {
         let st = self.status(i)?;
-        Ok(st["luns"][0]["keys"]
+        let mut names: Vec<String> = st["luns"][0]["keys"]
             .as_array()
             .map(|k| {
                 k.iter()
                     .filter_map(|k| k["node"].as_str().map(String::from))
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        // The target lists keys in registration order; callers compare sets.
+        names.sort();
+        Ok(names)
     }
 
     /// Runs `fenced fence <victim>` on node `from` (0-based) and returns its output and how

@@ -5,7 +5,8 @@
 use kmod_testing::iscsi::TargetKind;
 use kmod_testing::project_binary;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tests::blocks;
 use tests::cluster::{Cluster, ClusterSpec};
 
 /// fence-agents' RelaxNG schema for `-o metadata` (Debian package fence-agents, on the host).
@@ -32,11 +33,16 @@ fn agent(c: &Cluster, node: usize, options: &str) -> kmod_testing::Output {
     out
 }
 
-/// Pacemaker drives node1's `fence_fenced`: metadata (valid against the fence-agents schema),
-/// monitor, list, status of node2 (ON, exit 0), off for node2 (exit 0, its key gone from the
-/// LUN), status again (OFF, exit 2). Before that, `fenced doctor` on node1 passes.
+/// Fault: the clusterware on node1 evicts node2 the way Pacemaker does, through `fence_fenced`:
+/// metadata (valid against the fence-agents schema), monitor, list, status of node2 (ON, exit 0),
+/// off for node2 (exit 0), status again (OFF, exit 2). Before that, `fenced doctor` on node1
+/// passes.
+/// Must: node2's key is gone and its writes fail at once (or it is already resetting); node2
+/// resets within lease + watchdog timeout; node1's and node3's writes go on; fencing node2 again
+/// succeeds without change; a node refuses to fence itself.
+/// Must not: anything node2 writes after the fence reach the LUN.
 #[test]
-fn fence_agent_protocol_drives_a_fence_through_stdin() {
+fn eviction_through_the_fence_agent_cuts_the_victim_off_and_it_resets() {
     let spec = ClusterSpec::new("agent-lio", TargetKind::Lio);
     let c = Cluster::start(&mut |s: &str| println!("    {s}"), &spec).expect("cluster up");
     let fenced = project_binary("fenced");
@@ -114,6 +120,56 @@ fn fence_agent_protocol_drives_a_fence_through_stdin() {
         (st.code, st.stdout.trim()),
         (2, "Status: OFF"),
         "node2 is OFF"
+    );
+    let fenced_at = Instant::now();
+    let dev = |i: usize| c.lun_devices[i][0].clone();
+    match blocks::write(&c.nodes[1], &dev(1), 51, b'X') {
+        Ok(w) => assert_ne!(w.code, 0, "node2's write after the fence must fail"),
+        Err(e) => println!("node2 already gone: {e}"),
+    }
+    assert_eq!(
+        blocks::distinct_bytes(&c.nodes[0], &dev(0), 51).unwrap(),
+        vec![0],
+        "node2's data must not be on the LUN"
+    );
+    let t = c.timing;
+    let bound =
+        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(3);
+    let reset = c.nodes[1]
+        .wait_exit(bound)
+        .expect("node2 must reset within lease + watchdog");
+    println!(
+        "MEASURED: node2 reset {:.2} s after the fence agent returned",
+        reset.saturating_duration_since(fenced_at).as_secs_f64()
+    );
+    for i in [0, 2] {
+        assert!(
+            blocks::write(&c.nodes[i], &dev(i), 60 + i as u64, b'A')
+                .unwrap()
+                .success(),
+            "node{} writes on",
+            i + 1
+        );
+    }
+    std::thread::sleep(Duration::from_millis(u64::from(t.lease + t.poll)));
+    assert!(
+        c.nodes[0].is_running() && c.nodes[2].is_running(),
+        "survivors stay up"
+    );
+    assert_eq!(
+        c.status(0).unwrap()["authority"]["dead"],
+        serde_json::json!([1])
+    );
+    assert_eq!(c.registered(0).unwrap(), vec!["node1", "node3"]);
+    let again = c.fenced(0, "fence node2").unwrap();
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("already"), "{}", again.stdout);
+    let own = c.fenced(0, "fence node1").unwrap();
+    assert_ne!(own.code, 0);
+    assert!(
+        own.stderr.contains("refusing to fence this node"),
+        "{}",
+        own.stderr
     );
 }
 

@@ -11,89 +11,6 @@ fn narrate() -> impl FnMut(&str) {
     |s: &str| println!("    {s}")
 }
 
-/// Fault: clusterware on node1 evicts node2 (`fenced fence node2`).
-/// Must: the command exits 0 with the victim confirmed gone; node2's writes fail at once (or it
-/// is already resetting); node2 resets within lease + watchdog timeout; node1's and node3's
-/// writes go on. Must not: node2's data reach the LUN.
-#[test]
-fn fence_cuts_the_victim_off_and_it_resets_while_others_write_on() {
-    let c = Cluster::start(
-        &mut narrate(),
-        &ClusterSpec::new("fence-lio", TargetKind::Lio),
-    )
-    .expect("cluster up");
-    let dev = |i: usize| c.lun_devices[i][0].clone();
-    assert!(
-        blocks::write(&c.nodes[1], &dev(1), 50, b'B')
-            .unwrap()
-            .success(),
-        "node2 writes before"
-    );
-    let (out, took) = c.fence(0, 1).unwrap();
-    println!(
-        "fenced fence node2: exit {} in {:.2} s\n{}{}",
-        out.code,
-        took.as_secs_f64(),
-        out.stdout,
-        out.stderr
-    );
-    assert_eq!(out.code, 0, "fence must succeed: {}", out.stderr);
-    assert!(
-        out.stdout.contains("preempted and aborted"),
-        "LIO performs PREEMPT AND ABORT: {}",
-        out.stdout
-    );
-    let fenced_at = Instant::now();
-    match blocks::write(&c.nodes[1], &dev(1), 51, b'X') {
-        Ok(w) => assert_ne!(w.code, 0, "node2's write after the fence must fail"),
-        Err(e) => println!("node2 already gone: {e}"),
-    }
-    assert_eq!(
-        blocks::distinct_bytes(&c.nodes[0], &dev(0), 51).unwrap(),
-        vec![0],
-        "node2's data must not be on the LUN"
-    );
-    let t = c.timing;
-    let bound =
-        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(3);
-    let reset = c.nodes[1]
-        .wait_exit(bound)
-        .expect("node2 must reset within lease + watchdog");
-    println!(
-        "MEASURED: node2 reset {:.2} s after the fence returned",
-        reset.saturating_duration_since(fenced_at).as_secs_f64()
-    );
-    for i in [0, 2] {
-        assert!(
-            blocks::write(&c.nodes[i], &dev(i), 60 + i as u64, b'A')
-                .unwrap()
-                .success(),
-            "node{} writes on",
-            i + 1
-        );
-    }
-    std::thread::sleep(Duration::from_millis(u64::from(t.lease + t.poll)));
-    assert!(
-        c.nodes[0].is_running() && c.nodes[2].is_running(),
-        "survivors stay up"
-    );
-    let st = c.status(0).unwrap();
-    assert_eq!(st["authority"]["dead"], serde_json::json!([1]));
-    assert_eq!(c.registered(0).unwrap(), vec!["node1", "node3"]);
-    // Idempotent: fencing it again changes nothing and succeeds.
-    let again = c.fenced(0, "fence node2").unwrap();
-    assert_eq!(again.code, 0, "{}", again.stderr);
-    assert!(again.stdout.contains("already"), "{}", again.stdout);
-    // A node never fences itself.
-    let own = c.fenced(0, "fence node1").unwrap();
-    assert_ne!(own.code, 0);
-    assert!(
-        own.stderr.contains("refusing to fence this node"),
-        "{}",
-        own.stderr
-    );
-}
-
 /// Fault: the same eviction on tgt, which lacks PREEMPT AND ABORT.
 /// Must: the fence falls back to PREEMPT, says so, and still cuts node2 off.
 #[test]
@@ -222,17 +139,24 @@ fn split_brain_has_exactly_one_survivor_each_round() {
     );
 }
 
-/// Fault: the fenced daemon on node2 stopped with SIGSTOP (hung daemon, healthy kernel).
-/// Must: node2 is reset by the hardware watchdog within its timeout (+ one period); the systemd
-/// notifications (WATCHDOG=1) stop when the daemon stops.
+/// One cluster, two hung nodes (the harness boots four guests per cluster, so these share one).
+///
+/// Fault 1: node3's whole kernel frozen (stop_machine) for 3 s — less than its watchdog
+/// timeout — while it writes to the LUN every 200 ms, and node1 fences it during the freeze.
+/// Must: the fence succeeds while node3 is frozen; node3 resets (self-fence when it thaws, or
+/// its watchdog); none of its writes after the fence reaches the LUN.
+///
+/// Fault 2: the fenced daemon on node2 stopped with SIGSTOP (hung daemon, healthy kernel).
+/// Must: node2 is reset by the hardware watchdog, not before its timeout minus one period; the
+/// systemd notifications (WATCHDOG=1) stop when the daemon stops. Must not: node1 go down.
 #[test]
-fn stopped_daemon_is_reset_by_the_hardware_watchdog() {
-    let mut spec = ClusterSpec::new("sigstop", TargetKind::Lio);
+fn frozen_kernel_fenced_during_the_freeze_and_stopped_daemon_are_both_reset() {
+    let mut spec = ClusterSpec::new("hung-nodes", TargetKind::Lio);
     spec.daemons = false;
     let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
     let fenced = project_binary("fenced");
-    // A stand-in for systemd's notify socket, logging each datagram with its monotonic time.
-    let listener = c.nodes[1]
+    // A stand-in for systemd's notify socket on node2, logging each datagram with its time.
+    let _listener = c.nodes[1]
         .spawn(
             "exec python3 -c \"\nimport socket,time\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind('/run/notify.sock')\nf=open('/xchg/notify.log','a',buffering=1)\nwhile True:\n    m=s.recv(512)\n    f.write('%.3f %s\\n'%(time.monotonic(),m.decode()))\n\"",
         )
@@ -251,14 +175,61 @@ fn stopped_daemon_is_reset_by_the_hardware_watchdog() {
             ))
             .unwrap();
     }
-    c.wait_daemons_healthy(&[0, 1, 2], Duration::from_secs(60))
+    c.wait_daemons_healthy(&[0, 1, 2], Duration::from_secs(90))
+        .unwrap();
+    let t = c.timing;
+
+    // 1. node3 frozen while fenced.
+    let dev = c.lun_devices[2][0].clone();
+    let _writer = c.nodes[2]
+        .spawn(&format!(
+            "n=0; while true; do n=$((n+1)); head -c 4096 /dev/zero | tr '\\000' 'W' > /tmp/w; \
+             if dd if=/tmp/w of={dev} bs=4096 seek=$((200+n)) count=1 oflag=direct conv=notrunc status=none 2>/dev/null; \
+             then echo \"$n ok\" >> /xchg/writes.log; else echo \"$n fail\" >> /xchg/writes.log; fi; sleep 0.2; done"
+        ))
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
+    let _freeze = faults::freeze_kernel(c.lab.kernel(), &c.nodes[2], 3).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (out, took) = c.fence(0, 2).unwrap();
+    println!(
+        "fence of frozen node3: exit {} in {:.2} s: {}{}",
+        out.code,
+        took.as_secs_f64(),
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(out.code, 0, "the fence must not wait for the frozen victim");
+    let reset = c.nodes[2].wait_exit(
+        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(10),
+    );
+    assert!(reset.is_some(), "node3 must reset");
+    let log =
+        std::fs::read_to_string(c.lab.dir().join("node3/xchg/writes.log")).unwrap_or_default();
+    let last_ok: u64 = log
+        .lines()
+        .filter(|l| l.ends_with(" ok"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    let attempts = log.lines().count() as u64;
+    println!(
+        "MEASURED: frozen node3 wrote {last_ok} blocks before the fence; {} write(s) refused after the thaw before it reset",
+        log.lines().filter(|l| l.ends_with(" fail")).count()
+    );
+    for n in last_ok + 1..=attempts + 1 {
+        assert_eq!(
+            blocks::distinct_bytes(&c.nodes[0], &c.lun_devices[0][0], 200 + n).unwrap(),
+            vec![0],
+            "write #{n} of the fenced node reached the LUN"
+        );
+    }
+
+    // 2. node2's daemon stopped.
     let stop = c.nodes[1]
         .run_ok("pkill -STOP -x fenced && cat /proc/uptime")
         .unwrap();
     let stopped_at = Instant::now();
-    let t = c.timing;
     let reset = c.nodes[1]
         .wait_exit(Duration::from_millis(u64::from(t.watchdog + t.poll)) + Duration::from_secs(5))
         .expect("the hardware watchdog must reset a node whose daemon hangs");
@@ -272,11 +243,10 @@ fn stopped_daemon_is_reset_by_the_hardware_watchdog() {
         after >= Duration::from_millis(u64::from(t.watchdog - t.poll)),
         "not before the watchdog timeout: {after:?}"
     );
-    drop(listener);
-    let log = std::fs::read_to_string(c.lab.dir().join("node2/xchg/notify.log")).unwrap();
+    let notes = std::fs::read_to_string(c.lab.dir().join("node2/xchg/notify.log")).unwrap();
     let stop_uptime: f64 = stop.split_whitespace().next().unwrap().parse().unwrap();
-    let ready = log.lines().any(|l| l.ends_with("READY=1"));
-    let pings: Vec<f64> = log
+    let ready = notes.lines().any(|l| l.ends_with("READY=1"));
+    let pings: Vec<f64> = notes
         .lines()
         .filter(|l| l.ends_with("WATCHDOG=1"))
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
@@ -294,128 +264,26 @@ fn stopped_daemon_is_reset_by_the_hardware_watchdog() {
         pings.iter().all(|&p| p <= stop_uptime + 0.1),
         "no WATCHDOG=1 after the daemon was stopped"
     );
-    assert!(c.nodes[0].is_running() && c.nodes[2].is_running());
-}
-
-/// Fault: node2's whole kernel frozen (stop_machine) for 3 s — less than its watchdog timeout —
-/// and node1 fences it during the freeze. Must: the fence succeeds while node2 is frozen; when
-/// node2 thaws, its next write is refused and it resets (self-fence or watchdog); its data never
-/// reaches the LUN after the fence.
-#[test]
-fn node_frozen_while_fenced_cannot_write_after_thaw_and_resets() {
-    let c = Cluster::start(
-        &mut narrate(),
-        &ClusterSpec::new("freeze-fence", TargetKind::Lio),
-    )
-    .expect("cluster up");
-    let dev = c.lun_devices[1][0].clone();
-    // node2 writes block 200+n, one every 200 ms, logging each result with a counter.
-    let _writer = c.nodes[1]
-        .spawn(&format!(
-            "n=0; while true; do n=$((n+1)); head -c 4096 /dev/zero | tr '\\000' 'W' > /tmp/w; \
-             if dd if=/tmp/w of={dev} bs=4096 seek=$((200+n)) count=1 oflag=direct conv=notrunc status=none 2>/dev/null; \
-             then echo \"$n ok\" >> /xchg/writes.log; else echo \"$n fail\" >> /xchg/writes.log; fi; sleep 0.2; done"
-        ))
-        .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let _freeze = faults::freeze_kernel(c.lab.kernel(), &c.nodes[1], 3).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let (out, took) = c.fence(0, 1).unwrap();
-    println!(
-        "fence during the freeze: exit {} in {:.2} s: {}{}",
-        out.code,
-        took.as_secs_f64(),
-        out.stdout,
-        out.stderr
-    );
-    assert_eq!(out.code, 0, "the fence must not wait for the frozen victim");
-    let t = c.timing;
-    let reset = c.nodes[1].wait_exit(
-        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(10),
-    );
-    assert!(reset.is_some(), "node2 must reset");
-    let log =
-        std::fs::read_to_string(c.lab.dir().join("node2/xchg/writes.log")).unwrap_or_default();
-    println!(
-        "node2's writes: {}",
-        log.lines().collect::<Vec<_>>().join(", ")
-    );
-    // Every block node2 reported written is on the LUN; no block is there that it did not
-    // report before the fence: read the whole range from node1.
-    let last_ok: u64 = log
-        .lines()
-        .filter(|l| l.ends_with(" ok"))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .max()
-        .unwrap_or(0);
-    let attempts = log.lines().count() as u64;
-    let failed_after_thaw = log.lines().filter(|l| l.ends_with(" fail")).count();
-    println!("MEASURED: node2 wrote {last_ok} blocks before the fence; {failed_after_thaw} write(s) refused after the thaw");
-    for n in last_ok + 1..=attempts + 1 {
-        assert_eq!(
-            blocks::distinct_bytes(&c.nodes[0], &c.lun_devices[0][0], 200 + n).unwrap(),
-            vec![0],
-            "write #{n} of the fenced node reached the LUN"
-        );
-    }
+    assert!(c.nodes[0].is_running(), "node1 stays up");
 }
 
-/// Fault: two of the three voting disks fail on every node at once (device-mapper `error`).
-/// Must: every node fences itself once its lease runs out, none before (lease - one poll period
-/// after the failure, the earliest its last majority read can be).
-#[test]
-fn losing_two_of_three_voting_disks_self_fences_every_node_after_the_lease() {
-    let mut spec = ClusterSpec::new("two-disks-lost", TargetKind::Lio);
-    spec.voting_via_dm = true;
-    let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
-    let fails: Vec<_> = c
-        .nodes
-        .iter()
-        .map(|g| {
-            g.spawn(
-                "for v in 1 2; do dmsetup --noudevsync suspend --nolockfs --noflush vote$v; \
-                 dmsetup --noudevsync reload vote$v --table \"0 $(blockdev --getsz /dev/mapper/vote$v) error\"; \
-                 dmsetup --noudevsync resume vote$v; done",
-            )
-            .unwrap()
-        })
-        .collect();
-    let failed_at = Instant::now();
-    drop(fails);
-    let t = c.timing;
-    for (i, g) in c.nodes.iter().enumerate() {
-        let reset = g
-            .wait_exit(
-                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
-                    + Duration::from_secs(5),
-            )
-            .unwrap_or_else(|| panic!("node{} must fence itself", i + 1));
-        let after = reset.saturating_duration_since(failed_at);
-        println!(
-            "MEASURED: node{} reset {:.2} s after losing 2 of 3 voting disks (L = {} ms)",
-            i + 1,
-            after.as_secs_f64(),
-            t.lease
-        );
-        assert!(
-            after >= Duration::from_millis(u64::from(t.lease - t.poll)),
-            "node{} fenced itself before its lease ran out: {after:?}",
-            i + 1
-        );
-    }
-}
-
-/// Fault: CPU, memory and I/O stress in every node (stress-ng, plus O_DIRECT writes to the
+/// Fault 1: CPU, memory and I/O stress in every node (stress-ng, plus O_DIRECT writes to the
 /// shared LUN) for FENCED_SOAK_SECS (default 45 in the suite; the issue's 5-minute run: 300).
-/// Must not: any node fence itself, any daemon turn unhealthy for good, any node reset.
+/// Must not: any node fence itself or reset.
+///
+/// Fault 2 (then, same cluster): two of the three voting disks fail on every node at once
+/// (device-mapper `error`). Must: every node fences itself once its lease runs out, none before
+/// (lease - one poll period after the failure, the earliest its last majority read can be).
 #[test]
-fn healthy_cluster_under_stress_does_not_fence_itself() {
+fn stress_does_not_fence_but_losing_two_of_three_voting_disks_does_after_the_lease() {
     let secs: u64 = std::env::var("FENCED_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(45);
-    let c = Cluster::start(&mut narrate(), &ClusterSpec::new("soak", TargetKind::Lio))
-        .expect("cluster up");
+    let mut spec = ClusterSpec::new("stress-then-disks-lost", TargetKind::Lio);
+    spec.voting_via_dm = true;
+    let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
     let _stress: Vec<_> = c
         .nodes
         .iter()
@@ -451,12 +319,48 @@ fn healthy_cluster_under_stress_does_not_fence_itself() {
             "{} fenced itself:\n{log}",
             g.name()
         );
-        let unhealthy = log.matches("unhealthy").count();
         println!(
-            "MEASURED: {} stayed up {secs} s under stress; {unhealthy} unhealthy episode(s)",
-            g.name()
+            "MEASURED: {} stayed up {secs} s under stress; {} unhealthy episode(s)",
+            g.name(),
+            log.matches("unhealthy").count()
         );
     }
-    c.wait_daemons_healthy(&[0, 1, 2], Duration::from_secs(30))
+    c.wait_daemons_healthy(&[0, 1, 2], Duration::from_secs(60))
         .expect("healthy after the stress");
+
+    let fails: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|g| {
+            g.spawn(
+                "for v in 1 2; do dmsetup --noudevsync suspend --nolockfs --noflush vote$v; \
+                 dmsetup --noudevsync reload vote$v --table \"0 $(blockdev --getsz /dev/mapper/vote$v) error\"; \
+                 dmsetup --noudevsync resume vote$v; done",
+            )
+            .unwrap()
+        })
+        .collect();
+    let failed_at = Instant::now();
+    drop(fails);
+    let t = c.timing;
+    for (i, g) in c.nodes.iter().enumerate() {
+        let reset = g
+            .wait_exit(
+                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
+                    + Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("node{} must fence itself", i + 1));
+        let after = reset.saturating_duration_since(failed_at);
+        println!(
+            "MEASURED: node{} reset {:.2} s after losing 2 of 3 voting disks (L = {} ms)",
+            i + 1,
+            after.as_secs_f64(),
+            t.lease
+        );
+        assert!(
+            after >= Duration::from_millis(u64::from(t.lease - t.poll)),
+            "node{} fenced itself before its lease ran out: {after:?}",
+            i + 1
+        );
+    }
 }

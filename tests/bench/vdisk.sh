@@ -4,7 +4,7 @@
 # sbd listing a 255-slot disk. Medians over repeated runs in one guest. ~2-3 minutes.
 #
 # Usage (from anywhere, as root): tests/bench/vdisk.sh
-# Prints a Markdown table (BENCH TABLE ...) for fenced/BENCH-vdisk.md.
+# Prints a Markdown table (BENCH TABLE ...) for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 

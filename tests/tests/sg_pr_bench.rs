@@ -10,7 +10,7 @@
 //! Before every timed fence node1 re-registers the victim key on the LUNs (untimed). Times are
 //! taken inside node2 with bash's `$EPOCHREALTIME` around the command; medians are reported.
 //!
-//! Run (prints a Markdown table; tests/bench/SG-PR.md holds one run):
+//! Run (prints a Markdown table; BENCHMARKS.md holds one run):
 //! `cargo build --workspace --bins && cargo test -p tests --release --test sg_pr_bench -- --ignored --nocapture`
 //! (`--release` builds the harness and the measured `sg-pr` optimised; the harness finds the
 //! binary of its own profile.)

@@ -80,8 +80,9 @@ impl Daemon {
     }
 }
 
-/// Locks memory, raises priority, and shields the daemon from the OOM killer. Each step is
-/// best effort, with a warning saying what it costs when it fails.
+/// Locks memory and shields the daemon from the OOM killer. Each step is best effort, with a
+/// warning saying what it costs when it fails. (Real-time priority is the loop thread's alone:
+/// see [`Daemon::run`].)
 fn harden_process() {
     if let Err(e) = nix::sys::mman::mlockall(
         nix::sys::mman::MlockAllFlags::MCL_CURRENT | nix::sys::mman::MlockAllFlags::MCL_FUTURE,
@@ -91,14 +92,17 @@ fn harden_process() {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", b"-1000") {
         tracing::warn!(error = %e, "cannot set oom_score_adj: the OOM killer may pick the daemon");
     }
-    if let Err(e) = crate::rt::set_fifo(10) {
-        tracing::warn!(error = %e, "cannot run at SCHED_FIFO: CPU stress may delay the loop");
-    }
 }
 
 /// Runs the start sequence.
 pub fn start(config: Config) -> Result<Daemon, StartError> {
     let failed = StartError::Failed;
+    // Every thread's stack is locked into memory (mlockall): keep the threads the daemon starts
+    // (key check, control socket, a fence's parallel workers) small. Read by std at the first
+    // spawn, so set before any.
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        std::env::set_var("RUST_MIN_STACK", "262144");
+    }
     let instance = crate::control::take_instance_lock(&config.control_socket).map_err(failed)?;
     // Before anything is armed: locking memory can take seconds on a large binary.
     harden_process();
@@ -292,6 +296,11 @@ impl Daemon {
     pub fn run(mut self) -> std::io::Error {
         let (events, rx): (SyncSender<Event>, Receiver<Event>) = sync_channel(64);
         spawn_logger(rx, self.config.me.name.clone());
+        // Only this thread runs at real-time priority: threads inherit the policy, and a fence's
+        // parallel workers at the loop's priority could starve it on a small machine.
+        if let Err(e) = crate::rt::set_fifo(10) {
+            tracing::warn!(error = %e, "cannot run the loop at SCHED_FIFO: CPU stress may delay it");
+        }
         let _ = self.notifier.ready();
         let period = self.config.timing.poll;
         let lease = self.config.timing.lease;

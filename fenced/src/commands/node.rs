@@ -239,7 +239,8 @@ pub fn status(args: &LocalArgs) -> Exit {
         },
     ) {
         Ok(mut disks) => {
-            let mut view = QuorumView::new(disks.header(), disks.paths().len(), config.me.id, 0);
+            // An observer: the running daemon writes this node's slot, which is not a duplicate.
+            let mut view = QuorumView::observer(disks.header(), disks.paths().len());
             view.update(disks.poll_round(), Instant::now());
             std::thread::sleep(config.timing.poll + Duration::from_millis(200));
             let paths = disks.paths().to_vec();

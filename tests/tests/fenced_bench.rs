@@ -166,6 +166,14 @@ fn boot(name: &str, luns: usize) -> Cluster {
     let fenced = project_binary("fenced");
     let mut lun_devices = Vec::new();
     for (i, g) in nodes.iter().enumerate() {
+        // 64 LUNs take longer to scan under TCG than `scsi_disks`' own 30 s wait.
+        ok(
+            g,
+            &format!(
+                "i=0; while [ $(ls -d /sys/block/sd* 2>/dev/null | wc -l) -lt {luns} ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done"
+            ),
+            LONG,
+        );
         let devs = g.scsi_disks(luns).expect("LUNs in the guest");
         let vote_devs: Vec<String> = (0..3)
             .map(|v| g.disk_by_serial(&format!("vote{v}")).expect("voting disk"))
@@ -395,6 +403,43 @@ fn clear_node2(c: &Cluster) {
     }
 }
 
+/// Where a whole `sg-pr keys` process spends its time (it costs a multiple of `sg_persist -k`):
+/// strace -r, the syscalls that followed a gap of 5 ms or more, and `sg-pr --version` timed.
+fn sgpr_startup_probe(c: &Cluster) -> Vec<String> {
+    let g = &c.nodes[0];
+    let sgpr = project_binary("sg-pr");
+    let out = ok(
+        g,
+        &format!(
+            "strace -f -r -o /tmp/strace-r.out {} keys {} >/dev/null; awk '$2 >= 0.005' /tmp/strace-r.out | cut -c1-160; echo total_lines=$(wc -l < /tmp/strace-r.out)",
+            sgpr.display(),
+            c.lun_devices[0][0]
+        ),
+        LONG,
+    );
+    println!(
+        "BENCH sg-pr keys, syscalls after a gap >= 5 ms (strace -r):\n{}",
+        out.stdout.trim()
+    );
+    let runs = env_usize("FENCED_BENCH_RUNS", 5);
+    let v: Vec<f64> = (0..runs)
+        .map(|_| {
+            num(
+                &fields(
+                    &ok(
+                        g,
+                        &timed(&format!("{} --version >/dev/null", sgpr.display())),
+                        LONG,
+                    )
+                    .stdout,
+                ),
+                "ns",
+            ) / 1e6
+        })
+        .collect();
+    vec![row("process start: `sg-pr --version`", &v, "ms")]
+}
+
 /// What the in-guest timing itself costs: `timed(true)` (the two `date` forks) and a process
 /// start (`fenced --version`), so the fence's wall time can be read against them.
 fn timing_baseline(c: &Cluster, runs: usize) -> Vec<String> {
@@ -534,6 +579,20 @@ fn idle_footprint(g: &Guest, who: &str, pids: &str, secs: u64) -> Vec<String> {
     let before = fields(&ok(g, &footprint_script(&pids), LONG).stdout);
     std::thread::sleep(Duration::from_secs(secs));
     let after = fields(&ok(g, &footprint_script(&pids), LONG).stdout);
+    // Where the resident memory is: the mappings over 256 kB, for the first (main) process.
+    if let Some(p) = pids.split_whitespace().next() {
+        let maps = ok(
+            g,
+            &format!(
+                "awk '/^[0-9a-f]+-[0-9a-f]+ / {{ name = ($6 == \"\" ? \"[anon]\" : $6); range = $1 }} /^Rss:/ && $2 > 256 {{ print $2 \" kB\", name, range }}' /proc/{p}/smaps"
+            ),
+            LONG,
+        );
+        println!(
+            "BENCH {who}: mappings over 256 kB resident:\n{}",
+            maps.stdout.trim()
+        );
+    }
     let wall = num(&after, "uptime") - num(&before, "uptime");
     let clk = num(&after, "clk");
     let mut rows = Vec::new();
@@ -595,6 +654,7 @@ fn fence_latency(name: &str, luns: usize, scsi_runs: usize, floor_and_idle: bool
     );
 
     table.extend(timing_baseline(&c, runs));
+    table.extend(sgpr_startup_probe(&c));
 
     // 3. The floor and 4. the daemon's footprint (on 1 LUN; a snapshot on more).
     if floor_and_idle {

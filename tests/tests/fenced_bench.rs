@@ -600,6 +600,7 @@ fn footprint_script(pids: &str) -> String {
         r#"echo uptime=$(cut -d' ' -f1 /proc/uptime)
 echo clk=$(getconf CLK_TCK)
 for p in {pids}; do
+  [ -r /proc/$p/stat ] || {{ echo "gone_$p=1"; continue; }}
   set -- $(sed 's/.*) //' /proc/$p/stat)
   echo "ticks_$p=$((${{12}} + ${{13}}))"
   echo "comm_$p=$(cat /proc/$p/comm) $(tr '\0' ' ' < /proc/$p/cmdline | cut -c1-80)"
@@ -638,6 +639,10 @@ fn idle_footprint(g: &Guest, who: &str, pids: &str, secs: u64) -> Vec<String> {
     let mut rows = Vec::new();
     let (mut rss_total, mut ticks_total) = (0.0, 0.0);
     for p in pids.split_whitespace() {
+        if after.contains_key(&format!("gone_{p}")) || before.contains_key(&format!("gone_{p}")) {
+            rows.push(format!("| {who} pid {p} | exited during the window | | |"));
+            continue;
+        }
         let ticks = num(&after, &format!("ticks_{p}")) - num(&before, &format!("ticks_{p}"));
         let rss = num(&after, &format!("VmRSS_{p}"));
         rss_total += rss;
@@ -770,10 +775,18 @@ fn sbd_idle_footprint() {
     // sbd forks its servants and daemonizes; its pid file names the inquisitor.
     let _started = g
         .spawn(&format!(
-            "SBD_PACEMAKER=no exec sbd -d {dev} -w {wd} -p /tmp/sbd.pid watch >/xchg/sbd.log 2>&1"
+            "SBD_PACEMAKER=no SBD_SYNC_RESOURCE_STARTUP=no exec sbd -d {dev} -w {wd} -p /tmp/sbd.pid watch >/xchg/sbd.log 2>&1"
         ))
         .expect("spawn sbd");
-    std::thread::sleep(Duration::from_secs(10));
+    // Wait for the disk's watcher servant, then let start-up settle before measuring.
+    ok(
+        &g,
+        &format!(
+            "i=0; until for p in $({SBD_PIDS}); do tr '\\0' ' ' </proc/$p/cmdline; echo; done | grep -q watcher; do i=$((i+1)); [ $i -lt 120 ] || exit 1; sleep 1; done"
+        ),
+        LONG,
+    );
+    std::thread::sleep(Duration::from_secs(20));
     let out = ok(
         &g,
         &format!(
@@ -782,6 +795,11 @@ fn sbd_idle_footprint() {
         LONG,
     );
     println!("BENCH sbd started:\n{}", out.stdout);
+    assert!(
+        out.stdout.lines().count() > 2,
+        "sbd is not running: {}",
+        std::fs::read_to_string(lab.dir().join("sbdnode/xchg/sbd.log")).unwrap_or_default()
+    );
     let rows = idle_footprint(&g, "sbd", &format!("$({SBD_PIDS})"), secs);
     let list = ok(&g, &format!("sbd -d {dev} list; sbd -d {dev} dump"), LONG);
     println!(

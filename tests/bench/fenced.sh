@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fenced's benchmark (issue 6): fenced beside fence_scsi, sg_persist and sbd in the same guests on
 # the same LUNs. Installs the peers from Debian's packages, builds the workspace in release (what
-# is shipped), then runs the ignored benchmark tests one at a time. Results: tests/bench/FENCED.md.
+# is shipped), then runs the ignored benchmark tests one at a time. Results: BENCHMARKS.md.
 #
 #   tests/bench/fenced.sh [TEST-NAME-FILTER]
 #

@@ -8,7 +8,7 @@
 //! cargo test --release -p tests --test fenced_bench -- --ignored --nocapture --test-threads=1
 //! ```
 //!
-//! What is measured (results and how to read them: `tests/bench/FENCED.md`):
+//! What is measured (results and how to read them: `BENCHMARKS.md`):
 //! - `fence_latency_*`: `fenced fence node2` on node1 with node1's and node3's daemons running,
 //!   timed inside the guest around the command (`date +%s%N`), plus the report's own
 //!   `pr_confirmed_ms`; then `fence_scsi -o off` for the same victim on the same LUNs. node2 runs
@@ -106,7 +106,7 @@ fn timed(command: &str) -> String {
 /// `FENCED_BENCH_RELAXED=1` a longer I/O deadline and lease (P 1 s, D 0.9 s, L 6 s, W 8 s).
 /// With 64 LUNs on an oversubscribed TCG host the default lease was too short: node1's loop went
 /// more than L without reading a majority of voting disks during the fence runs and the daemon
-/// reset the node (tests/bench/FENCED.md). The fence's own work does not depend on these values.
+/// reset the node (BENCHMARKS.md). The fence's own work does not depend on these values.
 fn bench_timing() -> Timing {
     if std::env::var("FENCED_BENCH_RELAXED").is_ok_and(|v| v == "1") {
         Timing {

@@ -236,7 +236,7 @@ fn start_tgt(lab: &Lab, port: u16, luns: usize, size_mb: u64) -> Result<Target> 
         backing: Vec::new(),
     };
     // The daemon creates the socket before it accepts on it; retry the first command briefly.
-    let mut first = tgtd.admin(&[
+    let new_target = [
         "--mode",
         "target",
         "--op",
@@ -245,21 +245,14 @@ fn start_tgt(lab: &Lab, port: u16, luns: usize, size_mb: u64) -> Result<Target> 
         "1",
         "--targetname",
         TARGET_IQN,
-    ]);
-    while first.is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        first = tgtd.admin(&[
-            "--mode",
-            "target",
-            "--op",
-            "new",
-            "--tid",
-            "1",
-            "--targetname",
-            TARGET_IQN,
-        ]);
+    ];
+    loop {
+        match tgtd.admin(&new_target) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(e),
+        }
     }
-    first?;
     for i in 0..luns {
         let file = lab.dir().join(format!("tgt-lun{i}.img"));
         let f = std::fs::File::create(&file).ctx(|| format!("creating {}", file.display()))?;

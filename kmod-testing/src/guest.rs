@@ -263,7 +263,15 @@ impl Guest {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("xchg")).ctx(|| format!("creating {}", dir.display()))?;
         let initrd = dir.join("initrd.cpio");
-        std::fs::write(&initrd, crate::initramfs::build(kernel, &spec.name)?)
+        let mut keep = vec![crate::repo_root(), kernel.modules.clone()];
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
+            // target/<profile>/deps: keep target/<profile>, where the binaries are.
+            keep.push(dir.parent().map(Path::to_path_buf).unwrap_or(dir));
+        }
+        std::fs::write(&initrd, crate::initramfs::build(kernel, &spec.name, &keep)?)
             .ctx(|| format!("writing {}", initrd.display()))?;
         let cmd = spec.qemu_command(kernel, dir, &initrd);
         std::fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n"))

@@ -19,8 +19,10 @@ const LATE_MODULES: &str =
 
 const BUSYBOX: &str = "/bin/busybox";
 
-/// Builds the initramfs for a guest named `name`.
-pub(crate) fn build(kernel: &Kernel, name: &str) -> Result<Vec<u8>> {
+/// Builds the initramfs for a guest named `name`. `keep` are host paths the guest must see even
+/// when they lie under /tmp, /run or /var/tmp, which get fresh tmpfs in the guest (the checkout,
+/// the kernel cache, the built binaries: CI may clone the repository under /tmp).
+pub(crate) fn build(kernel: &Kernel, name: &str, keep: &[std::path::PathBuf]) -> Result<Vec<u8>> {
     let mut a = Archive::new();
     for d in [
         "/bin",
@@ -57,7 +59,7 @@ pub(crate) fn build(kernel: &Kernel, name: &str) -> Result<Vec<u8>> {
         early.push('\n');
     }
     a.file("/lib/early/order", 0o644, early.as_bytes());
-    a.file("/init", 0o755, init_script(kernel, name).as_bytes());
+    a.file("/init", 0o755, init_script(kernel, name, keep).as_bytes());
     a.file("/agent", 0o755, AGENT.as_bytes());
     // The kernel's request_module() runs this from the initramfs root; load from the real tree.
     a.file(
@@ -68,7 +70,13 @@ pub(crate) fn build(kernel: &Kernel, name: &str) -> Result<Vec<u8>> {
     Ok(a.finish())
 }
 
-fn init_script(kernel: &Kernel, name: &str) -> String {
+fn init_script(kernel: &Kernel, name: &str, keep: &[std::path::PathBuf]) -> String {
+    let keep: Vec<String> = keep
+        .iter()
+        .map(|p| p.display().to_string())
+        .filter(|p| ["/tmp", "/run", "/var/tmp"].iter().any(|d| p.starts_with(&format!("{d}/"))))
+        .map(|p| format!("mkdir -p '/newroot{p}' && mount --bind '/host{p}' '/newroot{p}' || fatal \"cannot show {p} in the guest\"\n"))
+        .collect();
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -99,7 +107,7 @@ mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 for d in /tmp /run /var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /newroot$d; done
-mkdir -p /newroot/xchg
+{keep}mkdir -p /newroot/xchg
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xchg /newroot/xchg || fatal "9p mount of the exchange directory failed"
 mkdir -p /newroot/lib/modules/{version}
 mount --bind /newroot{modules} /newroot/lib/modules/{version} || fatal "no modules at {modules}"
@@ -114,6 +122,7 @@ exec /agent
         version = kernel.version,
         modules = kernel.modules.display(),
         late = LATE_MODULES,
+        keep = keep.concat(),
     )
 }
 

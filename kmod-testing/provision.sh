@@ -34,6 +34,9 @@ packages=(
   make gcc-12 libc6-dev  # build the fault-injection modules against the kernel headers
   systemd           # systemd-analyze verifies the shipped unit
   udev              # the rules in udev/ run under a real udevd in a guest
+  fence-agents      # its RelaxNG schema validates fence_fenced's metadata (not a runtime dependency)
+  libxml2-utils     # xmllint for that validation
+  python3 iproute2  # used inside guests (a notify-socket stand-in; the storage guest's network)
 )
 
 missing=()

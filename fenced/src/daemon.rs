@@ -190,7 +190,7 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
             .ok_or_else(|| failed("node name too long".into()))?,
         incarnation,
         heartbeat_seq: view.next_own_seq(),
-        heartbeat_mono_ms: mono_ms(),
+        heartbeat_mono_ms: vdisk::mono_ms(),
         marker: view.authority().map(|a| a.marker).unwrap_or_default(),
     };
     disks
@@ -259,15 +259,6 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         joined_at: Instant::now(),
         _instance: instance,
     })
-}
-
-fn mono_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
-        })
-        .unwrap_or(0)
 }
 
 fn spawn_logger(rx: Receiver<Event>, node: String) {
@@ -340,7 +331,7 @@ impl Daemon {
                 .filter(|m| m.key() > authority.key());
             self.block.marker = requested.unwrap_or(authority);
             self.block.heartbeat_seq = self.view.next_own_seq();
-            self.block.heartbeat_mono_ms = mono_ms();
+            self.block.heartbeat_mono_ms = vdisk::mono_ms();
             let written = self.disks.write_own_slot(&self.block).is_ok();
             if let (true, Some(m)) = (written, requested) {
                 self.shared.loop_published(m, Instant::now());

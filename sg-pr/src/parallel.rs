@@ -174,6 +174,14 @@ where
         .collect()
 }
 
+/// Each device with its name as the label [`apply_parallel`] reports it under.
+fn labelled<P: PersistentReservations>(devices: Vec<P>) -> Vec<(String, P)> {
+    devices
+        .into_iter()
+        .map(|d| (d.device_name().to_string(), d))
+        .collect()
+}
+
 /// Applies one PR OUT operation (e.g. PREEMPT AND ABORT of a victim key) to every device.
 pub fn apply_to_all<P>(
     devices: Vec<P>,
@@ -184,10 +192,7 @@ pub fn apply_to_all<P>(
 where
     P: PersistentReservations + 'static,
 {
-    let labelled = devices
-        .into_iter()
-        .map(|d| (d.device_name().to_string(), d))
-        .collect();
+    let labelled = labelled(devices);
     apply_parallel(labelled, max_threads, deadline, move |d: &P| d.apply(op))
 }
 
@@ -222,10 +227,7 @@ pub fn preempt_and_verify_all<P>(
 where
     P: PersistentReservations + 'static,
 {
-    let labelled = devices
-        .into_iter()
-        .map(|d| (d.device_name().to_string(), d))
-        .collect();
+    let labelled = labelled(devices);
     apply_parallel(labelled, max_threads, deadline, move |d: &P| {
         let op = PrOperation::Preempt {
             own,

@@ -65,6 +65,17 @@ pub fn random_u64() -> io::Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// This host's CLOCK_MONOTONIC in milliseconds, for a slot block's `heartbeat_mono_ms` (0 if
+/// the clock cannot be read; the field is informational).
+pub fn mono_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+        })
+        .unwrap_or(0)
+}
+
 /// A random (version 4) cluster UUID.
 pub fn random_cluster_id() -> io::Result<ClusterId> {
     let mut b = [0u8; 16];

@@ -100,15 +100,6 @@ fn parse_marker(s: &str) -> Result<Marker, String> {
     })
 }
 
-fn mono_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
-        })
-        .unwrap_or(0)
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = OpenOptions {
@@ -195,7 +186,7 @@ fn main() -> ExitCode {
                 node_name,
                 incarnation,
                 heartbeat_seq: view.next_own_seq(),
-                heartbeat_mono_ms: mono_ms(),
+                heartbeat_mono_ms: fenced::vdisk::mono_ms(),
                 marker,
             };
             let t = Instant::now();
@@ -217,7 +208,7 @@ fn main() -> ExitCode {
             line,
             r#"{{"round":{rounds},"t_ms":{},"mono_ms":{},"#,
             (now - started).as_millis(),
-            mono_ms()
+            fenced::vdisk::mono_ms()
         );
         let _ = report::round_json_fields(&mut line, round, &view, in_flight, now);
         let _ = match write {

@@ -77,11 +77,12 @@ impl Shared {
         self.state.try_lock().ok().and_then(|st| st.request)
     }
 
-    /// Loop side: whether a command waits for a marker or for a fresh round.
+    /// Loop side: whether a command waits for a marker or for a fresh round. A command holding
+    /// the lock counts as one that may: an early round costs a poll, a missed wake-up a period.
     pub fn loop_wanted(&self) -> bool {
         self.state
             .try_lock()
-            .is_ok_and(|st| st.request.is_some() || st.want_round)
+            .map_or(true, |st| st.request.is_some() || st.want_round)
     }
 
     fn wake_loop(&self) {
@@ -151,17 +152,17 @@ impl MarkerChannel for DaemonChannel {
 
     fn publish(&mut self, marker: Marker, deadline: Duration) -> Result<Instant, String> {
         let end = Instant::now() + deadline;
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.request = Some(marker);
-        if let Some(t) = &*self
-            .shared
-            .loop_thread
+        self.shared
+            .state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-        {
-            t.unpark();
-        }
+            .request = Some(marker);
         loop {
+            // Wake the loop with the lock released: it only try_locks, and a loop that wakes
+            // while we hold the lock would not see the request and sleep a whole period. Woken
+            // again every 50 ms until the marker is out.
+            self.shared.wake_loop();
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((m, at)) = st.published {
                 if m == marker {
                     return Ok(at);
@@ -175,12 +176,16 @@ impl MarkerChannel for DaemonChannel {
                     marker.epoch
                 ));
             }
-            st = self
+            let (st, _) = self
                 .shared
                 .changed
-                .wait_timeout(st, end - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+                .wait_timeout(st, (end - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((m, at)) = st.published {
+                if m == marker {
+                    return Ok(at);
+                }
+            }
         }
     }
 }
@@ -297,6 +302,24 @@ mod tests {
             t.elapsed() < Duration::from_secs(5),
             "woke the loop instead of waiting 30 s"
         );
+    }
+
+    #[test]
+    fn every_publish_wakes_the_loop_instead_of_waiting_for_the_schedule() {
+        // A loop that wakes while the command still holds the lock must not miss the request
+        // (it did in guests: a marker then waited a whole poll period).
+        let shared = Shared::new();
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        fake_loop(shared.clone(), Duration::from_secs(3600), epoch);
+        let mut ch = DaemonChannel::new(shared);
+        for e in 1..=200 {
+            let m = Marker {
+                epoch: e,
+                ..Marker::default()
+            };
+            ch.publish(m, Duration::from_secs(20))
+                .expect("published without a scheduled round");
+        }
     }
 
     #[test]

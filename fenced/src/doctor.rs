@@ -1,7 +1,8 @@
 //! `fenced doctor`: preflight checks of a node, each a PASS/WARN/FAIL line that says what to do.
 //!
-//! What is checked, and how (nothing here changes any device state; every SCSI command sent is
-//! a read: TEST UNIT READY, PR IN, REPORT SUPPORTED OPERATION CODES):
+//! What is checked, and how (nothing here changes any device state: the SCSI commands sent are
+//! TEST UNIT READY, PR IN, REPORT SUPPORTED OPERATION CODES, and at most one PR OUT per LUN that
+//! the standard forbids from changing anything, see below; the keys are read again after it):
 //! - the configuration loads (owner root, not group/world-writable) and its timing relations
 //!   hold (D < P, L >= 2P + D, W >= 2P, W whole seconds);
 //! - each voting disk: readable, of this cluster (UUID), enough slots for every member, header
@@ -10,10 +11,11 @@
 //!   warned about (dm-multipath's PR preempt never sets the abort flag); per LUN: REPORT
 //!   CAPABILITIES (type 5, Write Exclusive – Registrants Only, in the type mask; PTPL), READ FULL
 //!   STATUS (one registration of our key per configured path), the reservation (type 5 held),
-//!   and PREEMPT AND ABORT support as the target declares it in REPORT SUPPORTED OPERATION
-//!   CODES (one-command form for PR OUT / service action 5). A target may lack that command:
-//!   then support is "unknown" — sending PREEMPT AND ABORT is the only other test, and it would
-//!   preempt a registrant; `fenced fence` falls back to PREEMPT and says so per LUN;
+//!   and PREEMPT AND ABORT support, probed by [`preempt_abort_probe`]: PREEMPT AND ABORT for a
+//!   key nobody holds, which a target that implements it must refuse with RESERVATION CONFLICT
+//!   and one that does not rejects as an ILLEGAL REQUEST. What the target declares in REPORT
+//!   SUPPORTED OPERATION CODES is only the fallback, reported beside the probe: LIO does not
+//!   answer that command, and tgt declares PREEMPT AND ABORT supported and then rejects it;
 //! - the watchdog: which device the policy would pick (or the one the running daemon holds),
 //!   hardware or softdog, nowayout, and whether the driver's timeout range contains W.
 
@@ -297,6 +299,96 @@ pub fn preempt_abort_support<T: ScsiTransport + ?Sized>(
     PreemptAbort::Unknown("unit attentions kept arriving".into())
 }
 
+/// Tests PREEMPT AND ABORT support without changing anything: sends PREEMPT AND ABORT (type 5)
+/// with this nexus' registered key `own` for `absent`, a key no one holds. SPC's PREEMPT rules:
+/// when the service action key matches no registration (and is not the reservation holder's)
+/// the device server removes nothing and terminates the command with RESERVATION CONFLICT — a
+/// target that does not implement the service action rejects it first as ILLEGAL REQUEST
+/// (INVALID FIELD IN CDB). Seen in guests: LIO answers RESERVATION CONFLICT with keys,
+/// reservation and PR generation unchanged; tgt answers ILLEGAL REQUEST.
+///
+/// `own` must be registered through this nexus (an unregistered nexus gets RESERVATION CONFLICT
+/// for any PREEMPT), and `absent` must not be 0 or any registered key: the caller checks both.
+pub fn preempt_abort_probe<T: ScsiTransport + ?Sized>(
+    transport: &T,
+    own: sg_pr::ReservationKey,
+    absent: sg_pr::ReservationKey,
+    timeout: Duration,
+) -> PreemptAbort {
+    use sg_pr::cdb::{pr_out, pr_out_params, PrOutAction, PrOutFlags};
+    let cdb = pr_out(PrOutAction::PreemptAndAbort, Some(FENCING_TYPE));
+    let params = pr_out_params(own, absent, PrOutFlags::default());
+    for _ in 0..2 {
+        let out = match transport.execute(&cdb, DataTransfer::ToDevice(&params), timeout) {
+            Ok(o) => o,
+            Err(e) => return PreemptAbort::Unknown(format!("the probe failed: {e}")),
+        };
+        if out.status == ScsiStatus::RESERVATION_CONFLICT {
+            return PreemptAbort::Supported;
+        }
+        if out.status == ScsiStatus::GOOD {
+            return PreemptAbort::Unknown(
+                "the target accepted a PREEMPT AND ABORT of a key nobody holds (SPC requires RESERVATION CONFLICT)".into(),
+            );
+        }
+        match out.decoded_sense() {
+            Some(s) if s.key == sg_pr::SenseKey::UnitAttention => continue,
+            Some(s) if s.is_unsupported_command() => return PreemptAbort::NotSupported,
+            Some(s) => return PreemptAbort::Unknown(format!("the probe was answered {s}")),
+            None => {
+                return PreemptAbort::Unknown(format!(
+                    "the probe was answered with status {}",
+                    out.status
+                ))
+            }
+        }
+    }
+    PreemptAbort::Unknown("unit attentions kept arriving".into())
+}
+
+/// A key for [`preempt_abort_probe`]: random, not 0, not registered, not any member's.
+fn absent_key(
+    config: &Config,
+    registered: &sg_pr::RegisteredKeys,
+) -> Option<sg_pr::ReservationKey> {
+    (0..8).find_map(|_| {
+        let k = sg_pr::ReservationKey(crate::vdisk::random_u64().ok()?);
+        (k.0 != 0 && !registered.contains(k) && config.member_by_key(k).is_none()).then_some(k)
+    })
+}
+
+/// [`preempt_abort_probe`] on one LUN, with the preconditions checked and the registrations
+/// compared before and after: a definite answer (never [`PreemptAbort::Unknown`]) and the key
+/// probed, or why there is none.
+fn probe_preempt_abort(
+    config: &Config,
+    sg: &sg_pr::PrDevice<sg_pr::SgDevice>,
+    timeout: Duration,
+) -> Result<(PreemptAbort, sg_pr::ReservationKey), String> {
+    let own = config.me.key;
+    let before = sg.keys().map_err(|e| format!("READ KEYS: {e}"))?.value;
+    if !before.contains(own) {
+        return Err("not probed: this node's key is not registered through this path".into());
+    }
+    let absent = absent_key(config, &before).ok_or("not probed: no random key available")?;
+    let support = match preempt_abort_probe(sg.transport(), own, absent, timeout) {
+        PreemptAbort::Unknown(why) => return Err(why),
+        definite => definite,
+    };
+    let after = sg
+        .keys()
+        .map_err(|e| format!("READ KEYS after the probe: {e}"))?
+        .value;
+    // Every PR OUT that changes a registration bumps the PR generation.
+    if after.generation != before.generation || !after.contains(own) {
+        return Err(format!(
+            "the registrations changed during the probe (PR generation {} -> {}): another node registered or fenced meanwhile; run doctor again",
+            before.generation, after.generation
+        ));
+    }
+    Ok((support, absent))
+}
+
 fn shared_luns(config: &Config, r: &mut Report) {
     let paths = config::expand_paths(&config.luns);
     if config.luns.is_empty() {
@@ -513,22 +605,48 @@ fn shared_luns(config: &Config, r: &mut Report) {
                 "the target must support SCSI-3 persistent reservations",
             ),
         }
-        match preempt_abort_support(sg.transport(), timeout) {
+        // The probe decides; the declaration is only a fallback: tgt declares PREEMPT AND ABORT
+        // supported and then rejects it.
+        let declared = preempt_abort_support(sg.transport(), timeout);
+        let (support, how) = match probe_preempt_abort(config, sg, timeout) {
+            Ok((probed, key)) => {
+                let said = match declared {
+                    PreemptAbort::Unknown(why) => why,
+                    d if d == probed => "as REPORT SUPPORTED OPERATION CODES declares".into(),
+                    _ => "REPORT SUPPORTED OPERATION CODES declares the opposite: the target's declaration is wrong".into(),
+                };
+                (
+                    probed,
+                    format!("probed with a PREEMPT AND ABORT of key 0x{:x}, which nobody holds; registrations unchanged; {said}", key.0),
+                )
+            }
+            Err(probe) => match declared {
+                PreemptAbort::Unknown(why) => (
+                    PreemptAbort::Unknown(format!("{why}; {probe}")),
+                    String::new(),
+                ),
+                d => (
+                    d,
+                    format!("declared in REPORT SUPPORTED OPERATION CODES, not confirmed: {probe}"),
+                ),
+            },
+        };
+        match support {
             PreemptAbort::Supported => r.add(
                 Verdict::Pass,
                 subject,
-                "PREEMPT AND ABORT supported (declared in REPORT SUPPORTED OPERATION CODES)",
+                format!("PREEMPT AND ABORT supported ({how})"),
             ),
             PreemptAbort::NotSupported => r.add_fix(
                 Verdict::Warn,
                 subject,
-                "PREEMPT AND ABORT not supported (declared in REPORT SUPPORTED OPERATION CODES): a fence falls back to plain PREEMPT, so commands the victim queued before the fence may still complete",
+                format!("PREEMPT AND ABORT not supported ({how}): a fence falls back to plain PREEMPT, so commands the victim queued before the fence may still complete"),
                 "use a target with PREEMPT AND ABORT, or count on lease + watchdog for queued I/O",
             ),
             PreemptAbort::Unknown(why) => r.add_fix(
                 Verdict::Warn,
                 subject,
-                format!("PREEMPT AND ABORT support unknown: {why}; it cannot be tested without preempting a registrant"),
+                format!("PREEMPT AND ABORT support unknown: {why}"),
                 "a fence falls back to PREEMPT if needed and says so in its per-LUN outcome",
             ),
         }
@@ -658,6 +776,7 @@ fn watchdog_check(config: &Config, r: &mut Report) {
 mod tests {
     use super::*;
     use sg_pr::fake::{ScriptedTransport, Step};
+    use sg_pr::ReservationKey;
 
     #[test]
     fn report_fails_only_on_fail() {
@@ -675,6 +794,52 @@ mod tests {
         let r = run(Path::new("/nonexistent/fenced.toml"));
         assert_eq!(r.checks.len(), 1);
         assert_eq!(r.checks[0].verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn preempt_abort_probe_reads_conflict_as_supported_and_illegal_request_as_not() {
+        let t = Duration::from_secs(1);
+        let (own, absent) = (ReservationKey(0x11), ReservationKey(0xdead));
+        let fake = ScriptedTransport::new("sdx", [Step::status(ScsiStatus::RESERVATION_CONFLICT)]);
+        assert_eq!(
+            preempt_abort_probe(&fake, own, absent, t),
+            PreemptAbort::Supported
+        );
+        let sent = &fake.sent()[0];
+        // PR OUT, PREEMPT AND ABORT, LU scope type 5; our key, then the absent one.
+        assert_eq!(&sent.cdb[..3], &[0x5f, 0x05, 0x05]);
+        assert_eq!(&sent.data_out[..8], &0x11u64.to_be_bytes());
+        assert_eq!(&sent.data_out[8..16], &0xdeadu64.to_be_bytes());
+        // tgt: INVALID FIELD IN CDB.
+        let fake = ScriptedTransport::new("sdx", [Step::check(0x5, 0x24, 0x00)]);
+        assert_eq!(
+            preempt_abort_probe(&fake, own, absent, t),
+            PreemptAbort::NotSupported
+        );
+        // A pending unit attention is absorbed.
+        let fake = ScriptedTransport::new(
+            "sdx",
+            [
+                Step::check(0x6, 0x29, 0x00),
+                Step::status(ScsiStatus::RESERVATION_CONFLICT),
+            ],
+        );
+        assert_eq!(
+            preempt_abort_probe(&fake, own, absent, t),
+            PreemptAbort::Supported
+        );
+        // GOOD for a key nobody holds is not what SPC allows: say so rather than guess.
+        let fake = ScriptedTransport::new("sdx", [Step::good()]);
+        assert!(matches!(
+            preempt_abort_probe(&fake, own, absent, t),
+            PreemptAbort::Unknown(_)
+        ));
+        // Any other error: unknown, with the sense.
+        let fake = ScriptedTransport::new("sdx", [Step::check(0x2, 0x04, 0x03)]);
+        assert!(matches!(
+            preempt_abort_probe(&fake, own, absent, t),
+            PreemptAbort::Unknown(_)
+        ));
     }
 
     #[test]

@@ -97,8 +97,13 @@ pub struct FenceReport {
     pub marker_epoch: Option<u64>,
     /// Per LUN.
     pub luns: Vec<LunFence>,
-    /// Milliseconds from start until every PR-protected LUN refused the victim (confirmed).
+    /// Milliseconds from start until every PR-protected LUN refused the victim (confirmed): the
+    /// arbiter's preempt alone on one LUN, else the end of the parallel phase (after the marker).
     pub pr_confirmed_ms: u64,
+    /// Milliseconds from start until the marker was on a majority of voting disks (t0); None
+    /// when the victim was already marked dead.
+    #[serde(default)]
+    pub marker_ms: Option<u64>,
     /// Milliseconds from start until storage without PR is safe from the victim
     /// (t0 + L + W + M, t0 = marker on a majority).
     pub non_pr_safe_ms: u64,
@@ -130,12 +135,14 @@ pub fn fence(
 
     // 2. The arbiter race.
     let mut arbiter = None;
+    let mut arbiter_done = start;
     let mut results: Vec<LunFence> = Vec::new();
     let mut errors = Vec::new();
     for lun in luns {
         let t = Instant::now();
         match preempt_lun(lun, own, victim.key, timeout) {
             Ok(outcome) => {
+                arbiter_done = Instant::now();
                 arbiter = Some(lun.id.clone());
                 results.push(LunFence {
                     lun: lun.id.clone(),
@@ -218,7 +225,11 @@ pub fn fence(
             ms: o.elapsed.map(ms).unwrap_or(0),
         });
     }
-    let pr_confirmed_ms = ms(start.elapsed());
+    let pr_confirmed_ms = if results.len() > 1 {
+        ms(start.elapsed())
+    } else {
+        ms(arbiter_done.saturating_duration_since(start))
+    };
     let non_pr_safe_ms = match t0 {
         Some(t0) => ms(t0.saturating_duration_since(start) + config.timing.non_pr_safe_after()),
         None => 0,
@@ -230,6 +241,7 @@ pub fn fence(
         marker_epoch,
         luns: results,
         pr_confirmed_ms,
+        marker_ms: t0.map(|t0| ms(t0.saturating_duration_since(start))),
         non_pr_safe_ms,
     };
     if failed > 0 {

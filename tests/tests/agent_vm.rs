@@ -60,6 +60,13 @@ fn eviction_through_the_fence_agent_cuts_the_victim_off_and_it_resets() {
     assert_eq!(doctor.code, 0, "doctor must find no FAIL on a healthy node");
     assert!(doctor.stdout.contains("PASS voting-disk majority"));
     assert!(doctor.stdout.contains("READ KEYS lists this node's key"));
+    assert!(
+        doctor.stdout.contains("PASS lun")
+            && doctor
+                .stdout
+                .contains("PREEMPT AND ABORT supported (probed"),
+        "LIO does not declare PREEMPT AND ABORT; doctor's probe finds it"
+    );
 
     let meta = agent(&c, 0, "action=metadata\\n");
     assert_eq!(meta.code, 0);

@@ -11,8 +11,23 @@ fn narrate() -> impl FnMut(&str) {
     |s: &str| println!("    {s}")
 }
 
+/// Number after `marker` and up to " ms" in `text` (`+12 ms` style figures of the fence report).
+fn ms_after(text: &str, marker: &str) -> u64 {
+    let rest = &text[text
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} in {text}"))
+        + marker.len()..];
+    rest.split(" ms")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a number after {marker:?} in {text}"))
+}
+
 /// Fault: the same eviction on tgt, which lacks PREEMPT AND ABORT.
-/// Must: the fence falls back to PREEMPT, says so, and still cuts node2 off.
+/// Must: `fenced doctor` finds that out beforehand (its probe, a PREEMPT AND ABORT of a key
+/// nobody holds, is refused as unsupported) without changing the registrations; the fence falls
+/// back to PREEMPT, says so, and still cuts node2 off; on one LUN the report dates the cut-off
+/// at the arbiter's preempt, before the marker.
 #[test]
 fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
     let c = Cluster::start(
@@ -20,12 +35,34 @@ fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
         &ClusterSpec::new("fence-tgt", TargetKind::Tgt),
     )
     .expect("cluster up");
+    let before = c.registered(0).unwrap();
+    let doctor = c.fenced(0, "doctor").unwrap();
+    println!("{}{}", doctor.stdout, doctor.stderr);
+    assert_eq!(doctor.code, 0, "no FAIL on a healthy node");
+    assert!(
+        doctor
+            .stdout
+            .contains("PREEMPT AND ABORT not supported (probed"),
+        "doctor probes the fallback: {}",
+        doctor.stdout
+    );
+    assert_eq!(
+        c.registered(0).unwrap(),
+        before,
+        "the probe changes nothing"
+    );
     let (out, _) = c.fence(0, 1).unwrap();
     println!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stdout.contains("plain PREEMPT"),
         "fallback reported: {}",
+        out.stdout
+    );
+    assert!(
+        ms_after(&out.stdout, "refuse its writes since +")
+            <= ms_after(&out.stdout, "at epoch 1 (+"),
+        "one LUN: cut off by the arbiter's preempt, before the marker: {}",
         out.stdout
     );
     assert!(!c.registered(0).unwrap().contains(&"node2".to_string()));

@@ -105,7 +105,10 @@ fn print_report(report: &FenceReport, json: bool) {
         say!("  fence race won on {a}");
     }
     match report.marker_epoch {
-        Some(e) => say!("  marked dead on the voting disks at epoch {e}"),
+        Some(e) => say!(
+            "  marked dead on the voting disks at epoch {e} (+{} ms)",
+            report.marker_ms.unwrap_or(0)
+        ),
         None => say!("  already marked dead on the voting disks"),
     }
     say!(

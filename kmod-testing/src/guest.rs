@@ -457,23 +457,16 @@ impl Guest {
     /// The SCSI disks of the guest, ordered by SCSI address (for iSCSI LUNs: the order of
     /// [`GuestSpec::iscsi_lun`]), after waiting up to 30 s for `expected` of them to appear.
     pub fn scsi_disks(&self, expected: usize) -> Result<Vec<String>> {
+        // Two processes per poll, whatever the number of disks (a fork per disk takes long
+        // under TCG with dozens of LUNs); the listing is parsed and ordered here.
         let script = format!(
-            r#"list() {{
-    for d in /sys/block/sd*; do
-        [ -e "$d/device" ] || continue
-        echo "$(basename "$(readlink -f "$d/device")") /dev/$(basename "$d")"
-    done | sort -t: -k1,1n -k2,2n -k3,3n -k4,4n
-}}
+            r#"list() {{ ls -d /sys/class/scsi_disk/*/device/block/* 2>/dev/null; }}
 i=0
 while [ "$(list | wc -l)" -lt {expected} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 list"#
         );
         let out = self.run_ok(&script)?;
-        let disks: Vec<String> = out
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .map(String::from)
-            .collect();
+        let disks = order_scsi_disks(&out);
         if disks.len() != expected {
             return Err(Error::Setup(format!(
                 "guest {}: expected {expected} SCSI disks, found {}: {out}",
@@ -567,4 +560,42 @@ fn read_control(stream: UnixStream, control: Arc<Control>) {
     }
     control.lock().closed_at = Some(Instant::now());
     control.changed.notify_all();
+}
+
+/// `/dev/sdX` for each `/sys/class/scsi_disk/H:C:T:L/device/block/sdX` line, ordered by SCSI
+/// address (host, channel, target, LUN numerically).
+fn order_scsi_disks(listing: &str) -> Vec<String> {
+    let mut disks: Vec<([u64; 4], String)> = listing
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.trim().rsplit('/');
+            let name = parts.next()?;
+            let addr = l.trim().split('/').nth(4)?;
+            let mut hctl = [0u64; 4];
+            let mut fields = addr.split(':');
+            for f in &mut hctl {
+                *f = fields.next()?.parse().ok()?;
+            }
+            Some((hctl, format!("/dev/{name}")))
+        })
+        .collect();
+    disks.sort();
+    disks.into_iter().map(|(_, d)| d).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scsi_disks_are_ordered_by_numeric_scsi_address() {
+        let listing = "/sys/class/scsi_disk/2:0:0:10/device/block/sdk\n\
+                       /sys/class/scsi_disk/2:0:0:2/device/block/sdc\n\
+                       /sys/class/scsi_disk/1:0:0:0/device/block/sdz\n\
+                       garbage\n";
+        assert_eq!(
+            order_scsi_disks(listing),
+            ["/dev/sdz", "/dev/sdc", "/dev/sdk"]
+        );
+    }
 }

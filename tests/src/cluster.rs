@@ -164,6 +164,13 @@ impl Cluster {
         let fenced = project_binary("fenced");
         let mut lun_devices = Vec::new();
         for (i, g) in nodes.iter().enumerate() {
+            if spec.luns > 8 {
+                // Many LUNs take longer to scan under TCG than `scsi_disks`' own 30 s wait.
+                g.run_ok(&format!(
+                    "i=0; while [ $(ls -d /sys/block/sd* 2>/dev/null | wc -l) -lt {} ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done",
+                    spec.luns
+                ))?;
+            }
             let luns = g.scsi_disks(spec.luns)?;
             let mut vote_devs: Vec<String> = (0..3)
                 .map(|v| g.disk_by_serial(&format!("vote{v}")))

@@ -78,6 +78,65 @@ fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
     );
 }
 
+/// Fault: node1 fences node2 on 32 LUNs at once — the fence's whole pool of 32 PR workers in
+/// parallel on a 2-vCPU guest — with every daemon running.
+/// Must: every LUN confirmed; node2 resets; node1's loop keeps running through the fence and
+/// its daemon is healthy afterwards (before only the loop ran at SCHED_FIFO, the workers
+/// inherited it, starved the loop, and the fencer reset itself during 64-LUN fences).
+/// Must not: node1 or node3 reset or fence themselves; node1's loop run late.
+#[test]
+fn fencing_32_luns_keeps_the_fencer_up() {
+    let mut spec = ClusterSpec::new("fence-32-luns", TargetKind::Lio);
+    spec.luns = 32;
+    let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
+    let (out, took) = c.fence(0, 1).unwrap();
+    println!(
+        "fence of node2 on 32 LUNs: exit {} in {:.2} s\n{}{}",
+        out.code,
+        took.as_secs_f64(),
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    println!(
+        "MEASURED: 32 LUNs confirmed {} ms after the fence started",
+        ms_after(&out.stdout, "refuse its writes since +")
+    );
+    assert_eq!(
+        out.stdout.matches("reservation held by").count()
+            + out.stdout.matches("reservation taken").count(),
+        32,
+        "every LUN confirmed: {}",
+        out.stdout
+    );
+    let t = c.timing;
+    assert!(
+        c.nodes[1]
+            .wait_exit(
+                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
+                    + Duration::from_secs(10)
+            )
+            .is_some(),
+        "node2 resets"
+    );
+    // One more lease and watchdog period for a starved loop to show.
+    std::thread::sleep(Duration::from_millis(u64::from(t.lease + t.watchdog)));
+    assert!(
+        c.nodes[0].is_running() && c.nodes[2].is_running(),
+        "node1 and node3 stay up"
+    );
+    let log = c.daemon_log(&c.nodes[0]);
+    for line in log.lines().filter(|l| l.contains("unhealthy")) {
+        println!("node1: {line}");
+    }
+    assert!(
+        !log.contains("fencing this node") && !log.contains("ran late"),
+        "node1's loop kept its deadline through the fence:\n{log}"
+    );
+    c.wait_daemons_healthy(&[0, 2], Duration::from_secs(10))
+        .unwrap();
+}
+
 /// Fault: node1 and node2 fence each other at the same instant, FENCED_SPLIT_ROUNDS rounds
 /// (default 5 in the suite; the 20-round tally is recorded with FENCED_SPLIT_ROUNDS=20)
 /// with no daemons, so the race is between the two `fenced fence` commands alone; then once

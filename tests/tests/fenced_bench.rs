@@ -617,9 +617,29 @@ fn idle_footprint(g: &Guest, who: &str, pids: &str, secs: u64) -> Vec<String> {
         .stdout
         .trim()
         .to_string();
+    // Per-thread CPU ticks of the first (main) process: which thread costs what.
+    let threads = pids
+        .split_whitespace()
+        .next()
+        .map(|p| format!("for t in /proc/{p}/task/*; do echo \"$(cat $t/comm) $(awk '{{print $14+$15}}' $t/stat)\"; done"))
+        .unwrap_or_else(|| "true".into());
+    let threads_before = ok(g, &threads, LONG).stdout;
     let before = fields(&ok(g, &footprint_script(&pids), LONG).stdout);
     std::thread::sleep(Duration::from_secs(secs));
     let after = fields(&ok(g, &footprint_script(&pids), LONG).stdout);
+    let threads_after = ok(g, &threads, LONG).stdout;
+    let clocksource = ok(
+        g,
+        "cat /sys/devices/system/clocksource/clocksource0/current_clocksource",
+        LONG,
+    )
+    .stdout;
+    println!(
+        "BENCH {who}: thread CPU ticks before/after the window (clocksource {}):\n{}\n--\n{}",
+        clocksource.trim(),
+        threads_before.trim(),
+        threads_after.trim()
+    );
     // Where the resident memory is: the mappings over 256 kB, for the first (main) process.
     if let Some(p) = pids.split_whitespace().next() {
         let maps = ok(

@@ -323,6 +323,13 @@ impl Timing {
         self.lease + self.watchdog + self.poll
     }
 
+    /// How often each LUN's keys are read: (L - D) / 2, so that one check lost or slow by up
+    /// to D still leaves a confirmation younger than L (the rule the loop enforces). Never
+    /// below P, since L >= 2P + D.
+    pub fn key_check_period(&self) -> Duration {
+        self.lease.saturating_sub(self.io_deadline) / 2
+    }
+
     /// The voting-disk header form.
     pub fn as_header_timeouts(&self) -> Timeouts {
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
@@ -565,6 +572,33 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_checked_often_enough_to_survive_one_slow_check_within_the_lease() {
+        let t = |p, d, l| Timing {
+            poll: Duration::from_millis(p),
+            io_deadline: Duration::from_millis(d),
+            lease: Duration::from_millis(l),
+            watchdog: Duration::from_secs(60),
+            startup_delay: Duration::ZERO,
+            fence_deadline: Duration::from_secs(20),
+        };
+        assert_eq!(
+            t(1000, 500, 3000).key_check_period(),
+            Duration::from_millis(1250)
+        );
+        for p in (100..=5000).step_by(700) {
+            for d in (10..p).step_by(300) {
+                for l in (2 * p + d..8 * p).step_by(900) {
+                    let timing = t(p, d, l);
+                    assert!(timing.check().is_ok());
+                    let k = timing.key_check_period();
+                    assert!(k >= timing.poll, "{timing:?}");
+                    assert!(2 * k + timing.io_deadline <= timing.lease, "{timing:?}");
+                }
+            }
+        }
+    }
 
     const GOOD: &str = r#"
 [cluster]

@@ -241,7 +241,7 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         luns.clone(),
         config.me.key,
         io_timeout,
-        config.timing.poll,
+        config.timing.key_check_period(),
         keys.clone(),
     )
     .map_err(|e| failed(format!("starting the key checker: {e}")))?;

@@ -109,10 +109,15 @@ impl GuestSpec {
         c.arg("-no-reboot");
         c.arg("-kernel").arg(&kernel.image);
         c.arg("-initrd").arg(initrd);
-        c.args([
-            "-append",
-            "console=ttyS0 panic=-1 loglevel=5 mitigations=off random.trust_cpu=on",
-        ]);
+        // FENCED_GUEST_APPEND: extra kernel arguments for every guest (an experiment's knob,
+        // e.g. `clocksource=tsc tsc=reliable`; the suite sets none).
+        let extra = std::env::var("FENCED_GUEST_APPEND").unwrap_or_default();
+        c.arg("-append").arg(
+            format!(
+                "console=ttyS0 panic=-1 loglevel=5 mitigations=off random.trust_cpu=on {extra}"
+            )
+            .trim_end(),
+        );
         c.arg("-chardev").arg(format!(
             "file,id=con,path={}",
             dir.join("console.log").display()

@@ -621,7 +621,7 @@ fn idle_footprint(g: &Guest, who: &str, pids: &str, secs: u64) -> Vec<String> {
     let threads = pids
         .split_whitespace()
         .next()
-        .map(|p| format!("for t in /proc/{p}/task/*; do echo \"$(cat $t/comm) $(awk '{{print $14+$15}}' $t/stat)\"; done"))
+        .map(|p| format!("for t in /proc/{p}/task/*; do echo \"$(cat $t/comm) $(awk '{{print \"user\", $14, \"system\", $15}}' $t/stat)\"; done"))
         .unwrap_or_else(|| "true".into());
     let threads_before = ok(g, &threads, LONG).stdout;
     let before = fields(&ok(g, &footprint_script(&pids), LONG).stdout);

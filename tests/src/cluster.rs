@@ -23,6 +23,14 @@ pub struct Timing {
     pub watchdog: u32,
 }
 
+impl Timing {
+    /// L + W + P: the longest a node that stopped being healthy (or was marked dead) may take
+    /// to reset — its lease runs out, then its watchdog, plus one round of its loop.
+    pub fn reset_bound(&self) -> Duration {
+        Duration::from_millis(u64::from(self.lease + self.watchdog + self.poll))
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing {

@@ -140,8 +140,7 @@ fn eviction_through_the_fence_agent_cuts_the_victim_off_and_it_resets() {
         "node2's data must not be on the LUN"
     );
     let t = c.timing;
-    let bound =
-        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(3);
+    let bound = t.reset_bound() + Duration::from_secs(3);
     let reset = c.nodes[1]
         .wait_exit(bound)
         .expect("node2 must reset within lease + watchdog");

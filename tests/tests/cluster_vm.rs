@@ -69,10 +69,7 @@ fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
     let t = c.timing;
     assert!(
         c.nodes[1]
-            .wait_exit(
-                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
-                    + Duration::from_secs(3)
-            )
+            .wait_exit(t.reset_bound() + Duration::from_secs(3))
             .is_some(),
         "node2 resets"
     );
@@ -112,10 +109,7 @@ fn fencing_32_luns_keeps_the_fencer_up() {
     let t = c.timing;
     assert!(
         c.nodes[1]
-            .wait_exit(
-                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
-                    + Duration::from_secs(10)
-            )
+            .wait_exit(t.reset_bound() + Duration::from_secs(10))
             .is_some(),
         "node2 resets"
     );
@@ -216,8 +210,7 @@ fn split_brain_has_exactly_one_survivor_each_round() {
     let b = c.nodes[1].wait(b, Duration::from_secs(60));
     println!("with daemons: node1 {a:?}\nnode2 {b:?}");
     let t = c.timing;
-    let bound =
-        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(5);
+    let bound = t.reset_bound() + Duration::from_secs(5);
     let deadline = Instant::now() + bound;
     while c.nodes[0].is_running() && c.nodes[1].is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -296,9 +289,7 @@ fn frozen_kernel_fenced_during_the_freeze_and_stopped_daemon_are_both_reset() {
         out.stderr
     );
     assert_eq!(out.code, 0, "the fence must not wait for the frozen victim");
-    let reset = c.nodes[2].wait_exit(
-        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(10),
-    );
+    let reset = c.nodes[2].wait_exit(t.reset_bound() + Duration::from_secs(10));
     assert!(reset.is_some(), "node3 must reset");
     let log =
         std::fs::read_to_string(c.lab.dir().join("node3/xchg/writes.log")).unwrap_or_default();
@@ -441,10 +432,7 @@ fn stress_does_not_fence_but_losing_two_of_three_voting_disks_does_after_the_lea
     let t = c.timing;
     for (i, g) in c.nodes.iter().enumerate() {
         let reset = g
-            .wait_exit(
-                Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll))
-                    + Duration::from_secs(5),
-            )
+            .wait_exit(t.reset_bound() + Duration::from_secs(5))
             .unwrap_or_else(|| panic!("node{} must fence itself", i + 1));
         let after = reset.saturating_duration_since(failed_at);
         println!(

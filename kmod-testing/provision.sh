@@ -32,7 +32,7 @@ packages=(
   dmsetup           # dm-delay / dm-flakey faults inside guests
   stress-ng         # CPU, memory and I/O stress inside guests (soak test)
   make gcc-12 libc6-dev  # build the fault-injection modules against the kernel headers
-  systemd           # systemd-analyze verifies the shipped unit
+  systemd           # systemd-analyze verifies the shipped unit; PID 1 of GuestSpec::systemd guests
   udev              # the rules in udev/ run under a real udevd in a guest
   fence-agents      # its RelaxNG schema validates fence_fenced's metadata (not a runtime dependency)
   libxml2-utils     # xmllint for that validation

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod fence;
 pub mod health;
+pub mod journal;
 pub mod luns;
 pub mod notify;
 pub mod ops;

@@ -50,13 +50,13 @@ fn main() -> ExitCode {
         return commands::agent::main();
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FENCED_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // The daemon tells the journal its transitions (registered, watchdog armed, healthy, new
+    // authority); the operator commands only warnings.
+    let default_level = match cli.group {
+        Group::Run(_) => "info",
+        _ => "warn",
+    };
+    fenced::journal::init_logging(default_level);
     let status = match cli.group {
         Group::Disk(cmd) => commands::disk::run(cmd),
         Group::Watchdog(cmd) => commands::watchdog::run(cmd),

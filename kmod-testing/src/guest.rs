@@ -25,6 +25,7 @@ pub struct GuestSpec {
     pub(crate) shared_disks: Vec<(PathBuf, String)>,
     pub(crate) forward_port: Option<(u16, u16)>,
     pub(crate) boot_timeout: Duration,
+    pub(crate) systemd: bool,
 }
 
 impl GuestSpec {
@@ -44,6 +45,7 @@ impl GuestSpec {
             shared_disks: Vec::new(),
             forward_port: None,
             boot_timeout: Duration::from_secs(boot_secs),
+            systemd: false,
         }
     }
 
@@ -84,6 +86,17 @@ impl GuestSpec {
     /// A user-mode NIC forwarding host `127.0.0.1:host_port` to the guest's `guest_port`.
     pub fn forward_port(mut self, host_port: u16, guest_port: u16) -> Self {
         self.forward_port = Some((host_port, guest_port));
+        self
+    }
+
+    /// Whether systemd (the host's, Debian 12: 252) runs as the guest's PID 1 (default: no, a
+    /// busybox init). With it, systemd runs chrooted in the guest's root with only the basic
+    /// targets and journald ([`crate::SYSTEMD_UNITS`]); the guest's /etc/systemd/system starts
+    /// empty for a test to install its units there. The guest is ready when systemd reports
+    /// `running` (`systemctl is-system-running`); commands still run through the agent, outside
+    /// any unit (in the root cgroup). A reset a unit causes ends QEMU as in any guest.
+    pub fn systemd(mut self, pid1: bool) -> Self {
+        self.systemd = pid1;
         self
     }
 
@@ -276,8 +289,11 @@ impl Guest {
             // target/<profile>/deps: keep target/<profile>, where the binaries are.
             keep.push(dir.parent().map(Path::to_path_buf).unwrap_or(dir));
         }
-        std::fs::write(&initrd, crate::initramfs::build(kernel, &spec.name, &keep)?)
-            .ctx(|| format!("writing {}", initrd.display()))?;
+        std::fs::write(
+            &initrd,
+            crate::initramfs::build(kernel, &spec.name, &keep, spec.systemd)?,
+        )
+        .ctx(|| format!("writing {}", initrd.display()))?;
         let cmd = spec.qemu_command(kernel, dir, &initrd);
         std::fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n"))
             .ctx(|| "writing qemu.cmdline".to_string())?;

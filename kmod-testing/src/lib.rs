@@ -33,6 +33,7 @@ pub mod tcm_loop;
 
 pub use error::{Error, Result};
 pub use guest::{Guest, GuestSpec, Output, Pending};
+pub use initramfs::{SYSTEMD_TARGET, SYSTEMD_UNITS};
 pub use kernel::Kernel;
 pub use lab::Lab;
 

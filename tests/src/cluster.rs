@@ -61,6 +61,9 @@ pub struct ClusterSpec {
     /// Put every voting disk behind a device-mapper linear device (`/dev/mapper/voteN`) in each
     /// guest, so a test can fail it there (`faults::dm_reload` to `error`).
     pub voting_via_dm: bool,
+    /// Boot the nodes with systemd as PID 1 ([`kmod_testing::GuestSpec::systemd`]); with
+    /// `daemons: false` a test then starts `fenced run` as a service ([`crate::systemd`]).
+    pub systemd: bool,
 }
 
 impl ClusterSpec {
@@ -74,6 +77,7 @@ impl ClusterSpec {
             timing: Timing::default(),
             daemons: true,
             voting_via_dm: false,
+            systemd: false,
         }
     }
 }
@@ -157,7 +161,7 @@ impl Cluster {
             .collect::<Result<_>>()?;
         let specs = (0..spec.nodes)
             .map(|i| {
-                let mut s = target.node_spec(&node_name(i));
+                let mut s = target.node_spec(&node_name(i)).systemd(spec.systemd);
                 for (v, img) in votes.iter().enumerate() {
                     s = s.shared_disk(img, &format!("vote{v}"));
                 }
@@ -166,8 +170,11 @@ impl Cluster {
             .collect();
         let nodes = lab.boot_all(specs)?;
         say(&format!(
-            "{} node guests up, {} shared {:?} iSCSI LUN(s), 3 shared voting disks, an i6300esb in each",
-            spec.nodes, spec.luns, spec.target
+            "{} node guests up{}, {} shared {:?} iSCSI LUN(s), 3 shared voting disks, an i6300esb in each",
+            spec.nodes,
+            if spec.systemd { " (systemd as PID 1)" } else { "" },
+            spec.luns,
+            spec.target
         ));
         let fenced = project_binary("fenced");
         let mut lun_devices = Vec::new();

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod scenarios;
 pub mod sg_persist;
 pub mod sg_pr;
+pub mod systemd;
 pub mod vdisk;
 
 /// Where a scenario tells what it is doing (the demo prints it; tests print it too, and the test

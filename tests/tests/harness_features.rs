@@ -1,5 +1,5 @@
 //! Self-tests of the harness' own building blocks that later scenarios rely on: shared voting-disk
-//! images, device-mapper faults, K nexuses, and pausing a target.
+//! images, device-mapper faults, K nexuses, pausing a target, and guests with systemd as PID 1.
 
 use kmod_testing::iscsi::{Target, TargetKind};
 use kmod_testing::{faults, tcm_loop, GuestSpec, Lab};
@@ -96,4 +96,57 @@ fn paused_target_hangs_io_until_resumed() {
         )
         .unwrap();
     assert!(read.success(), "{}", read.stderr);
+}
+
+/// A guest booted with systemd as PID 1 (`GuestSpec::systemd`), beside a plain one.
+/// Must: in the systemd guest, PID 1 is systemd and reports `running` to the agent's commands,
+/// the only service running is journald (none of the host's services, no getty, no udev), the
+/// machine is the guest (its hostname; virtualization `qemu`, not the host's container), the
+/// journal files a message at its priority, and a reboot ends QEMU as a reset does. The plain
+/// guest's PID 1 is still the harness's own init.
+#[test]
+fn systemd_guest_runs_systemd_as_pid1_with_journald_only() {
+    let lab = Lab::new("systemd-guest").unwrap();
+    let t = Instant::now();
+    let g = lab
+        .boot_all(vec![
+            GuestSpec::new("sd").systemd(true),
+            GuestSpec::new("plain"),
+        ])
+        .unwrap();
+    println!(
+        "MEASURED: a systemd guest and a plain one booted in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (sd, plain) = (&g[0], &g[1]);
+    let out = sd
+        .run_ok(
+            "cat /proc/1/comm; systemctl is-system-running; hostname; systemd-detect-virt; \
+             systemctl list-units --type=service --state=active --no-legend --plain | cut -d' ' -f1",
+        )
+        .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "systemd",
+            "running",
+            "sd",
+            "qemu",
+            "systemd-journald.service"
+        ],
+        "{out}"
+    );
+    let journal = sd
+        .run_ok("logger -p user.err harness-err; logger -p user.info harness-info; sleep 0.5; journalctl -q -p err -o cat --no-pager")
+        .unwrap();
+    assert!(journal.contains("harness-err"), "{journal}");
+    assert!(!journal.contains("harness-info"), "{journal}");
+    assert_ne!(plain.run_ok("cat /proc/1/comm").unwrap().trim(), "systemd");
+
+    let _reboot = sd.spawn("systemctl reboot --force --force").unwrap();
+    assert!(
+        sd.wait_exit(Duration::from_secs(30)).is_some(),
+        "a reboot in a systemd guest ends QEMU"
+    );
 }

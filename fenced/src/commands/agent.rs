@@ -87,14 +87,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FENCED_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if opts.verbose { "info" } else { "warn" })
-            }),
-        )
-        .init();
+    fenced::journal::init_logging(if opts.verbose { "info" } else { "warn" });
     let mut log = Log {
         verbose: opts.verbose,
         quiet: opts.quiet,

@@ -8,12 +8,17 @@ macro_rules! say {
     }};
 }
 
-/// `eprintln!` that never panics, prefixed with `fenced: error: `.
+/// `eprintln!` that never panics, prefixed with `fenced: error: ` (and, when stderr is the
+/// journal, with the err priority `<3>`: see [`fenced::journal`]).
 macro_rules! complain {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stderr().lock(), "fenced: error: ");
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        let mut err = std::io::stderr().lock();
+        if fenced::journal::stderr_is_journal() {
+            let _ = write!(err, "<3>");
+        }
+        let _ = write!(err, "fenced: error: ");
+        let _ = writeln!(err, $($arg)*);
     }};
 }
 

@@ -1,0 +1,426 @@
+//! `fenced run` as systemd runs it: the shipped fenced/systemd/fenced.service on a 2-node guest
+//! cluster whose guests boot with systemd (Debian 12's, 252) as PID 1; tgt on the host, three
+//! shared voting disks, an i6300esb per node. The only change to the unit is a drop-in setting
+//! ExecStart to the built binary (same arguments).
+
+use kmod_testing::iscsi::TargetKind;
+use kmod_testing::Guest;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tests::cluster::{Cluster, ClusterSpec};
+use tests::systemd::{install_fenced_unit, journal, journal_timeline, show, show_u64};
+
+const UNIT: &str = "fenced.service";
+
+fn narrate() -> impl FnMut(&str) {
+    |s: &str| println!("    {s}")
+}
+
+/// `/proc/uptime` seconds as µs. /proc/uptime is CLOCK_BOOTTIME, equal to CLOCK_MONOTONIC (the
+/// clock of systemd's `...TimestampMonotonic`) in a guest that never suspends; 10 ms resolution.
+fn secs_to_us(s: &str) -> u64 {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let frac = format!("{frac:0<6}");
+    whole.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap()
+}
+
+/// The kernel timestamp (s) of the first console line containing `text`.
+fn kernel_time(console: &str, text: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(text))?;
+    let stamp = line.strip_prefix('[')?.split(']').next()?;
+    stamp.trim().parse().ok()
+}
+
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+/// The daemon's start-up steps after `since` (CLOCK_MONOTONIC µs), from its journal lines.
+fn start_steps(g: &Guest, since: u64) -> String {
+    let steps = [
+        "starting",
+        "voting disks opened",
+        "registered",
+        "watchdog armed",
+    ];
+    journal_timeline(g, UNIT)
+        .unwrap()
+        .iter()
+        .filter(|(at, _)| *at >= since)
+        .filter_map(|(at, m)| {
+            let step = steps.iter().find(|s| m.contains(&format!(": {s} ")))?;
+            Some(format!("{step} +{:.2}", secs(at - since)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn props(g: &Guest, names: &[&str]) -> BTreeMap<String, String> {
+    show(g, UNIT, names).unwrap()
+}
+
+fn prop_u64(p: &BTreeMap<String, String>, name: &str) -> u64 {
+    p.get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {p:?}"))
+}
+
+/// The threads of process `pid` as (tid, name, scheduling policy: 0 SCHED_OTHER, 1 SCHED_FIFO).
+fn thread_policies(g: &Guest, pid: u64) -> Vec<(u64, String, u32)> {
+    let out = g
+        .run_ok(&format!(
+            "for t in /proc/{pid}/task/*; do echo \"${{t##*/}} $(cat $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f39)\"; done"
+        ))
+        .unwrap();
+    out.lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(w.len(), 3, "{l}");
+            (
+                w[0].parse().unwrap(),
+                w[1].to_string(),
+                w[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Faults, in one cluster of two systemd guests:
+///
+/// 0. `systemctl start fenced` on both nodes (the shipped unit: Type=notify, WatchdogSec=10s,
+///    Restart=on-failure, RestartSec=1s). Must: it returns only once the unit is
+///    `active (running)`, i.e. after READY=1, with the daemon joined (`fenced status` sees it
+///    running, its slot Joined, its key registered); `StatusText` carries the daemon's line
+///    ("healthy; epoch ..."); systemd receives WATCHDOG=1 (`WatchdogTimestampMonotonic`
+///    advances) and never restarts it (node1's NRestarts is still 0 when it is stopped, more
+///    than WatchdogSec later); only the loop thread runs at SCHED_FIFO (the shipped unit's
+///    CPUSchedulingPolicy=fifo put every thread there: removed); the daemon's lines are in the
+///    journal at their level's priority (info lines under `-p info` and not under
+///    `-p warning`), without colour codes or raw `<N>` prefixes.
+/// 1. node2's daemon killed with SIGKILL (a crash). Must: systemd restarts it after RestartSec
+///    and the new daemon is READY and healthy before the hardware watchdog, still armed by the
+///    dead one (the kernel pings it once as the dead daemon's file closes: "watchdog did not
+///    stop!"), resets the node (timeouts.watchdog = 5 s): node2 stays up past kill + W + 2 s,
+///    NRestarts = 1.
+/// 2. node1 fences node2 (`fenced fence node2`, through node1's daemon). Must: node1's journal
+///    has the warning "fence requested" under `-p warning` (not under `-p err`); node2's daemon
+///    fences its node with reboot(2) (the console shows its kernel-log line, then the kernel's
+///    "reboot: Restarting system") and the guest resets within lease + watchdog + poll. Must
+///    not: another fenced run on node2 on that boot: the kernel restarts less than RestartSec
+///    after the daemon's decision, and a watcher on node2 sees one MainPID, NRestarts 1.
+/// 3. `systemctl stop fenced` on node1. Must: the unit stops cleanly (inactive, Result=success,
+///    no restart), and the hardware watchdog the daemon leaves armed resets node1, not before
+///    timeouts.watchdog minus one poll period after the stop.
+#[test]
+fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences() {
+    let mut spec = ClusterSpec::new("systemd-unit", TargetKind::Tgt);
+    spec.nodes = 2;
+    spec.daemons = false;
+    spec.systemd = true;
+    let began = Instant::now();
+    let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
+    let cluster_up = began.elapsed();
+    let t = c.timing;
+
+    // 0. Start through systemd.
+    for g in &c.nodes {
+        install_fenced_unit(g).unwrap();
+    }
+    let starts: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|g| {
+            g.spawn("systemctl start fenced; rc=$?; cut -d' ' -f1 /proc/uptime; exit $rc")
+                .unwrap()
+        })
+        .collect();
+    for (i, (g, start)) in c.nodes.iter().zip(starts).enumerate() {
+        let out = g.wait(start, Duration::from_secs(150)).unwrap();
+        assert!(
+            out.success(),
+            "{}: systemctl start fenced: {}",
+            g.name(),
+            out.stderr
+        );
+        let returned_us = secs_to_us(out.stdout.trim());
+        let st = c.status(i).unwrap();
+        assert_eq!(
+            st["daemon"]["running"],
+            true,
+            "{}: the daemon answers once start returned: {}",
+            g.name(),
+            st["daemon"]
+        );
+        assert_eq!(st["nodes"][i]["state"], "Joined", "{}", st["nodes"][i]);
+        assert_eq!(
+            st["luns"][0]["own_key_registered"], true,
+            "{}",
+            st["luns"][0]
+        );
+        let p = props(
+            g,
+            &[
+                "ActiveState",
+                "SubState",
+                "NRestarts",
+                "WatchdogUSec",
+                "ExecMainStartTimestampMonotonic",
+                "ActiveEnterTimestampMonotonic",
+            ],
+        );
+        assert_eq!(
+            (p["ActiveState"].as_str(), p["SubState"].as_str()),
+            ("active", "running"),
+            "{}: {p:?}",
+            g.name()
+        );
+        assert_eq!(p["NRestarts"], "0");
+        assert_eq!(p["WatchdogUSec"], "10s", "the shipped WatchdogSec");
+        let forked = prop_u64(&p, "ExecMainStartTimestampMonotonic");
+        let ready = prop_u64(&p, "ActiveEnterTimestampMonotonic");
+        assert!(
+            forked < ready && ready <= returned_us + 10_000,
+            "{}: systemctl start returned at {returned_us} µs, before READY=1 at {ready} µs (forked at {forked})",
+            g.name()
+        );
+        println!(
+            "MEASURED: {}: fenced forked → READY=1 in {:.2} s ({}); systemctl start returned {:.2} s after READY=1",
+            g.name(),
+            secs(ready - forked),
+            start_steps(g, forked),
+            secs(returned_us.saturating_sub(ready))
+        );
+    }
+    let started = Instant::now();
+    // WATCHDOG=1: systemd's timestamp of the last one advances on both nodes.
+    let first: Vec<u64> = c
+        .nodes
+        .iter()
+        .map(|g| show_u64(g, UNIT, "WatchdogTimestampMonotonic").unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(2 * u64::from(t.poll)));
+    for (g, first) in c.nodes.iter().zip(first) {
+        let second = show_u64(g, UNIT, "WatchdogTimestampMonotonic").unwrap();
+        assert!(
+            first > 0 && second > first,
+            "{}: WATCHDOG=1 reaches systemd: {first} then {second}",
+            g.name()
+        );
+    }
+
+    for g in &c.nodes {
+        // The daemon's own verdict, as systemd shows it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let p = props(g, &["StatusText"]);
+            if p["StatusText"].starts_with("healthy; epoch ") || Instant::now() > deadline {
+                break p["StatusText"].clone();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert!(
+            status.starts_with("healthy; epoch 0; 3 of 3 voting disks"),
+            "{}: StatusText {status:?}",
+            g.name()
+        );
+        let pid = show_u64(g, UNIT, "MainPID").unwrap();
+        let threads = thread_policies(g, pid);
+        let fifo: Vec<_> = threads.iter().filter(|t| t.2 == 1).collect();
+        assert!(
+            fifo.len() == 1 && fifo[0].0 == pid,
+            "{}: only the loop (main) thread may run at SCHED_FIFO: {threads:?}",
+            g.name()
+        );
+
+        let info = journal(g, UNIT, "info").unwrap();
+        let warning = journal(g, UNIT, "warning").unwrap();
+        for line in ["watchdog armed", "healthy: feeding the watchdog"] {
+            assert!(
+                info.contains(line),
+                "{}: {line:?} under -p info:\n{info}",
+                g.name()
+            );
+            assert!(
+                !warning.contains(line),
+                "{}: {line:?} is info, not warning:\n{warning}",
+                g.name()
+            );
+        }
+        assert!(
+            !info.contains('\x1b') && !info.lines().any(|l| l.starts_with('<')),
+            "{}: no colour codes or unparsed priority prefixes:\n{info:?}",
+            g.name()
+        );
+    }
+    println!("    both daemons started by systemd, healthy, notifying, logging to the journal");
+
+    // 1. A crash of node2's daemon.
+    let g2 = &c.nodes[1];
+    let before = props(g2, &["MainPID", "WatchdogTimestampMonotonic"]);
+    let old_pid = prop_u64(&before, "MainPID");
+    g2.run_ok("systemctl kill -s SIGKILL fenced").unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    let p = loop {
+        let p = props(
+            g2,
+            &[
+                "MainPID",
+                "ActiveState",
+                "NRestarts",
+                "ActiveExitTimestampMonotonic",
+                "ExecMainStartTimestampMonotonic",
+                "ActiveEnterTimestampMonotonic",
+            ],
+        );
+        if p["ActiveState"] == "active" && prop_u64(&p, "MainPID") != old_pid {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node2's daemon did not come back: {p:?}\n{}",
+            journal(g2, UNIT, "debug").unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(p["NRestarts"], "1", "{p:?}");
+    let died = prop_u64(&p, "ActiveExitTimestampMonotonic");
+    let forked = prop_u64(&p, "ExecMainStartTimestampMonotonic");
+    let ready = prop_u64(&p, "ActiveEnterTimestampMonotonic");
+    let last_fed = prop_u64(&before, "WatchdogTimestampMonotonic");
+    println!(
+        "MEASURED: node2 after SIGKILL: restarted {:.2} s after the death (RestartSec=1s), READY=1 {:.2} s after the death ({}), {:.2} s after the dead daemon's last WATCHDOG=1 seen (W = {} ms)",
+        secs(forked - died),
+        secs(ready - died),
+        start_steps(g2, died),
+        secs(ready.saturating_sub(last_fed)),
+        t.watchdog
+    );
+    // The hardware deadline runs from the death, not from the last feed: closing an armed
+    // watchdog without the magic character makes the kernel ping it once.
+    assert!(
+        g2.console().contains("watchdog did not stop!"),
+        "the kernel's last ping when the dead daemon's file closed"
+    );
+    assert!(
+        forked - died >= 1_000_000,
+        "restarted before RestartSec: {p:?}"
+    );
+    c.wait_daemons_healthy(&[1], Duration::from_secs(30))
+        .unwrap();
+    let survive_until =
+        killed + Duration::from_millis(u64::from(t.watchdog)) + Duration::from_secs(2);
+    std::thread::sleep(survive_until.saturating_duration_since(Instant::now()));
+    assert!(
+        g2.is_running(),
+        "node2 must not be reset: the restarted daemon feeds the watchdog in time"
+    );
+    let p = props(g2, &["MainPID", "NRestarts", "ActiveState"]);
+    assert_eq!(
+        (p["ActiveState"].as_str(), p["NRestarts"].as_str()),
+        ("active", "1"),
+        "{p:?}"
+    );
+    let restarted_pid = prop_u64(&p, "MainPID");
+    assert_eq!(
+        c.status(0).unwrap()["nodes"][1]["heartbeat_advancing"],
+        true,
+        "node2 heartbeats again"
+    );
+
+    // 2. node1 fences node2.
+    let _watch = g2
+        .spawn("while :; do echo \"$(cut -d' ' -f1 /proc/uptime) $(systemctl show -p MainPID -p NRestarts -p ActiveState fenced | sort | tr '\\n' ' ')\" >> /xchg/watch.log; sleep 0.2; done")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (out, took) = c.fence(0, 1).unwrap();
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let bound =
+        Duration::from_millis(u64::from(t.lease + t.watchdog + t.poll)) + Duration::from_secs(3);
+    let reset = g2
+        .wait_exit(bound)
+        .expect("node2 must reset once it reads itself dead");
+    println!(
+        "MEASURED: node2 reset {:.2} s after `fenced fence node2` returned on node1 ({:.2} s)",
+        reset
+            .saturating_duration_since(out.finished_at)
+            .as_secs_f64(),
+        took.as_secs_f64()
+    );
+    let console = g2.console();
+    let decided = kernel_time(&console, "fenced: fencing this node")
+        .expect("node2's daemon says on the console why it fences");
+    let rebooted = kernel_time(&console, "reboot: Restarting system")
+        .expect("node2 was reset by reboot(2), not by the watchdog");
+    println!(
+        "MEASURED: node2's daemon decided to fence itself, then the kernel restarted {:.3} s later",
+        rebooted - decided
+    );
+    // Faster than systemd could have started another daemon (RestartSec=1s).
+    assert!(
+        (0.0..1.0).contains(&(rebooted - decided)),
+        "reboot(2) at once: {decided} → {rebooted}"
+    );
+    let watch = std::fs::read_to_string(c.lab.dir().join("node2/xchg/watch.log")).unwrap();
+    let samples: Vec<&str> = watch.lines().collect();
+    assert!(!samples.is_empty(), "the watcher ran");
+    let expected = format!("ActiveState=active MainPID={restarted_pid} NRestarts=1");
+    for s in &samples {
+        assert_eq!(
+            s.split_once(' ').map(|(_, props)| props.trim()),
+            Some(expected.as_str()),
+            "no other fenced on node2 before its reset (uptime, then properties):\n{watch}"
+        );
+    }
+    let warning = journal(&c.nodes[0], UNIT, "warning").unwrap();
+    let err = journal(&c.nodes[0], UNIT, "err").unwrap();
+    assert!(
+        warning.contains("fence requested"),
+        "node1: the fence request is a warning:\n{warning}"
+    );
+    assert!(
+        !err.contains("fence requested"),
+        "node1: the fence request is not an error:\n{err}"
+    );
+
+    // 3. node1's daemon stopped by the operator.
+    let g1 = &c.nodes[0];
+    assert!(
+        started.elapsed() > Duration::from_secs(10),
+        "node1's daemon ran longer than WatchdogSec before the stop"
+    );
+    g1.run_ok("systemctl stop fenced").unwrap();
+    let stopped = Instant::now();
+    let p = props(g1, &["ActiveState", "Result", "NRestarts"]);
+    assert_eq!(
+        (
+            p["ActiveState"].as_str(),
+            p["Result"].as_str(),
+            p["NRestarts"].as_str()
+        ),
+        ("inactive", "success", "0"),
+        "{p:?}"
+    );
+    let reset = g1
+        .wait_exit(Duration::from_millis(u64::from(t.watchdog)) + Duration::from_secs(5))
+        .expect("the watchdog left armed by a stopped daemon resets node1");
+    let after = reset.saturating_duration_since(stopped);
+    println!(
+        "MEASURED: node1 reset {:.2} s after `systemctl stop fenced` returned (W = {} ms)",
+        after.as_secs_f64(),
+        t.watchdog
+    );
+    assert!(
+        after >= Duration::from_millis(u64::from(t.watchdog - t.poll)),
+        "not before the watchdog timeout: {after:?}"
+    );
+    assert!(
+        !g1.console().contains("reboot: Restarting system"),
+        "node1 was reset by the watchdog, not by a reboot"
+    );
+    println!(
+        "MEASURED: scenario {:.1} s, of which {:.1} s booting the cluster",
+        began.elapsed().as_secs_f64(),
+        cluster_up.as_secs_f64()
+    );
+}

@@ -15,6 +15,6 @@ pub mod journal;
 pub mod luns;
 pub mod notify;
 pub mod ops;
-mod rt;
+pub mod rt;
 pub mod selffence;
 pub mod vdisk;

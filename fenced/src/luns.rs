@@ -222,11 +222,11 @@ impl KeyWatch {
     }
 }
 
-/// Starts the thread that reads the keys of every LUN (through its first path) once per
-/// `interval` and records in `watch` whether `key` is present. The reads are spread evenly over
-/// the interval (LUN i at i/n of it), so the target sees a steady n/interval PR INs rather than
-/// a burst. It never blocks the daemon loop: a hung LUN only stops its confirmations from
-/// advancing, which the loop sees as stale.
+/// Starts the thread that reads the keys of every LUN (through its first path), one LUN after
+/// the other, once per `interval`, and records in `watch` whether `key` is present. (Spreading
+/// the reads over the interval was tried: one wake-up per LUN cost more CPU than the burst.) It
+/// never blocks the daemon loop: a hung LUN only stops its confirmations from advancing, which
+/// the loop sees as stale.
 pub fn spawn_key_checker(
     luns: Vec<Lun>,
     key: ReservationKey,
@@ -238,20 +238,9 @@ pub fn spawn_key_checker(
         .name("key-check".into())
         .spawn(move || {
             let mut devices: Vec<Option<AnyDevice>> = luns.iter().map(|_| None).collect();
-            let n = u32::try_from(luns.len().max(1)).unwrap_or(u32::MAX);
             loop {
                 let started = Instant::now();
                 for (i, lun) in luns.iter().enumerate() {
-                    // LUN i's turn: i/n into the interval.
-                    let offset = u32::try_from(i)
-                        .ok()
-                        .and_then(|i| interval.checked_mul(i))
-                        .map_or(interval, |d| d / n);
-                    let turn = started + offset;
-                    let now = Instant::now();
-                    if turn > now {
-                        std::thread::sleep(turn - now);
-                    }
                     if devices[i].is_none() {
                         match lun.paths.first().map(|p| open_path(p, timeout)) {
                             Some(Ok(d)) => devices[i] = Some(d),

@@ -62,6 +62,10 @@ pub struct LocalArgs {
 
 /// Runs the daemon in the foreground (systemd: Type=notify).
 pub fn run(args: &RunArgs) -> Exit {
+    // Before any thread: glibc reads its tunables at start-up only.
+    if let Some(e) = fenced::rt::reexec_with_lean_tunables() {
+        tracing::warn!(error = %e, "cannot re-execute with one malloc arena: memory locked by the daemon grows with every thread it starts");
+    }
     let config = match args.config.load() {
         Ok(c) => c,
         Err(e) => return e,

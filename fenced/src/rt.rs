@@ -24,7 +24,7 @@ pub fn set_fifo(priority: i32) -> std::io::Result<()> {
 /// 12 MiB RSS against 6.7 MiB with one LUN).
 pub const LEAN_TUNABLES: &str = "glibc.malloc.arena_max=1:glibc.pthread.stack_cache_size=0";
 
-/// Re-executes this program (same pid, arguments and environment) with [`LEAN_TUNABLES`] added
+/// Re-executes this program's binary (same pid, arguments and environment) with [`LEAN_TUNABLES`] added
 /// to GLIBC_TUNABLES, which glibc reads only at start-up — unless an arena limit is already
 /// set there (the operator's choice stands). Call it before any thread starts. Returns `None`
 /// when nothing needed doing; otherwise the exec failed and the error says why (the process
@@ -35,8 +35,14 @@ pub fn reexec_with_lean_tunables() -> Option<std::io::Error> {
     let tunables = with_lean_tunables(&current)?;
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
+    // The binary's own path, not /proc/self/exe: the kernel names the process after the file
+    // executed, and operators (and pidof, pkill -x) look for "fenced", not "exe".
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return Some(e),
+    };
     Some(
-        std::process::Command::new("/proc/self/exe")
+        std::process::Command::new(exe)
             .arg0(argv0)
             .args(args)
             .env("GLIBC_TUNABLES", tunables)

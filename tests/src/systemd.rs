@@ -10,38 +10,28 @@ pub const UNIT_FILE: &str = "fenced/systemd/fenced.service";
 /// Where the shipped unit runs the binary.
 const SHIPPED_BINARY: &str = "/usr/sbin/fenced";
 
-/// The drop-in that makes the shipped unit run the built binary: it replaces `ExecStart=` by
-/// the shipped command line with only the binary's path changed (same subcommand, same
-/// `--config`, which is where [`crate::cluster::Cluster::start`] writes each node's file).
-pub fn drop_in() -> Result<String> {
-    let unit = std::fs::read_to_string(repo_root().join(UNIT_FILE))
-        .map_err(|e| Error::Setup(format!("reading {UNIT_FILE}: {e}")))?;
-    let exec = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .filter(|e| e.starts_with(SHIPPED_BINARY))
-        .ok_or_else(|| {
-            Error::Setup(format!(
-                "{UNIT_FILE} has no ExecStart={SHIPPED_BINARY} ...; update the test"
-            ))
-        })?;
-    let built = project_binary("fenced");
-    let exec = exec.replacen(SHIPPED_BINARY, &built.display().to_string(), 1);
-    Ok(format!(
-        "# The test's only change: the built binary.\n[Service]\nExecStart=\nExecStart={exec}\n"
-    ))
-}
-
-/// Installs the shipped unit file in the guest's /etc/systemd/system, the drop-in
-/// ([`drop_in`]) beside it in `fenced.service.d/`, and reloads systemd.
+/// Installs the shipped unit file, unchanged, in the guest's /etc/systemd/system, puts the built
+/// binary at the path its `ExecStart=` names (a bind mount: nothing is copied into the guest's
+/// memory), and reloads systemd. (A drop-in pointing `ExecStart=` at the build directory would
+/// not do: the unit's PrivateTmp=yes hides a checkout under /tmp, where CI may clone.)
 pub fn install_fenced_unit(g: &Guest) -> Result<()> {
+    let unit = repo_root().join(UNIT_FILE);
+    let text = std::fs::read_to_string(&unit)
+        .map_err(|e| Error::Setup(format!("reading {UNIT_FILE}: {e}")))?;
+    if !text
+        .lines()
+        .any(|l| l.starts_with(&format!("ExecStart={SHIPPED_BINARY} ")))
+    {
+        return Err(Error::Setup(format!(
+            "{UNIT_FILE} has no ExecStart={SHIPPED_BINARY} ...; update the test"
+        )));
+    }
     g.run_ok(&format!(
         "install -m 0644 {unit} /etc/systemd/system/fenced.service\n\
-         mkdir -p /etc/systemd/system/fenced.service.d\n\
-         cat > /etc/systemd/system/fenced.service.d/test-binary.conf <<'EOF'\n{drop_in}EOF\n\
+         touch {SHIPPED_BINARY} && mount --bind {built} {SHIPPED_BINARY}\n\
          systemctl daemon-reload",
-        unit = repo_root().join(UNIT_FILE).display(),
-        drop_in = drop_in()?,
+        unit = unit.display(),
+        built = project_binary("fenced").display(),
     ))?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `fenced run` as systemd runs it: the shipped fenced/systemd/fenced.service on a 2-node guest
 //! cluster whose guests boot with systemd (Debian 12's, 252) as PID 1; tgt on the host, three
-//! shared voting disks, an i6300esb per node. The only change to the unit is a drop-in setting
-//! ExecStart to the built binary (same arguments).
+//! shared voting disks, an i6300esb per node. The unit is installed unchanged; the built binary is
+//! bind-mounted at the path its ExecStart names (/usr/sbin/fenced).
 
 use kmod_testing::iscsi::TargetKind;
 use kmod_testing::Guest;

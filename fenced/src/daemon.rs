@@ -24,7 +24,8 @@ use crate::health::{decide, Inputs, Reason, Verdict};
 use crate::luns::{self, KeyWatch, Lun};
 use crate::notify::Notifier;
 use crate::vdisk::{
-    self, Marker, NodeName, OpenOptions, QuorumView, SlotBlock, SlotState, VotingDisks,
+    self, Marker, NodeName, OpenOptions, QuorumView, SelfFenceCause, SlotBlock, SlotState,
+    VotingDisks,
 };
 
 /// Why the daemon did not start.
@@ -392,7 +393,14 @@ impl Daemon {
     fn fence_self(mut self, reason: Reason) -> std::io::Error {
         // Stop feeding first (we simply never feed again), then leave a trace on the voting
         // disks for the operator, bounded by the round deadline like every write.
-        self.block.state = SlotState::SelfFenced;
+        self.block.state = SlotState::SelfFenced(match reason {
+            Reason::MarkedDead => SelfFenceCause::MarkedDead,
+            Reason::KeyGone { .. } => SelfFenceCause::KeyGone,
+            Reason::LeaseExpired => SelfFenceCause::LeaseExpired,
+            Reason::DuplicateSlot => SelfFenceCause::DuplicateSlot,
+            Reason::LoopLate => SelfFenceCause::LoopLate,
+            _ => SelfFenceCause::Unrecorded,
+        });
         self.block.heartbeat_seq = self.view.next_own_seq();
         let _ = self.disks.write_own_slot(&self.block);
         let _ = self

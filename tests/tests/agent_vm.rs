@@ -38,7 +38,8 @@ fn agent(c: &Cluster, node: usize, options: &str) -> kmod_testing::Output {
 /// off for node2 (exit 0), status again (OFF, exit 2). Before that, `fenced doctor` on node1
 /// passes.
 /// Must: node2's key is gone and its writes fail at once (or it is already resetting); node2
-/// resets within lease + watchdog timeout; node1's and node3's writes go on; fencing node2 again
+/// resets within lease + watchdog timeout, its slot saying why (self-fenced: marked dead or key
+/// gone); node1's and node3's writes go on; fencing node2 again
 /// succeeds without change; a node refuses to fence itself.
 /// Must not: anything node2 writes after the fence reach the LUN.
 #[test]
@@ -162,9 +163,19 @@ fn eviction_through_the_fence_agent_cuts_the_victim_off_and_it_resets() {
         c.nodes[0].is_running() && c.nodes[2].is_running(),
         "survivors stay up"
     );
-    assert_eq!(
-        c.status(0).unwrap()["authority"]["dead"],
-        serde_json::json!([1])
+    let status = c.status(0).unwrap();
+    assert_eq!(status["authority"]["dead"], serde_json::json!([1]));
+    // node2 left the reason of its reset in its slot.
+    let node2 = &status["nodes"][1];
+    println!("node2 as node1 sees it: {node2}");
+    assert_eq!(node2["state"], "SelfFenced", "{node2}");
+    assert!(
+        [
+            "marked dead by the voting-disk authority",
+            "its reservation key was gone from a LUN"
+        ]
+        .contains(&node2["self_fence_cause"].as_str().unwrap_or_default()),
+        "{node2}"
     );
     assert_eq!(c.registered(0).unwrap(), vec!["node1", "node3"]);
     let again = c.fenced(0, "fence node2").unwrap();

@@ -167,6 +167,7 @@ fn slot_json(slot: usize, s: &Result<SlotBlock, BlockError>) -> Value {
             "verdict": "ok",
             "node": b.node_name.as_str(),
             "state": b.state.as_str(),
+            "self_fence_cause": b.state.self_fence_cause().map(|c| c.as_str()),
             "incarnation": format!("{:#018x}", b.incarnation),
             "heartbeat_seq": b.heartbeat_seq,
             "heartbeat_mono_ms": b.heartbeat_mono_ms,
@@ -320,9 +321,13 @@ fn print_disk_text(d: &DiskDump) {
         match s {
             Err(BlockError::NeverWritten) => never += 1,
             Ok(b) => say!(
-                "  slot {i:3}: ok  node {:?} {} incarnation {:#018x} seq {} mono {} ms marker {}",
+                "  slot {i:3}: ok  node {:?} {}{} incarnation {:#018x} seq {} mono {} ms marker {}",
                 b.node_name.as_str(),
                 b.state.as_str(),
+                b.state
+                    .self_fence_cause()
+                    .map(|c| format!(" ({})", c.as_str()))
+                    .unwrap_or_default(),
                 b.incarnation,
                 b.heartbeat_seq,
                 b.heartbeat_mono_ms,

@@ -10,7 +10,7 @@ use fenced::channel::DiskChannel;
 use fenced::config::{self, Config};
 use fenced::fence::{self, FenceReport};
 use fenced::luns;
-use fenced::vdisk::{OpenOptions, QuorumView, VotingDisks};
+use fenced::vdisk::{OpenOptions, QuorumView, SlotState, VotingDisks};
 
 use super::Exit;
 
@@ -267,7 +267,14 @@ pub fn status(args: &LocalArgs) -> Exit {
                         "id": m.id,
                         "name": m.name,
                         "key": format!("0x{:x}", m.key.0),
-                        "state": n.and_then(|n| n.state).map(|s| format!("{s:?}")),
+                        "state": n.and_then(|n| n.state).map(|s| match s {
+                            SlotState::SelfFenced(_) => "SelfFenced".to_string(),
+                            s => format!("{s:?}"),
+                        }),
+                        "self_fence_cause": n
+                            .and_then(|n| n.state)
+                            .and_then(SlotState::self_fence_cause)
+                            .map(|c| c.as_str()),
                         "heartbeat_seq": n.and_then(|n| n.heartbeat).map(|h| h.1),
                         "heartbeat_advancing": n.is_some_and(|n| n.rounds_since_change == 0 && n.heartbeat.is_some()),
                         "dead": view.is_dead(m.id),

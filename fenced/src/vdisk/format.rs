@@ -44,6 +44,8 @@ const S_VERSION: usize = 8;
 const S_CLUSTER: usize = 16;
 const S_SLOT: usize = 32;
 const S_STATE: usize = 33;
+/// Self-fence cause, meaningful in a self-fenced slot only (a reserved zero before it existed).
+const S_CAUSE: usize = 34;
 const S_NAME: usize = 40;
 const S_INCARNATION: usize = 104;
 const S_HB_SEQ: usize = 112;
@@ -294,8 +296,64 @@ pub enum SlotState {
     Joined,
     /// Shutting down cleanly.
     Leaving,
-    /// The node saw itself dead per the authority and fenced itself.
-    SelfFenced,
+    /// The node fenced itself, for this reason.
+    SelfFenced(SelfFenceCause),
+}
+
+/// Why a node fenced itself, as its self-fenced slot records it (slot byte 34).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SelfFenceCause {
+    /// Not recorded: written by a fenced that predates the field, or a code this build does
+    /// not know.
+    Unrecorded,
+    /// The authority on the voting disks marked it dead.
+    MarkedDead,
+    /// Its reservation key was gone from a LUN.
+    KeyGone,
+    /// It lacked a read-majority of voting disks for longer than the lease.
+    LeaseExpired,
+    /// Another daemon incarnation wrote its slot.
+    DuplicateSlot,
+    /// Its loop ran late beyond its deadline.
+    LoopLate,
+}
+
+impl SelfFenceCause {
+    fn to_byte(self) -> u8 {
+        match self {
+            SelfFenceCause::Unrecorded => 0,
+            SelfFenceCause::MarkedDead => 1,
+            SelfFenceCause::KeyGone => 2,
+            SelfFenceCause::LeaseExpired => 3,
+            SelfFenceCause::DuplicateSlot => 4,
+            SelfFenceCause::LoopLate => 5,
+        }
+    }
+
+    fn from_byte(b: u8) -> Self {
+        match b {
+            1 => SelfFenceCause::MarkedDead,
+            2 => SelfFenceCause::KeyGone,
+            3 => SelfFenceCause::LeaseExpired,
+            4 => SelfFenceCause::DuplicateSlot,
+            5 => SelfFenceCause::LoopLate,
+            _ => SelfFenceCause::Unrecorded,
+        }
+    }
+
+    /// What the operator reads in `fenced status` and `fenced disk dump`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SelfFenceCause::Unrecorded => "not recorded",
+            SelfFenceCause::MarkedDead => "marked dead by the voting-disk authority",
+            SelfFenceCause::KeyGone => "its reservation key was gone from a LUN",
+            SelfFenceCause::LeaseExpired => {
+                "no read-majority of voting disks for longer than the lease"
+            }
+            SelfFenceCause::DuplicateSlot => "another daemon wrote its slot",
+            SelfFenceCause::LoopLate => "its loop ran late beyond its deadline",
+        }
+    }
 }
 
 impl SlotState {
@@ -305,19 +363,36 @@ impl SlotState {
             SlotState::Joining => 1,
             SlotState::Joined => 2,
             SlotState::Leaving => 3,
-            SlotState::SelfFenced => 4,
+            SlotState::SelfFenced(_) => 4,
         }
     }
 
-    fn from_byte(b: u8) -> Option<Self> {
+    /// The state from its byte, and for a self-fenced slot the cause byte.
+    fn from_bytes(b: u8, cause: u8) -> Option<Self> {
         Some(match b {
             0 => SlotState::Free,
             1 => SlotState::Joining,
             2 => SlotState::Joined,
             3 => SlotState::Leaving,
-            4 => SlotState::SelfFenced,
+            4 => SlotState::SelfFenced(SelfFenceCause::from_byte(cause)),
             _ => return None,
         })
+    }
+
+    /// Why the node fenced itself, for a self-fenced slot.
+    pub fn self_fence_cause(self) -> Option<SelfFenceCause> {
+        match self {
+            SlotState::SelfFenced(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The cause byte written beside the state: 0 unless self-fenced.
+    fn cause_byte(self) -> u8 {
+        match self {
+            SlotState::SelfFenced(c) => c.to_byte(),
+            _ => 0,
+        }
     }
 
     /// Lower-case name used by the CLI and logs.
@@ -327,7 +402,7 @@ impl SlotState {
             SlotState::Joining => "joining",
             SlotState::Joined => "joined",
             SlotState::Leaving => "leaving",
-            SlotState::SelfFenced => "self-fenced",
+            SlotState::SelfFenced(_) => "self-fenced",
         }
     }
 }
@@ -577,6 +652,7 @@ pub fn encode_slot(s: &SlotBlock, out: &mut Block) {
     out[S_CLUSTER..S_CLUSTER + 16].copy_from_slice(&s.cluster.0);
     out[S_SLOT] = s.slot;
     out[S_STATE] = s.state.to_byte();
+    out[S_CAUSE] = s.state.cause_byte();
     out[S_NAME..S_NAME + NODE_NAME_LEN].copy_from_slice(&s.node_name.bytes);
     put_u64(out, S_INCARNATION, s.incarnation);
     put_u64(out, S_HB_SEQ, s.heartbeat_seq);
@@ -613,7 +689,8 @@ pub fn decode_slot(b: &Block, cluster: &ClusterId, slot: u8) -> Result<SlotBlock
 /// Decodes a slot block without checking which cluster or position it belongs to.
 pub fn decode_slot_any(b: &Block) -> Result<SlotBlock, BlockError> {
     check_envelope(b, &SLOT_MAGIC, true)?;
-    let state = SlotState::from_byte(b[S_STATE]).ok_or(BlockError::InvalidField("slot state"))?;
+    let state = SlotState::from_bytes(b[S_STATE], b[S_CAUSE])
+        .ok_or(BlockError::InvalidField("slot state"))?;
     let node_name = NodeName::from_field(&array(b, S_NAME)).ok_or(BlockError::InvalidField(
         "node name (not zero-padded UTF-8)",
     ))?;
@@ -643,6 +720,29 @@ mod tests {
 
     fn cluster() -> ClusterId {
         "0f3c2a9e-1b2d-4c5e-8f70-112233445566".parse().unwrap()
+    }
+
+    #[test]
+    fn a_self_fenced_slot_keeps_its_cause_and_older_blocks_read_as_unrecorded() {
+        let mut b = sample();
+        b.state = SlotState::SelfFenced(SelfFenceCause::KeyGone);
+        let mut raw = [0u8; BLOCK_SIZE];
+        encode_slot(&b, &mut raw);
+        assert_eq!((raw[S_STATE], raw[S_CAUSE]), (4, 2));
+        assert_eq!(decode_slot_any(&raw).unwrap().state, b.state);
+        // A v1 block written before the cause existed: byte 34 is a reserved zero.
+        let mut old = raw;
+        old[S_CAUSE] = 0;
+        let crc = crc32fast::hash(&old[..CRC_OFFSET]);
+        old[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_slot_any(&old).unwrap().state,
+            SlotState::SelfFenced(SelfFenceCause::Unrecorded)
+        );
+        // Other states write the byte as zero.
+        b.state = SlotState::Joined;
+        encode_slot(&b, &mut raw);
+        assert_eq!(raw[S_CAUSE], 0);
     }
 
     fn sample() -> SlotBlock {
@@ -790,7 +890,12 @@ mod tests {
             Just(SlotState::Joining),
             Just(SlotState::Joined),
             Just(SlotState::Leaving),
-            Just(SlotState::SelfFenced),
+            Just(SlotState::SelfFenced(SelfFenceCause::Unrecorded)),
+            Just(SlotState::SelfFenced(SelfFenceCause::MarkedDead)),
+            Just(SlotState::SelfFenced(SelfFenceCause::KeyGone)),
+            Just(SlotState::SelfFenced(SelfFenceCause::LeaseExpired)),
+            Just(SlotState::SelfFenced(SelfFenceCause::DuplicateSlot)),
+            Just(SlotState::SelfFenced(SelfFenceCause::LoopLate)),
         ];
         (
             any::<[u8; 16]>(),

@@ -39,8 +39,8 @@ pub mod view;
 use std::io::{self, Read};
 
 pub use format::{
-    BlockError, ClusterId, DeadSet, Header, Marker, NodeName, SlotBlock, SlotState, Timeouts,
-    BLOCK_SIZE, FORMAT_VERSION, MAX_SLOTS,
+    BlockError, ClusterId, DeadSet, Header, Marker, NodeName, SelfFenceCause, SlotBlock, SlotState,
+    Timeouts, BLOCK_SIZE, FORMAT_VERSION, MAX_SLOTS,
 };
 pub use quorum::{compute_authority, majority, Authority, AuthorityOutcome, Observation};
 pub use uring::{

@@ -176,16 +176,12 @@ impl MarkerChannel for DaemonChannel {
                     marker.epoch
                 ));
             }
-            let (st, _) = self
-                .shared
-                .changed
-                .wait_timeout(st, (end - now).min(Duration::from_millis(50)))
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some((m, at)) = st.published {
-                if m == marker {
-                    return Ok(at);
-                }
-            }
+            drop(
+                self.shared
+                    .changed
+                    .wait_timeout(st, (end - now).min(Duration::from_millis(50)))
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
         }
     }
 }

@@ -24,11 +24,11 @@ pub fn set_fifo(priority: i32) -> std::io::Result<()> {
 /// 12 MiB RSS against 6.7 MiB with one LUN).
 pub const LEAN_TUNABLES: &str = "glibc.malloc.arena_max=1:glibc.pthread.stack_cache_size=0";
 
-/// Re-executes this program's binary (same pid, arguments and environment) with [`LEAN_TUNABLES`] added
-/// to GLIBC_TUNABLES, which glibc reads only at start-up — unless an arena limit is already
-/// set there (the operator's choice stands). Call it before any thread starts. Returns `None`
-/// when nothing needed doing; otherwise the exec failed and the error says why (the process
-/// runs on with glibc's defaults).
+/// Re-executes this program's binary (same pid, arguments and environment) with
+/// [`LEAN_TUNABLES`] added to GLIBC_TUNABLES, which glibc reads only at start-up — unless an
+/// arena limit is already set there (the operator's choice stands). Call it before any thread
+/// starts. Returns `None` when nothing needed doing; otherwise the exec failed and the error
+/// says why (the process runs on with glibc's defaults).
 pub fn reexec_with_lean_tunables() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
     let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();

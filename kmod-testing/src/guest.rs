@@ -476,14 +476,16 @@ impl Guest {
     }
 
     /// The SCSI disks of the guest, ordered by SCSI address (for iSCSI LUNs: the order of
-    /// [`GuestSpec::iscsi_lun`]), after waiting up to 30 s for `expected` of them to appear.
+    /// [`GuestSpec::iscsi_lun`]), after waiting for `expected` of them to appear: up to 30 s,
+    /// plus 2 s per disk (dozens of LUNs take minutes to scan under TCG).
     pub fn scsi_disks(&self, expected: usize) -> Result<Vec<String>> {
+        let polls = 300 + 20 * expected;
         // Two processes per poll, whatever the number of disks (a fork per disk takes long
         // under TCG with dozens of LUNs); the listing is parsed and ordered here.
         let script = format!(
             r#"list() {{ ls -d /sys/class/scsi_disk/*/device/block/* 2>/dev/null; }}
 i=0
-while [ "$(list | wc -l)" -lt {expected} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+while [ "$(list | wc -l)" -lt {expected} ] && [ $i -lt {polls} ]; do sleep 0.1; i=$((i+1)); done
 list"#
         );
         let out = self.run_ok(&script)?;

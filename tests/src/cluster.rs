@@ -103,8 +103,16 @@ pub fn node_name(i: usize) -> String {
     format!("node{}", i + 1)
 }
 
-fn config_text(spec: &ClusterSpec, me: usize, luns: &[String], votes: &[String]) -> String {
-    let members: Vec<String> = (0..spec.nodes)
+/// The /etc/fenced/fenced.toml of node `me` (0-based) in a cluster of `nodes` nodes named by
+/// [`node_name`], with these LUN and voting-disk paths and timing.
+pub fn config_text(
+    nodes: usize,
+    me: usize,
+    luns: &[String],
+    votes: &[String],
+    t: Timing,
+) -> String {
+    let members: Vec<String> = (0..nodes)
         .map(|i| format!("{{ id = {i}, name = \"{}\" }}", node_name(i)))
         .collect();
     let quote = |v: &[String]| {
@@ -113,7 +121,6 @@ fn config_text(spec: &ClusterSpec, me: usize, luns: &[String], votes: &[String])
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let t = spec.timing;
     format!(
         r#"[cluster]
 name = "lab"
@@ -179,13 +186,6 @@ impl Cluster {
         let fenced = project_binary("fenced");
         let mut lun_devices = Vec::new();
         for (i, g) in nodes.iter().enumerate() {
-            if spec.luns > 8 {
-                // Many LUNs take longer to scan under TCG than `scsi_disks`' own 30 s wait.
-                g.run_ok(&format!(
-                    "i=0; while [ $(ls -d /sys/block/sd* 2>/dev/null | wc -l) -lt {} ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done",
-                    spec.luns
-                ))?;
-            }
             let luns = g.scsi_disks(spec.luns)?;
             let mut vote_devs: Vec<String> = (0..3)
                 .map(|v| g.disk_by_serial(&format!("vote{v}")))
@@ -211,7 +211,7 @@ impl Cluster {
                     vote_devs.join(" ")
                 ))?;
             }
-            let text = config_text(spec, i, &luns, &vote_devs);
+            let text = config_text(spec.nodes, i, &luns, &vote_devs, spec.timing);
             g.run_ok(&format!(
                 "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\nchmod 600 /etc/fenced/fenced.toml"
             ))?;

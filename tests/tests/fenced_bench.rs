@@ -28,7 +28,7 @@ use kmod_testing::{project_binary, Guest, GuestSpec, Lab, Output};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
-use tests::cluster::{node_name, Cluster, Timing, CLUSTER_UUID};
+use tests::cluster::{config_text, node_name, Cluster, Timing, CLUSTER_UUID};
 
 const NODES: usize = 3;
 const LUN_MB: u64 = 4;
@@ -120,31 +120,6 @@ fn bench_timing() -> Timing {
     }
 }
 
-fn config_text(me: usize, luns: &[String], votes: &[String], t: Timing) -> String {
-    let members: Vec<String> = (0..NODES)
-        .map(|i| format!("{{ id = {i}, name = \"{}\" }}", node_name(i)))
-        .collect();
-    let quote = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "[cluster]\nname = \"lab\"\nuuid = \"{CLUSTER_UUID}\"\nnodes = [ {} ]\n\n[node]\nid = {me}\n\n\
-         [storage]\nluns = [ {} ]\nvoting_disks = [ {} ]\n\n[timeouts]\npoll = {}\nio_deadline = {}\n\
-         lease = {}\nwatchdog = {}\n\n[watchdog]\npolicy = \"require-hardware\"\n\n\
-         [self_fence]\naction = \"reboot\"\n",
-        members.join(", "),
-        quote(luns),
-        quote(votes),
-        t.poll,
-        t.io_deadline,
-        t.lease,
-        t.watchdog
-    )
-}
-
 /// A corosync-cmapctl stand-in: the two queries fence_scsi makes (`totem.cluster_name` and
 /// `nodelist`), in corosync's output format.
 fn cmap_script() -> String {
@@ -185,14 +160,6 @@ fn boot(name: &str, luns: usize) -> Cluster {
     let fenced = project_binary("fenced");
     let mut lun_devices = Vec::new();
     for (i, g) in nodes.iter().enumerate() {
-        // 64 LUNs take longer to scan under TCG than `scsi_disks`' own 30 s wait.
-        ok(
-            g,
-            &format!(
-                "i=0; while [ $(ls -d /sys/block/sd* 2>/dev/null | wc -l) -lt {luns} ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done"
-            ),
-            LONG,
-        );
         let devs = g.scsi_disks(luns).expect("LUNs in the guest");
         let vote_devs: Vec<String> = (0..3)
             .map(|v| g.disk_by_serial(&format!("vote{v}")).expect("voting disk"))
@@ -212,7 +179,7 @@ fn boot(name: &str, luns: usize) -> Cluster {
                 LONG,
             );
         }
-        let text = config_text(i, &devs, &vote_devs, timing);
+        let text = config_text(NODES, i, &devs, &vote_devs, timing);
         ok(
             g,
             &format!(

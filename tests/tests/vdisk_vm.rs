@@ -30,6 +30,43 @@ const GRACE_MS: u64 = 300;
 /// majority (measured on the host clock, from a's write command returning to b's and c's
 /// reaction; 6 samples); c, declared dead by epoch 3, stops writing (exit 10) while b keeps
 /// taking part. Must not: any node see an authority newer than what was written.
+/// The heartbeat sequence of each slot, as `fenced disk dump --json` reads the first disk.
+fn heartbeat_seqs(g: &kmod_testing::Guest, devs: &str) -> Vec<(u64, u64)> {
+    let first = devs.split_whitespace().next().unwrap_or_default();
+    let out = g
+        .run_ok(&format!("{} disk dump --json {first}", fenced()))
+        .unwrap();
+    let dump: Value = serde_json::from_str(out.trim()).unwrap();
+    dump["disks"][0]["slots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| Some((s["slot"].as_u64()?, s["heartbeat_seq"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (up to 60 s) until every slot in `slots` has heartbeated `by` more times, as `g` reads
+/// the voting disks.
+fn wait_heartbeats(g: &kmod_testing::Guest, devs: &str, slots: &[u64], by: u64) {
+    let seq =
+        |all: &[(u64, u64)], slot: u64| all.iter().find(|(s, _)| *s == slot).map_or(0, |(_, q)| *q);
+    let start = heartbeat_seqs(g, devs);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = heartbeat_seqs(g, devs);
+        if slots.iter().all(|&s| seq(&now, s) >= seq(&start, s) + by) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slots {slots:?} did not heartbeat {by} times in 60 s: {start:?} -> {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 #[test]
 fn marker_written_by_one_node_is_seen_by_the_others_within_one_poll_period() {
     let lab = Lab::new("vdisk-marker").unwrap();
@@ -58,8 +95,9 @@ fn marker_written_by_one_node_is_seen_by_the_others_within_one_poll_period() {
                 .unwrap()
             })
             .collect();
-        // Let them start and heartbeat for a few periods.
-        std::thread::sleep(Duration::from_secs(if epoch == 1 { 3 } else { 2 }));
+        // Let them start and heartbeat for a few periods: until node a reads both watchers'
+        // slots advance by 3 (a fixed sleep was too short when the host was loaded).
+        wait_heartbeats(&g[0], &devs[0], &[1, 2], 3);
         let write = g[0]
             .run_ok(&format!(
                 "{} --slot 0 --rounds 1 --marker {epoch}:0:{dead} {}",

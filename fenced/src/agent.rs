@@ -718,23 +718,42 @@ pub fn monitor(config: &Config) -> Result<Vec<String>, String> {
         config.voting_disks.len(),
         authority.epoch
     ));
+    // A path down is routine on a multipath SAN: the device stays usable while every LUN has
+    // one path that answers (a routine path loss must not fail the stonith resource).
     let luns = discover_luns(config)?;
     let timeout = config.timing.fence_deadline / 2;
     for lun in &luns {
+        let mut answering = 0;
+        let mut down = Vec::new();
         for path in &lun.paths {
-            let dev = luns::open_path(path, timeout).map_err(|e| e.to_string())?;
-            if let Some(sg) = dev.as_sg() {
-                sg.test_unit_ready()
-                    .map_err(|e| format!("{}: TEST UNIT READY: {e}", path.display()))?;
+            let check = luns::open_path(path, timeout).and_then(|dev| {
+                use sg_pr::PersistentReservations;
+                if let Some(sg) = dev.as_sg() {
+                    sg.test_unit_ready()?;
+                }
+                dev.keys()
+            });
+            match check {
+                Ok(_) => answering += 1,
+                Err(e) => down.push(format!("{}: {e}", path.display())),
             }
-            use sg_pr::PersistentReservations;
-            dev.keys()
-                .map_err(|e| format!("{}: READ KEYS: {e}", path.display()))?;
+        }
+        if answering == 0 {
+            return Err(format!(
+                "LUN {}: no path answers: {}",
+                lun.id,
+                down.join("; ")
+            ));
         }
         lines.push(format!(
-            "LUN {}: {} path(s) answer TEST UNIT READY and READ KEYS",
+            "LUN {}: {answering} of {} path(s) answer TEST UNIT READY and READ KEYS{}",
             lun.id,
-            lun.paths.len()
+            lun.paths.len(),
+            if down.is_empty() {
+                String::new()
+            } else {
+                format!(" (degraded: {})", down.join("; "))
+            }
         ));
     }
     Ok(lines)

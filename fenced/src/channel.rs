@@ -28,6 +28,8 @@ struct SharedState {
     authority: Marker,
     /// Rounds the loop has recorded.
     rounds: u64,
+    /// When the last recorded round started, and whether it read a majority.
+    round: Option<(Instant, bool)>,
     /// A command waits for a fresh round (the loop wakes for it as for a marker).
     want_round: bool,
     /// A marker a command wants written in our slot.
@@ -44,10 +46,12 @@ impl Shared {
         Arc::new(Shared::default())
     }
 
-    /// Loop side: record this round's authority (skipped if a command holds the lock).
-    pub fn loop_record_authority(&self, authority: Marker) {
+    /// Loop side: record this round's authority, when the round started and whether it read a
+    /// majority (skipped if a command holds the lock).
+    pub fn loop_record_authority(&self, authority: Marker, started: Instant, majority: bool) {
         if let Ok(mut st) = self.state.try_lock() {
             st.authority = authority;
+            st.round = Some((started, majority));
             st.rounds += 1;
             st.want_round = false;
             drop(st);
@@ -60,6 +64,14 @@ impl Shared {
         if let Ok(mut st) = self.state.try_lock() {
             st.verdict = Some(verdict);
         }
+    }
+
+    /// The authority the loop last recorded.
+    pub fn latest_authority(&self) -> Marker {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .authority
     }
 
     /// The loop's last decision.
@@ -108,19 +120,20 @@ impl Shared {
 /// Publishes through the running daemon's loop.
 pub struct DaemonChannel {
     shared: Arc<Shared>,
+    me: u8,
 }
 
 impl DaemonChannel {
-    /// A channel over the daemon's shared state.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        DaemonChannel { shared }
+    /// A channel over the daemon's shared state, for the node in slot `me`.
+    pub fn new(shared: Arc<Shared>, me: u8) -> Self {
+        DaemonChannel { shared, me }
     }
 }
 
-impl MarkerChannel for DaemonChannel {
-    /// The authority from a round that started after this call: a command must never decide
-    /// from a round older than its own request (a marker it just published would be missing).
-    fn authority(&mut self) -> Result<Marker, String> {
+impl DaemonChannel {
+    /// The state of a round that started after this call: a command must never decide from a
+    /// round older than its own request (a marker it just published would be missing).
+    fn fresh_round(&mut self) -> Result<(Marker, Instant, bool), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         // The round in progress may have read the disks before this call: wait for the next.
@@ -147,7 +160,35 @@ impl MarkerChannel for DaemonChannel {
                 st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             }
         }
-        Ok(st.authority)
+        let (started, majority) = st.round.unwrap_or((Instant::now(), false));
+        Ok((st.authority, started, majority))
+    }
+}
+
+impl crate::luns::AuthoritySource for DaemonChannel {
+    fn fresh(&mut self) -> Result<crate::luns::FreshAuthority, String> {
+        let (marker, round_started, majority) = self.fresh_round()?;
+        Ok(crate::luns::FreshAuthority {
+            round_started,
+            majority,
+            self_dead: marker.is_present() && marker.dead.contains(self.me),
+        })
+    }
+}
+
+impl crate::keycheck::AuthorityView for DaemonChannel {
+    fn latest(&self) -> Marker {
+        self.shared.latest_authority()
+    }
+}
+
+impl MarkerChannel for DaemonChannel {
+    fn authority(&mut self) -> Result<Marker, String> {
+        let (marker, _, majority) = self.fresh_round()?;
+        if !majority {
+            return Err("the daemon's last voting-disk round had no read-majority".into());
+        }
+        Ok(marker)
     }
 
     fn publish(&mut self, marker: Marker, deadline: Duration) -> Result<Instant, String> {
@@ -238,6 +279,18 @@ impl DiskChannel {
     }
 }
 
+impl crate::luns::AuthoritySource for DiskChannel {
+    fn fresh(&mut self) -> Result<crate::luns::FreshAuthority, String> {
+        let round_started = Instant::now();
+        let majority = self.poll().is_ok();
+        Ok(crate::luns::FreshAuthority {
+            round_started,
+            majority,
+            self_dead: self.view.self_dead(),
+        })
+    }
+}
+
 impl MarkerChannel for DiskChannel {
     fn authority(&mut self) -> Result<Marker, String> {
         self.poll()?;
@@ -280,7 +333,7 @@ mod tests {
                     shared.loop_published(m, Instant::now());
                     epoch.store(m.epoch, std::sync::atomic::Ordering::SeqCst);
                 }
-                shared.loop_record_authority(marker);
+                shared.loop_record_authority(marker, Instant::now(), true);
             }
         });
     }
@@ -291,7 +344,7 @@ mod tests {
         let epoch = Arc::new(std::sync::atomic::AtomicU64::new(3));
         fake_loop(shared.clone(), Duration::from_secs(30), epoch.clone());
         std::thread::sleep(Duration::from_millis(100));
-        let mut ch = DaemonChannel::new(shared);
+        let mut ch = DaemonChannel::new(shared, 0);
         let t = Instant::now();
         assert_eq!(ch.authority().unwrap().epoch, 3);
         assert!(
@@ -307,7 +360,7 @@ mod tests {
         let shared = Shared::new();
         let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
         fake_loop(shared.clone(), Duration::from_secs(3600), epoch);
-        let mut ch = DaemonChannel::new(shared);
+        let mut ch = DaemonChannel::new(shared, 0);
         for e in 1..=200 {
             let m = Marker {
                 epoch: e,
@@ -323,7 +376,7 @@ mod tests {
         let shared = Shared::new();
         let epoch = Arc::new(std::sync::atomic::AtomicU64::new(3));
         fake_loop(shared.clone(), Duration::from_secs(30), epoch);
-        let mut ch = DaemonChannel::new(shared);
+        let mut ch = DaemonChannel::new(shared, 0);
         let m = Marker {
             epoch: 4,
             ..Marker::default()

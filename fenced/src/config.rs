@@ -12,6 +12,11 @@
 //!
 //! [storage]
 //! luns = ["/dev/disk/by-id/wwn-0x6001405*"]   # every path of every shared LUN; `*` globs
+//! key_loss = "recover"         # our key gone without a preemption notice: register again
+//!                              # under the voting-disk guard ("recover", default) or fence
+//!                              # this node ("self-fence": when another tool may preempt)
+//! aptpl = true                 # registrations persist through the array's power loss; one
+//!                              # cluster-wide value (the latest PR OUT's bit governs the LUN)
 //! voting_disks = ["/dev/disk/by-id/virtio-vote0", "/dev/disk/by-id/virtio-vote1", "/dev/disk/by-id/virtio-vote2"]
 //!
 //! [timeouts]                   # milliseconds; see `Timing` for the rules
@@ -148,6 +153,14 @@ struct RawStorage {
     #[serde(default)]
     luns: Vec<String>,
     voting_disks: Vec<PathBuf>,
+    #[serde(default)]
+    key_loss: crate::keycheck::KeyLossPolicy,
+    #[serde(default = "default_aptpl")]
+    aptpl: bool,
+}
+
+fn default_aptpl() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,6 +336,14 @@ impl Timing {
         self.lease + self.watchdog + self.poll
     }
 
+    /// B: a registration made at run time (a new or returned path, recovery from a PR-state
+    /// loss) must complete within B of the start of the voting-disk round that allowed it, and a
+    /// fencer re-verifies every LUN B after its marker reached a majority (see [`crate::luns`]).
+    /// One poll period: a round reads in at most D, leaving P - D for the registration.
+    pub fn registration_bound(&self) -> Duration {
+        self.poll
+    }
+
     /// How often each LUN's keys are read: (L - D) / 2, so that one check lost or slow by up
     /// to D still leaves a confirmation younger than L (the rule the loop enforces). Never
     /// below P, since L >= 2P + D.
@@ -358,6 +379,11 @@ pub struct Config {
     pub me: Member,
     /// LUN paths and patterns as configured.
     pub luns: Vec<String>,
+    /// What a key that vanished without a preemption notice means (`storage.key_loss`).
+    pub key_loss: crate::keycheck::KeyLossPolicy,
+    /// Register with APTPL (`storage.aptpl`, default on). The APTPL bit of the latest PR OUT
+    /// governs the whole LUN, so every node must use the same value.
+    pub aptpl: bool,
     /// Voting disks.
     pub voting_disks: Vec<PathBuf>,
     /// Timing.
@@ -495,6 +521,8 @@ impl Config {
             members,
             me,
             luns: raw.storage.luns,
+            key_loss: raw.storage.key_loss,
+            aptpl: raw.storage.aptpl,
             voting_disks: raw.storage.voting_disks,
             timing,
             watchdog_policy: raw.watchdog.policy,
@@ -513,6 +541,14 @@ impl Config {
                 let id: u8 = name_or_id.parse().ok()?;
                 self.members.iter().find(|m| m.id == id)
             })
+    }
+
+    /// How this node registers its key.
+    pub fn registration(&self) -> crate::luns::Registration {
+        crate::luns::Registration {
+            key: self.me.key,
+            aptpl: self.aptpl,
+        }
     }
 
     /// The member whose reservation key is `key`.

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use crate::channel::{DaemonChannel, Shared};
 use crate::config::Config;
 use crate::fence::{self, FenceError};
-use crate::luns::Lun;
+use crate::keycheck::LunBoard;
+use crate::storage::Storage;
 
 /// The protocol version this build speaks.
 pub const VERSION: u64 = 1;
@@ -64,9 +65,22 @@ fn daemon_present(socket: &Path) -> bool {
     )
 }
 
+/// What the control socket serves from: the daemon's configuration, its loop's shared state,
+/// and the key checker's view of the LUNs (a fence uses the paths the checker found up).
+pub struct Context {
+    /// The configuration.
+    pub config: Config,
+    /// The devices.
+    pub storage: Arc<dyn Storage>,
+    /// The LUNs and their health.
+    pub board: Arc<LunBoard>,
+    /// The loop's shared state.
+    pub shared: Arc<Shared>,
+}
+
 /// Binds the control socket (replacing a stale one) and serves it on a thread.
-pub fn serve(config: Config, luns: Vec<Lun>, shared: Arc<Shared>) -> std::io::Result<()> {
-    let path = config.control_socket.clone();
+pub fn serve(ctx: Context) -> std::io::Result<()> {
+    let path = ctx.config.control_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -79,7 +93,7 @@ pub fn serve(config: Config, luns: Vec<Lun>, shared: Arc<Shared>) -> std::io::Re
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(stream) => handle(stream, &config, &luns, &shared),
+                    Ok(stream) => handle(stream, &ctx),
                     Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
                 }
             }
@@ -87,14 +101,14 @@ pub fn serve(config: Config, luns: Vec<Lun>, shared: Arc<Shared>) -> std::io::Re
     Ok(())
 }
 
-fn handle(mut stream: UnixStream, config: &Config, luns: &[Lun], shared: &Arc<Shared>) {
+fn handle(mut stream: UnixStream, ctx: &Context) {
     let reply =
         match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
             Ok(cred) if cred.uid() == 0 => {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                 let mut line = String::new();
                 match BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line) {
-                    Ok(_) => dispatch(&line, config, luns, shared),
+                    Ok(_) => dispatch(&line, ctx),
                     Err(e) => error(format!("reading the request: {e}")),
                 }
             }
@@ -115,7 +129,8 @@ fn error(message: String) -> Value {
     json!({ "v": VERSION, "ok": false, "error": message })
 }
 
-fn dispatch(line: &str, config: &Config, luns: &[Lun], shared: &Arc<Shared>) -> Value {
+fn dispatch(line: &str, ctx: &Context) -> Value {
+    let (config, shared) = (&ctx.config, &ctx.shared);
     let Ok(req) = serde_json::from_str::<Value>(line.trim()) else {
         return error("the request is not one JSON line".into());
     };
@@ -131,18 +146,24 @@ fn dispatch(line: &str, config: &Config, luns: &[Lun], shared: &Arc<Shared>) -> 
             .cloned()
             .ok_or_else(|| format!("{name} is not a member of cluster {}", config.cluster_name))
     };
-    let mut channel = DaemonChannel::new(shared.clone());
+    let mut channel = DaemonChannel::new(shared.clone(), config.me.id);
     match (req["op"].as_str(), req["node"].as_str()) {
-        (Some("ping"), _) => json!({
-            "v": VERSION,
-            "ok": true,
-            "node": config.me.name,
-            "verdict": shared.verdict().map(|v| format!("{v:?}")),
-        }),
+        (Some("ping"), _) => {
+            let luns = ctx.board.health();
+            json!({
+                "v": VERSION,
+                "ok": true,
+                "node": config.me.name,
+                "verdict": shared.verdict().map(|v| format!("{v:?}")),
+                "degraded": luns.iter().filter(|l| l.state != "confirmed").count(),
+                "luns": luns,
+            })
+        }
         (Some("fence"), Some(name)) => match node(name) {
             Ok(victim) => {
                 tracing::warn!(victim = %victim.name, "fence requested");
-                match fence::fence(config, luns, &victim, &mut channel) {
+                let luns = ctx.board.luns();
+                match fence::fence(config, &ctx.storage, &luns, &victim, &mut channel) {
                     Ok(report) => json!({ "v": VERSION, "ok": true, "report": report }),
                     Err(FenceError::Incomplete { report, .. }) => {
                         json!({ "v": VERSION, "ok": false, "error": "not confirmed on every LUN", "report": report })

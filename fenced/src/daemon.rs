@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 
 use watchdog::{ArmOptions, Modprobe, Policy, Roots, Watchdog, WatchdogDevice};
 
-use crate::channel::Shared;
+use crate::channel::{DaemonChannel, Shared};
 use crate::config::{Config, WatchdogPolicy};
 use crate::health::{decide, Inputs, Reason, Verdict};
-use crate::luns::{self, KeyWatch, Lun};
+use crate::keycheck::{self, CheckerConfig, KeyChecker, KeyWatch, LunBoard};
+use crate::luns;
 use crate::notify::Notifier;
+use crate::storage::{Storage, SystemStorage};
 use crate::vdisk::{
     self, Marker, NodeName, OpenOptions, QuorumView, SelfFenceCause, SlotBlock, SlotState,
     VotingDisks,
@@ -51,6 +53,7 @@ pub enum StartError {
 enum Event {
     Verdict(Verdict),
     Authority(Marker),
+    Degraded(usize),
     FeedFailed(i32),
 }
 
@@ -62,22 +65,23 @@ pub struct Daemon {
     block: SlotBlock,
     watchdog: Watchdog,
     notifier: Notifier,
-    keys: Arc<KeyWatch>,
+    watch: Arc<KeyWatch>,
     shared: Arc<Shared>,
-    luns: Vec<Lun>,
+    storage: Arc<dyn Storage>,
+    board: Arc<LunBoard>,
     joined_at: Instant,
     _instance: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Daemon {
-    /// The LUNs the daemon guards (for the control socket's status).
-    pub fn luns(&self) -> &[Lun] {
-        &self.luns
-    }
-
-    /// State shared with command threads.
-    pub fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
+    /// What the control socket serves from.
+    pub fn control_context(&self) -> crate::control::Context {
+        crate::control::Context {
+            config: self.config.clone(),
+            storage: self.storage.clone(),
+            board: self.board.clone(),
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -157,8 +161,10 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         }
     }
 
-    // Unfence.
-    let paths = crate::config::expand_paths(&config.luns);
+    // Unfence. A path that does not answer leaves its LUN degraded (the key check retries it);
+    // a LUN none of whose paths registers stops the start.
+    let storage: Arc<dyn Storage> = Arc::new(SystemStorage);
+    let paths = storage.paths(&config.luns);
     if paths.is_empty() && !config.luns.is_empty() {
         return Err(failed(format!(
             "no device matches storage.luns {:?}",
@@ -166,21 +172,40 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         )));
     }
     let io_timeout = config.timing.lease;
-    let luns =
-        luns::discover(&paths, io_timeout).map_err(|e| failed(format!("LUN discovery: {e}")))?;
+    let found = luns::discover(&*storage, &paths, io_timeout);
+    for (path, e) in &found.unidentified {
+        tracing::warn!(path = %path.display(), error = %e, "a configured path does not answer INQUIRY: starting without it (retried every key-check period)");
+    }
+    if found.luns.is_empty() && !paths.is_empty() {
+        return Err(failed(format!(
+            "none of the {} configured paths answers INQUIRY: {}",
+            paths.len(),
+            found
+                .unidentified
+                .iter()
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    let reg = config.registration();
+    let mut registered = Vec::new();
     for (lun, result) in luns::unfence(
-        &luns,
-        config.me.key,
+        storage.clone(),
+        &found.luns,
+        reg,
         io_timeout,
         config.timing.fence_deadline,
     ) {
         match result {
             Ok(r) => {
-                tracing::info!(lun = %lun, paths = r.paths, reserved = r.reserved, holder = ?r.holder, "registered")
+                tracing::info!(lun = %lun, paths = r.paths, down = r.paths_down.len(), reserved = r.reserved, holder = ?r.holder, "registered");
+                registered.extend(r.registered);
             }
             Err(e) => return Err(failed(format!("unfencing LUN {lun}: {e}"))),
         }
     }
+    let luns = found.luns;
 
     // Join our slot.
     let mut block = SlotBlock {
@@ -237,15 +262,28 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
     }
     tracing::info!(watchdog = %choice, timeout_s = watchdog.timeout(), "watchdog armed");
 
-    let keys = KeyWatch::new(luns.len());
-    luns::spawn_key_checker(
-        luns.clone(),
-        config.me.key,
-        io_timeout,
-        config.timing.key_check_period(),
-        keys.clone(),
-    )
-    .map_err(|e| failed(format!("starting the key checker: {e}")))?;
+    let shared = Shared::new();
+    let watch = KeyWatch::new();
+    let board = LunBoard::new(&luns);
+    let checker = KeyChecker::new(
+        storage.clone(),
+        CheckerConfig {
+            patterns: config.luns.clone(),
+            reg,
+            me: config.me.id,
+            members: config.members.iter().map(|m| (m.id, m.key)).collect(),
+            timeout: io_timeout,
+            period: config.timing.key_check_period(),
+            bound: config.timing.registration_bound(),
+            key_loss: config.key_loss,
+        },
+        &luns,
+        &registered,
+        Box::new(DaemonChannel::new(shared.clone(), config.me.id)),
+        watch.clone(),
+        board.clone(),
+    );
+    keycheck::spawn(checker).map_err(|e| failed(format!("starting the key checker: {e}")))?;
     harden_process();
     Ok(Daemon {
         config,
@@ -254,9 +292,10 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         block,
         watchdog,
         notifier,
-        keys,
-        shared: Shared::new(),
-        luns,
+        watch,
+        shared,
+        storage,
+        board,
         joined_at: Instant::now(),
         _instance: instance,
     })
@@ -277,6 +316,8 @@ fn spawn_logger(rx: Receiver<Event>, node: String) {
                     dead = ?m.dead.iter().collect::<Vec<_>>(),
                     "new voting-disk authority"
                 ),
+                Event::Degraded(0) => tracing::info!(node = %node, "every LUN confirmed through every path"),
+                Event::Degraded(n) => tracing::warn!(node = %node, luns = n, "LUNs degraded (a path down, a LUN unreachable or recovering its PR state): reported, the watchdog is still fed; see `fenced status`"),
                 Event::FeedFailed(errno) => tracing::error!(errno, "feeding the watchdog failed"),
             }
         }
@@ -297,9 +338,8 @@ impl Daemon {
         let period = self.config.timing.poll;
         let lease = self.config.timing.lease;
         let max_lateness = lease.saturating_sub(period + self.config.timing.io_deadline);
-        let mut confirmed: Vec<Option<Instant>> = vec![None; self.keys.len()];
-        let mut gone: Vec<bool> = vec![false; self.keys.len()];
         let mut last_verdict: Option<Verdict> = None;
+        let mut last_degraded = 0usize;
         let mut last_authority = Marker::default();
         let mut next = Instant::now();
         self.shared.loop_register();
@@ -320,7 +360,8 @@ impl Daemon {
             let read_at = Instant::now();
             self.view.update(round, read_at);
             let authority = self.view.authority().map(|a| a.marker).unwrap_or_default();
-            self.shared.loop_record_authority(authority);
+            self.shared
+                .loop_record_authority(authority, started, self.view.has_read_majority());
             if authority != last_authority {
                 last_authority = authority;
                 let _ = events.try_send(Event::Authority(authority));
@@ -338,7 +379,6 @@ impl Daemon {
                 self.shared.loop_published(m, Instant::now());
             }
 
-            self.keys.snapshot(&mut confirmed, &mut gone);
             let verdict = decide(&Inputs {
                 now: Instant::now(),
                 joined_at: self.joined_at,
@@ -348,8 +388,7 @@ impl Daemon {
                 marked_dead: self.view.self_dead(),
                 duplicate_slot: self.view.duplicate_own_slot().is_some(),
                 heartbeat_written: written,
-                keys_confirmed: &confirmed,
-                keys_gone: &gone,
+                key_lost: self.watch.lost(),
                 lateness,
                 max_lateness,
             });
@@ -364,11 +403,18 @@ impl Daemon {
                 Verdict::Unhealthy(_) => {}
                 Verdict::SelfFence(reason) => return self.fence_self(reason),
             }
-            if last_verdict != Some(verdict) {
+            let degraded = self.watch.degraded();
+            if last_verdict != Some(verdict) || degraded != last_degraded {
+                if last_verdict != Some(verdict) {
+                    let _ = events.try_send(Event::Verdict(verdict));
+                }
+                if degraded != last_degraded {
+                    let _ = events.try_send(Event::Degraded(degraded));
+                }
                 last_verdict = Some(verdict);
-                let _ = events.try_send(Event::Verdict(verdict));
+                last_degraded = degraded;
                 let _ = self.notifier.status(format_args!(
-                    "{}; epoch {}; {} of {} voting disks",
+                    "{}; epoch {}; {} of {} voting disks; {} LUN(s) degraded",
                     match verdict {
                         Verdict::Healthy => "healthy",
                         Verdict::Unhealthy(_) => "UNHEALTHY (watchdog not fed)",
@@ -376,7 +422,8 @@ impl Daemon {
                     },
                     authority.epoch,
                     round_answered(&self.disks),
-                    self.disks.paths().len()
+                    self.disks.paths().len(),
+                    degraded
                 ));
             }
             next = scheduled + period;

@@ -19,13 +19,13 @@
 //! - the watchdog: which device the policy would pick (or the one the running daemon holds),
 //!   hardware or softdog, nowayout, and whether the driver's timeout range contains W.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 use sg_pr::{DataTransfer, PersistentReservations, PrType, ScsiStatus, ScsiTransport};
 
-use crate::config::{self, Config, WatchdogPolicy};
+use crate::config::{Config, WatchdogPolicy};
 use crate::luns::{self, FENCING_TYPE};
 use crate::vdisk::admin::read_disk;
 use crate::vdisk::quorum::majority;
@@ -389,8 +389,78 @@ fn probe_preempt_abort(
     Ok((support, absent))
 }
 
+/// The `reservation_key` multipathd uses, from multipath.conf's text (`None`: not set; the
+/// string `file` means the prkeys file).
+fn multipath_reservation_key(conf: &str) -> Option<String> {
+    conf.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("reservation_key"))
+                .then(|| words.next().map(|v| v.trim_matches('"').to_string()))
+                .flatten()
+        })
+}
+
+/// Configured dm-multipath maps: multipathd reinstates a returning path before fenced can
+/// register it, so unless multipathd registers the key itself (`reservation_key`, as
+/// fence_mpath requires), this node's writes through that path meet RESERVATION CONFLICT.
+fn multipath_maps(config: &Config, r: &mut Report) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let maps: Vec<PathBuf> = crate::config::expand_paths(&config.luns)
+        .into_iter()
+        .filter(|p| {
+            std::fs::metadata(p).is_ok_and(|m| {
+                m.file_type().is_block_device()
+                    && crate::storage::multipath_slaves(
+                        Path::new("/sys"),
+                        libc::major(m.rdev()),
+                        libc::minor(m.rdev()),
+                    )
+                    .is_some()
+            })
+        })
+        .collect();
+    if maps.is_empty() {
+        return;
+    }
+    let own = format!("0x{:x}", config.me.key.0);
+    let conf = std::fs::read_to_string("/etc/multipath.conf").unwrap_or_default();
+    let key = multipath_reservation_key(&conf);
+    let ok = match key.as_deref() {
+        Some("file") => std::fs::read_to_string("/etc/multipath/prkeys")
+            .is_ok_and(|k| k.to_ascii_lowercase().contains(&own)),
+        Some(k) => k.eq_ignore_ascii_case(&own),
+        None => false,
+    };
+    let subject = format!(
+        "multipath {}",
+        maps.iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if ok {
+        r.add(
+            Verdict::Pass,
+            subject,
+            format!("multipathd registers this node's key {own} on paths it reinstates (reservation_key)"),
+        );
+    } else {
+        r.add_fix(
+            Verdict::Warn,
+            subject,
+            format!(
+                "multipath.conf has no reservation_key {own} for these maps (found {key:?}): multipathd reinstates a returning path before fenced registers it, and this node's writes through it meet RESERVATION CONFLICT until then"
+            ),
+            format!("add `reservation_key {own}` to the defaults (or the map's multipaths entry) of /etc/multipath.conf and `multipathd reconfigure`; fenced registers every path through SG_IO either way"),
+        );
+    }
+}
+
 fn shared_luns(config: &Config, r: &mut Report) {
-    let paths = config::expand_paths(&config.luns);
+    multipath_maps(config, r);
+    let paths = crate::storage::Storage::paths(&crate::storage::SystemStorage, &config.luns);
     if config.luns.is_empty() {
         r.add_fix(
             Verdict::Warn,
@@ -410,28 +480,42 @@ fn shared_luns(config: &Config, r: &mut Report) {
         return;
     }
     let timeout = config.timing.fence_deadline / 2;
-    let luns = match luns::discover(&paths, timeout) {
-        Ok(l) => l,
-        Err(e) => {
-            r.add_fix(
-                Verdict::Fail,
-                "luns",
-                e,
-                "every configured path must open and answer INQUIRY",
-            );
-            return;
-        }
-    };
+    let found = luns::discover(&crate::storage::SystemStorage, &paths, timeout);
+    for (path, e) in &found.unidentified {
+        r.add_fix(
+            Verdict::Warn,
+            format!("path {}", path.display()),
+            format!("does not answer INQUIRY, so it is not used: {e}"),
+            "check the path (cabling, zoning, iSCSI session); the daemon retries it every key-check period",
+        );
+    }
+    if found.luns.is_empty() {
+        r.add_fix(
+            Verdict::Fail,
+            "luns",
+            "none of the configured paths answers INQUIRY",
+            "every shared LUN needs at least one path that answers",
+        );
+        return;
+    }
+    let luns = found.luns;
     let own = config.me.key;
     for lun in &luns {
         let mut sg_paths = 0usize;
         let mut first_sg = None;
         for path in &lun.paths {
             let subject = format!("lun {} path {}", lun.id, path.display());
+            // A path down is a degraded LUN (Warn) while another path answers; the LUN fails
+            // below when none does.
             let dev = match luns::open_path(path, timeout) {
                 Ok(d) => d,
                 Err(e) => {
-                    r.add_fix(Verdict::Fail, subject, e.to_string(), "check the path");
+                    r.add_fix(
+                        Verdict::Warn,
+                        subject,
+                        format!("path down: {e}"),
+                        "check the path; the daemon keeps the LUN through its other paths and registers this one when it returns",
+                    );
                     continue;
                 }
             };
@@ -447,9 +531,9 @@ fn shared_luns(config: &Config, r: &mut Report) {
                     match sg.test_unit_ready() {
                         Ok(_) => r.add(Verdict::Pass, subject.clone(), "TEST UNIT READY answers"),
                         Err(e) => r.add_fix(
-                            Verdict::Fail,
+                            Verdict::Warn,
                             subject.clone(),
-                            format!("TEST UNIT READY: {e}"),
+                            format!("path down: TEST UNIT READY: {e}"),
                             "check the path (cabling, zoning, iSCSI session)",
                         ),
                     }
@@ -483,7 +567,15 @@ fn shared_luns(config: &Config, r: &mut Report) {
             }
         }
         let subject = format!("lun {}", lun.id);
-        let Some(dev) = first_sg else { continue };
+        let Some(dev) = first_sg else {
+            r.add_fix(
+                Verdict::Fail,
+                subject,
+                "no SCSI path of this LUN answers",
+                "check its paths; the daemon reports it unreachable (it keeps running: the target still enforces the reservation)",
+            );
+            continue;
+        };
         let Some(sg) = dev.as_sg() else { continue };
         match sg.report_capabilities() {
             Ok(c) => {
@@ -522,7 +614,20 @@ fn shared_luns(config: &Config, r: &mut Report) {
                         Verdict::Warn,
                         subject.clone(),
                         "the target cannot persist reservations through power loss (PTPL): a target reboot drops every key and the reservation",
-                        "after a storage outage, restart fenced on every node (it re-registers)",
+                        "the daemons register again after such a loss (guarded by the voting disks); until they do, the LUN is unprotected",
+                    );
+                } else if config.aptpl && !c.persist_through_power_loss_active {
+                    r.add_fix(
+                        Verdict::Warn,
+                        subject.clone(),
+                        "storage.aptpl is on but APTPL is not active on this LUN: the last PR OUT carried no APTPL bit (a node with storage.aptpl = false, or another tool)",
+                        "use one storage.aptpl value on every node; the next registration with APTPL activates it",
+                    );
+                } else if c.persist_through_power_loss_active {
+                    r.add(
+                        Verdict::Pass,
+                        subject.clone(),
+                        "APTPL active: the registrations survive the array's power loss",
                     );
                 }
             }
@@ -775,6 +880,20 @@ fn watchdog_check(config: &Config, r: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_multipath_reservation_key_is_read_from_multipath_conf() {
+        let conf = "defaults {\n    user_friendly_names yes\n    # reservation_key 0x1\n    reservation_key \"0x5f0c0001\"\n}\n";
+        assert_eq!(
+            multipath_reservation_key(conf).as_deref(),
+            Some("0x5f0c0001")
+        );
+        assert_eq!(
+            multipath_reservation_key("defaults {\n reservation_key file\n}").as_deref(),
+            Some("file")
+        );
+        assert_eq!(multipath_reservation_key("defaults {\n}"), None);
+    }
     use sg_pr::fake::{ScriptedTransport, Step};
     use sg_pr::ReservationKey;
 

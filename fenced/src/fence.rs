@@ -18,21 +18,30 @@
 //!    it) in parallel, then READ KEYS confirms the victim's key is gone and READ RESERVATION that
 //!    a reservation is held.
 //!
+//! 5. **Re-verify after t0 + B** (B: [`crate::config::Timing::registration_bound`]): a fresh
+//!    authority read must mark the victim dead and not us, and every LUN is read again; where
+//!    the victim's key is back (a registration it made on an authority read from before t0,
+//!    which completes before t0 + B: see [`crate::luns`]) it is preempted again. Only then does
+//!    the command return success.
+//!
 //! Any doubt ends in an error (fail closed). Fencing an already fenced node succeeds without
-//! changing anything.
+//! changing anything but the re-verification.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sg_pr::{apply_parallel, PersistentReservations, PrOperation, ReservationKey};
+use sg_pr::sense::asc;
+use sg_pr::{apply_parallel, PrOperation, ReservationKey};
 
 use crate::config::{Config, Member};
-use crate::luns::{open_path, Lun, FENCING_TYPE};
+use crate::luns::{AuthoritySource, Lun, FENCING_TYPE};
+use crate::storage::Storage;
 use crate::vdisk::{DeadSet, Marker};
 
 /// Reads the authority and publishes this node's marker: through the running daemon's loop, or
 /// directly on the voting disks when no daemon runs.
-pub trait MarkerChannel {
+pub trait MarkerChannel: AuthoritySource {
     /// The current authority marker (epoch 0 = none yet).
     fn authority(&mut self) -> Result<Marker, String>;
     /// Writes `marker` in this node's slot to a majority of voting disks; returns when it got
@@ -51,6 +60,14 @@ pub enum FenceError {
     LostRace {
         /// The arbiter LUN.
         lun: String,
+    },
+    /// Our key is not registered on the arbiter LUN, and nothing says it was preempted.
+    #[error("not registered on the arbiter LUN {lun}: {detail}; nothing was changed")]
+    NotRegistered {
+        /// The arbiter LUN.
+        lun: String,
+        /// What was seen.
+        detail: String,
     },
     /// Voting disks could not be read or written.
     #[error("voting disks: {0}")]
@@ -107,11 +124,16 @@ pub struct FenceReport {
     /// Milliseconds from start until storage without PR is safe from the victim
     /// (t0 + L + W + M, t0 = marker on a majority).
     pub non_pr_safe_ms: u64,
+    /// Milliseconds from start until the re-verification after t0 + B ended (the command
+    /// returns then).
+    #[serde(default)]
+    pub reverified_ms: u64,
 }
 
 /// Fences `victim` on `luns`.
 pub fn fence(
     config: &Config,
+    storage: &Arc<dyn Storage>,
     luns: &[Lun],
     victim: &Member,
     channel: &mut dyn MarkerChannel,
@@ -124,6 +146,7 @@ pub fn fence(
         )));
     }
     let authority = channel.authority().map_err(FenceError::Quorum)?;
+    let authority_read = Instant::now();
     if authority.is_present() && authority.dead.contains(config.me.id) {
         return Err(FenceError::Refused(format!(
             "this node ({}) is marked dead by the authority (epoch {}): a fenced node cannot fence another",
@@ -140,7 +163,7 @@ pub fn fence(
     let mut errors = Vec::new();
     for lun in luns {
         let t = Instant::now();
-        match preempt_lun(lun, own, victim.key, timeout) {
+        match preempt_lun(&**storage, lun, own, victim.key, timeout) {
             Ok(outcome) => {
                 arbiter_done = Instant::now();
                 arbiter = Some(lun.id.clone());
@@ -155,6 +178,15 @@ pub fn fence(
             Err(LunError::Lost) => {
                 return Err(FenceError::LostRace {
                     lun: lun.id.clone(),
+                })
+            }
+            // The arbiter is the first LUN that answers, on every node alike: never move on to
+            // another LUN while this one answers, or two fencers could each win on a different
+            // one.
+            Err(LunError::NotRegistered(detail)) => {
+                return Err(FenceError::NotRegistered {
+                    lun: lun.id.clone(),
+                    detail,
                 })
             }
             Err(LunError::Other(e)) => errors.push(format!("{}: {e}", lun.id)),
@@ -197,15 +229,16 @@ pub fn fence(
         .map(|l| (l.id.clone(), l.clone()))
         .collect();
     let victim_key = victim.key;
+    let st = storage.clone();
     let outcomes = apply_parallel(rest, 32, config.timing.fence_deadline, move |lun: &Lun| {
-        preempt_lun(lun, own, victim_key, timeout).map_err(|e| sg_pr::Error::Io {
+        preempt_lun(&*st, lun, own, victim_key, timeout).map_err(|e| sg_pr::Error::Io {
             device: lun.id.clone(),
             command: "fence",
             source: std::io::Error::other(match e {
                 LunError::Lost => {
                     "our own key is gone from this LUN: another node fenced us".to_string()
                 }
-                LunError::Other(e) => e,
+                LunError::NotRegistered(e) | LunError::Other(e) => e,
             }),
         })
     });
@@ -234,6 +267,37 @@ pub fn fence(
         Some(t0) => ms(t0.saturating_duration_since(start) + config.timing.non_pr_safe_after()),
         None => 0,
     };
+
+    // 5. Re-verify after t0 + B (t0: our marker, or the read that showed the victim dead).
+    let bound = config.timing.registration_bound();
+    let reverify_at = t0.unwrap_or(authority_read) + bound + bound / 4;
+    std::thread::sleep(reverify_at.saturating_duration_since(Instant::now()));
+    let now = channel.authority().map_err(FenceError::Quorum)?;
+    if !now.dead.contains(victim.id) || now.dead.contains(config.me.id) {
+        return Err(FenceError::Quorum(format!(
+            "after the fence the authority (epoch {}) does not mark {} dead, or marks this node dead: another node's marker superseded ours; the cluster decided otherwise, so {} is not reported fenced",
+            now.epoch, victim.name, victim.name
+        )));
+    }
+    for r in results.iter_mut().filter(|r| r.confirmed) {
+        let Some(lun) = luns.iter().find(|l| l.id == r.lun) else {
+            continue;
+        };
+        match reverify_lun(&**storage, lun, own, victim.key, timeout) {
+            Ok(None) => {}
+            Ok(Some(again)) => {
+                tracing::warn!(lun = %lun.id, "the victim's key was back after the fence: {again}");
+                r.outcome
+                    .push_str(&format!("; victim's key back after t0, {again}"));
+            }
+            Err(e) => {
+                failed += 1;
+                r.confirmed = false;
+                r.outcome
+                    .push_str(&format!("; re-verification failed: {e}"));
+            }
+        }
+    }
     let report = FenceReport {
         victim: victim.name.clone(),
         victim_key: format!("0x{:x}", victim.key.0),
@@ -243,6 +307,7 @@ pub fn fence(
         pr_confirmed_ms,
         marker_ms: t0.map(|t0| ms(t0.saturating_duration_since(start))),
         non_pr_safe_ms,
+        reverified_ms: ms(start.elapsed()),
     };
     if failed > 0 {
         let total = report.luns.len();
@@ -289,13 +354,45 @@ pub fn clear(
 }
 
 enum LunError {
-    /// Our own key is gone: someone fenced us.
+    /// Our own key is gone and the target said it was preempted: someone fenced us.
     Lost,
+    /// Our own key is gone without a preemption notice.
+    NotRegistered(String),
     Other(String),
+}
+
+/// Reads the keys of `lun` again; preempts `victim` there again when its key is back. `None`
+/// when it was not.
+fn reverify_lun(
+    storage: &dyn Storage,
+    lun: &Lun,
+    own: ReservationKey,
+    victim: ReservationKey,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    let mut last = String::from("no paths");
+    for path in &lun.paths {
+        let keys = storage
+            .open(path, timeout)
+            .and_then(|d| d.keys().map(|k| k.value));
+        match keys {
+            Ok(k) if !k.contains(victim) => return Ok(None),
+            Ok(_) => {
+                return match preempt_path(storage, path, own, victim, timeout) {
+                    Ok(s) => Ok(Some(s)),
+                    Err(LunError::Lost) => Err("our own key is gone from this LUN".into()),
+                    Err(LunError::NotRegistered(e) | LunError::Other(e)) => Err(e),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
 }
 
 /// PREEMPT (AND ABORT) `victim` on `lun` through its first answering path and confirm.
 fn preempt_lun(
+    storage: &dyn Storage,
     lun: &Lun,
     own: ReservationKey,
     victim: ReservationKey,
@@ -303,26 +400,40 @@ fn preempt_lun(
 ) -> Result<String, LunError> {
     let mut last = String::from("no paths");
     for path in &lun.paths {
-        match preempt_path(path, own, victim, timeout) {
+        match preempt_path(storage, path, own, victim, timeout) {
             Ok(s) => return Ok(s),
-            Err(LunError::Lost) => return Err(LunError::Lost),
             Err(LunError::Other(e)) => last = e,
+            Err(e) => return Err(e),
         }
     }
     Err(LunError::Other(last))
 }
 
 fn preempt_path(
+    storage: &dyn Storage,
     path: &Path,
     own: ReservationKey,
     victim: ReservationKey,
     timeout: Duration,
 ) -> Result<String, LunError> {
     let other = |e: sg_pr::Error| LunError::Other(e.to_string());
-    let dev = open_path(path, timeout).map_err(other)?;
-    let keys = dev.keys().map_err(other)?.value;
+    let dev = storage.open(path, timeout).map_err(other)?;
+    let read = dev.keys().map_err(other)?;
+    let keys = read.value;
     if !keys.contains(own) {
-        return Err(LunError::Lost);
+        let notice = read
+            .report
+            .unit_attentions
+            .iter()
+            .any(|s| s.is(asc::REGISTRATIONS_PREEMPTED));
+        return Err(if notice {
+            LunError::Lost
+        } else {
+            LunError::NotRegistered(format!(
+                "{}: this node's key is not registered (a PR-state loss, or a preemption whose notice went elsewhere); its key check registers it again unless the authority marks it dead: retry the fence",
+                path.display()
+            ))
+        });
     }
     let mut outcome = if keys.contains(victim) {
         let op = PrOperation::Preempt {
@@ -378,4 +489,272 @@ fn preempt_path(
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::luns::FreshAuthority;
+    use crate::storage::sim::{PathMode, San};
+    use sg_pr::RegisterOptions;
+
+    const CONFIG: &str = r#"
+[cluster]
+name = "lab"
+uuid = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10"
+nodes = [ { id = 0, name = "node1", key = "0xa1" }, { id = 1, name = "node2", key = "0xa2" }, { id = 2, name = "node3", key = "0xa3" } ]
+[node]
+id = 0
+[storage]
+luns = ["/dev/n0-*"]
+voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
+[timeouts]
+poll = 100
+io_deadline = 50
+lease = 300
+watchdog = 1000
+"#;
+
+    fn config() -> Config {
+        Config::parse(Path::new("/etc/fenced/fenced.toml"), CONFIG).unwrap()
+    }
+
+    /// The voting disks as a fake channel; `before_reverify` runs when the fencer reads the
+    /// authority the second time (the re-verification after t0 + B).
+    type Hook = Box<dyn FnMut(&mut Marker)>;
+
+    struct Votes {
+        marker: Marker,
+        reads: usize,
+        before_reverify: Option<Hook>,
+    }
+
+    impl Votes {
+        fn new() -> Votes {
+            Votes {
+                marker: Marker::default(),
+                reads: 0,
+                before_reverify: None,
+            }
+        }
+    }
+
+    impl AuthoritySource for Votes {
+        fn fresh(&mut self) -> Result<FreshAuthority, String> {
+            Ok(FreshAuthority {
+                round_started: Instant::now(),
+                majority: true,
+                self_dead: self.marker.dead.contains(0),
+            })
+        }
+    }
+
+    impl MarkerChannel for Votes {
+        fn authority(&mut self) -> Result<Marker, String> {
+            self.reads += 1;
+            if self.reads == 2 {
+                if let Some(f) = &mut self.before_reverify {
+                    f(&mut self.marker);
+                }
+            }
+            Ok(self.marker)
+        }
+
+        fn publish(&mut self, marker: Marker, _deadline: Duration) -> Result<Instant, String> {
+            self.marker = marker;
+            Ok(Instant::now())
+        }
+    }
+
+    /// Two LUNs, each with one path per node; every node registered, node1 holds both.
+    fn san() -> San {
+        let san = San::new();
+        for (lun, id) in ["naa.1", "naa.2"].iter().enumerate() {
+            san.add_lun(id);
+            for n in 0..3 {
+                san.add_path(lun, &format!("/dev/n{n}-{lun}"));
+            }
+        }
+        for n in 0..3u64 {
+            for lun in 0..2 {
+                let dev = san
+                    .open(
+                        Path::new(&format!("/dev/n{n}-{lun}")),
+                        Duration::from_secs(1),
+                    )
+                    .unwrap();
+                dev.apply(PrOperation::Register {
+                    current: ReservationKey::ZERO,
+                    new: ReservationKey(0xa1 + n),
+                    options: RegisterOptions {
+                        ignore_existing: true,
+                        ..Default::default()
+                    },
+                })
+                .unwrap();
+                if n == 0 {
+                    dev.apply(PrOperation::Reserve {
+                        key: ReservationKey(0xa1),
+                        pr_type: FENCING_TYPE,
+                    })
+                    .unwrap();
+                }
+            }
+        }
+        san
+    }
+
+    fn luns() -> Vec<Lun> {
+        (0..2)
+            .map(|l| Lun {
+                id: format!("naa.{}", l + 1),
+                paths: vec![format!("/dev/n0-{l}").into()],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fence_cuts_the_victim_off_every_lun_and_marks_it_dead() {
+        let san = san();
+        let storage: Arc<dyn Storage> = Arc::new(san.clone());
+        let c = config();
+        let mut votes = Votes::new();
+        let report = fence(
+            &c,
+            &storage,
+            &luns(),
+            c.member("node2").unwrap(),
+            &mut votes,
+        )
+        .unwrap();
+        assert_eq!(report.arbiter.as_deref(), Some("naa.1"));
+        assert!(report.luns.iter().all(|l| l.confirmed), "{report:?}");
+        for lun in 0..2 {
+            assert!(!san.keys(lun).contains(&0xa2));
+            assert!(san.keys(lun).contains(&0xa3));
+        }
+        assert!(votes.marker.dead.contains(1));
+        assert!(
+            report.reverified_ms >= 125,
+            "returned only after t0 + B: {report:?}"
+        );
+    }
+
+    #[test]
+    fn a_registration_that_raced_the_fence_is_preempted_again_by_the_reverification() {
+        let san = san();
+        let storage: Arc<dyn Storage> = Arc::new(san.clone());
+        let c = config();
+        let mut votes = Votes::new();
+        let victim = san.clone();
+        // The victim read the authority before t0 and registers again on LUN 2 before t0 + B.
+        votes.before_reverify = Some(Box::new(move |_| {
+            let dev = victim
+                .open(Path::new("/dev/n1-1"), Duration::from_secs(1))
+                .unwrap();
+            dev.apply(PrOperation::Register {
+                current: ReservationKey::ZERO,
+                new: ReservationKey(0xa2),
+                options: RegisterOptions {
+                    ignore_existing: true,
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+        }));
+        let report = fence(
+            &c,
+            &storage,
+            &luns(),
+            c.member("node2").unwrap(),
+            &mut votes,
+        )
+        .unwrap();
+        assert!(!san.keys(1).contains(&0xa2), "{:?}", san.keys(1));
+        assert!(
+            report.luns[1].outcome.contains("victim's key back"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_fence_whose_marker_is_superseded_fails() {
+        let san = san();
+        let storage: Arc<dyn Storage> = Arc::new(san.clone());
+        let c = config();
+        let mut votes = Votes::new();
+        // node2 fenced us at the same time and its marker won the tie-break.
+        votes.before_reverify = Some(Box::new(|m: &mut Marker| {
+            let mut dead = DeadSet::default();
+            dead.insert(0);
+            *m = Marker {
+                epoch: m.epoch,
+                generation: m.generation + 1,
+                dead,
+                issuer: 1,
+            };
+        }));
+        let err = fence(
+            &c,
+            &storage,
+            &luns(),
+            c.member("node2").unwrap(),
+            &mut votes,
+        )
+        .unwrap_err();
+        assert!(matches!(err, FenceError::Quorum(_)), "{err}");
+    }
+
+    #[test]
+    fn an_unreachable_lun_is_named_and_the_reachable_ones_are_fenced() {
+        let san = san();
+        san.set_mode("/dev/n0-1", PathMode::Down);
+        let storage: Arc<dyn Storage> = Arc::new(san.clone());
+        let c = config();
+        let mut votes = Votes::new();
+        match fence(
+            &c,
+            &storage,
+            &luns(),
+            c.member("node2").unwrap(),
+            &mut votes,
+        ) {
+            Err(FenceError::Incomplete {
+                report,
+                failed,
+                total,
+            }) => {
+                assert_eq!((failed, total), (1, 2));
+                let bad = report.luns.iter().find(|l| !l.confirmed).unwrap();
+                assert_eq!(bad.lun, "naa.2");
+                assert!(!san.keys(0).contains(&0xa2));
+                assert!(san.keys(1).contains(&0xa2), "unreachable: untouched");
+            }
+            other => panic!("expected an incomplete fence: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fencer_whose_key_vanished_without_a_notice_changes_nothing() {
+        let san = san();
+        let storage: Arc<dyn Storage> = Arc::new(san.clone());
+        san.lose_pr_state(0);
+        san.consume_unit_attentions("/dev/n0-0");
+        let c = config();
+        let mut votes = Votes::new();
+        let err = fence(
+            &c,
+            &storage,
+            &luns(),
+            c.member("node2").unwrap(),
+            &mut votes,
+        )
+        .unwrap_err();
+        assert!(matches!(err, FenceError::NotRegistered { .. }), "{err}");
+        assert!(!votes.marker.is_present(), "no marker written");
+        assert!(
+            san.keys(1).contains(&0xa2),
+            "the next LUN was not used as arbiter"
+        );
+    }
 }

@@ -4,15 +4,20 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::keycheck::KeyLoss;
+
 /// Why the node is not healthy, or why it fences itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// The authority on the voting disks marks this node dead.
     MarkedDead,
-    /// READ KEYS on a LUN answered and this node's key is not there: it was preempted.
+    /// This node's key is gone from a LUN for good: the target said it was preempted, or the
+    /// key check could not register it again in time (see [`crate::keycheck`]).
     KeyGone {
-        /// Index of the LUN in the daemon's LUN list.
+        /// Index of the LUN in the key checker's LUN list.
         lun: usize,
+        /// What proved it.
+        cause: KeyLoss,
     },
     /// No read-majority of voting disks for longer than the lease.
     LeaseExpired,
@@ -22,11 +27,6 @@ pub enum Reason {
     LoopLate,
     /// No read-majority of voting disks this round (the lease still runs).
     NoReadMajority,
-    /// A LUN's keys have not been confirmed within the lease (the check hangs or fails).
-    KeysUnconfirmed {
-        /// Index of the LUN.
-        lun: usize,
-    },
     /// The own slot could not be written to a majority this round.
     HeartbeatNotWritten,
 }
@@ -35,9 +35,15 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::MarkedDead => write!(f, "the voting-disk authority marks this node dead"),
-            Reason::KeyGone { lun } => {
-                write!(f, "this node's reservation key is gone from LUN #{lun}")
-            }
+            Reason::KeyGone { lun, cause } => write!(
+                f,
+                "this node's reservation key is gone from LUN #{lun} ({})",
+                match cause {
+                    KeyLoss::Preempted => "the target reported it preempted",
+                    KeyLoss::Unexplained => "storage.key_loss = \"self-fence\"",
+                    KeyLoss::RegistrationLate => "registering it again took longer than the bound",
+                }
+            ),
             Reason::LeaseExpired => write!(
                 f,
                 "no read-majority of voting disks for longer than the lease"
@@ -47,12 +53,6 @@ impl fmt::Display for Reason {
             }
             Reason::LoopLate => write!(f, "the daemon loop ran late beyond its deadline"),
             Reason::NoReadMajority => write!(f, "no read-majority of voting disks this round"),
-            Reason::KeysUnconfirmed { lun } => {
-                write!(
-                    f,
-                    "the keys on LUN #{lun} were not confirmed within the lease"
-                )
-            }
             Reason::HeartbeatNotWritten => {
                 write!(f, "the heartbeat did not reach a majority of voting disks")
             }
@@ -73,7 +73,7 @@ pub enum Verdict {
 
 /// What the loop knows this round.
 #[derive(Debug, Clone, Copy)]
-pub struct Inputs<'a> {
+pub struct Inputs {
     /// Now (CLOCK_MONOTONIC).
     pub now: Instant,
     /// When the daemon joined (leases count from here before the first majority read).
@@ -90,10 +90,10 @@ pub struct Inputs<'a> {
     pub duplicate_slot: bool,
     /// Whether this round's heartbeat reached a majority.
     pub heartbeat_written: bool,
-    /// Per LUN: when its keys were last confirmed to include ours (None: never).
-    pub keys_confirmed: &'a [Option<Instant>],
-    /// Per LUN: READ KEYS answered without our key.
-    pub keys_gone: &'a [bool],
+    /// This node's key lost for good on a LUN (index, cause), from the key checker. A LUN that
+    /// is unreachable or degraded is not an input: it never withholds the watchdog, because
+    /// the target enforces the reservation whether or not this node can read it.
+    pub key_lost: Option<(usize, KeyLoss)>,
     /// How late this round started against its schedule.
     pub lateness: Duration,
     /// The largest lateness tolerated (beyond it the loop cannot vouch for the node).
@@ -101,12 +101,12 @@ pub struct Inputs<'a> {
 }
 
 /// Decides. Self-fencing reasons come first; then anything that withholds the feed.
-pub fn decide(i: &Inputs<'_>) -> Verdict {
+pub fn decide(i: &Inputs) -> Verdict {
     if i.marked_dead {
         return Verdict::SelfFence(Reason::MarkedDead);
     }
-    if let Some(lun) = i.keys_gone.iter().position(|&g| g) {
-        return Verdict::SelfFence(Reason::KeyGone { lun });
+    if let Some((lun, cause)) = i.key_lost {
+        return Verdict::SelfFence(Reason::KeyGone { lun, cause });
     }
     if i.duplicate_slot {
         return Verdict::SelfFence(Reason::DuplicateSlot);
@@ -124,12 +124,6 @@ pub fn decide(i: &Inputs<'_>) -> Verdict {
     if !i.heartbeat_written {
         return Verdict::Unhealthy(Reason::HeartbeatNotWritten);
     }
-    for (lun, confirmed) in i.keys_confirmed.iter().enumerate() {
-        let since = confirmed.unwrap_or(i.joined_at);
-        if i.now.saturating_duration_since(since) > i.lease {
-            return Verdict::Unhealthy(Reason::KeysUnconfirmed { lun });
-        }
-    }
     Verdict::Healthy
 }
 
@@ -137,7 +131,7 @@ pub fn decide(i: &Inputs<'_>) -> Verdict {
 mod tests {
     use super::*;
 
-    fn base<'a>(now: Instant, confirmed: &'a [Option<Instant>], gone: &'a [bool]) -> Inputs<'a> {
+    fn base(now: Instant) -> Inputs {
         Inputs {
             now,
             joined_at: now - Duration::from_secs(10),
@@ -147,30 +141,36 @@ mod tests {
             marked_dead: false,
             duplicate_slot: false,
             heartbeat_written: true,
-            keys_confirmed: confirmed,
-            keys_gone: gone,
+            key_lost: None,
             lateness: Duration::ZERO,
             max_lateness: Duration::from_secs(1),
         }
     }
 
     #[test]
-    fn a_node_with_fresh_majority_and_keys_is_healthy() {
-        let now = Instant::now();
-        let c = [Some(now), Some(now - Duration::from_secs(2))];
-        assert_eq!(decide(&base(now, &c, &[false, false])), Verdict::Healthy);
+    fn a_node_with_fresh_majority_and_no_key_loss_is_healthy() {
+        assert_eq!(decide(&base(Instant::now())), Verdict::Healthy);
     }
 
     #[test]
-    fn marked_dead_or_key_gone_or_duplicate_fences_at_once() {
+    fn marked_dead_or_key_lost_or_duplicate_fences_at_once() {
         let now = Instant::now();
-        let c = [Some(now)];
-        let mut i = base(now, &c, &[false]);
+        let mut i = base(now);
         i.marked_dead = true;
         assert_eq!(decide(&i), Verdict::SelfFence(Reason::MarkedDead));
-        let i = base(now, &c, &[true]);
-        assert_eq!(decide(&i), Verdict::SelfFence(Reason::KeyGone { lun: 0 }));
-        let mut i = base(now, &c, &[false]);
+        for cause in [
+            KeyLoss::Preempted,
+            KeyLoss::Unexplained,
+            KeyLoss::RegistrationLate,
+        ] {
+            let mut i = base(now);
+            i.key_lost = Some((2, cause));
+            assert_eq!(
+                decide(&i),
+                Verdict::SelfFence(Reason::KeyGone { lun: 2, cause })
+            );
+        }
+        let mut i = base(now);
         i.duplicate_slot = true;
         assert_eq!(decide(&i), Verdict::SelfFence(Reason::DuplicateSlot));
     }
@@ -178,8 +178,7 @@ mod tests {
     #[test]
     fn losing_the_majority_withholds_the_feed_until_the_lease_runs_out() {
         let now = Instant::now();
-        let c = [Some(now)];
-        let mut i = base(now, &c, &[false]);
+        let mut i = base(now);
         i.read_majority = false;
         i.last_majority = Some(now - Duration::from_secs(2));
         assert_eq!(decide(&i), Verdict::Unhealthy(Reason::NoReadMajority));
@@ -190,8 +189,7 @@ mod tests {
     #[test]
     fn the_lease_counts_from_joining_before_any_majority_read() {
         let now = Instant::now();
-        let c = [Some(now)];
-        let mut i = base(now, &c, &[false]);
+        let mut i = base(now);
         i.last_majority = None;
         i.read_majority = false;
         i.joined_at = now - Duration::from_secs(1);
@@ -201,27 +199,12 @@ mod tests {
     }
 
     #[test]
-    fn unconfirmed_keys_withhold_the_feed_but_do_not_fence() {
-        let now = Instant::now();
-        let c = [Some(now), Some(now - Duration::from_secs(4))];
-        assert_eq!(
-            decide(&base(now, &c, &[false, false])),
-            Verdict::Unhealthy(Reason::KeysUnconfirmed { lun: 1 })
-        );
-        let c = [None];
-        let mut i = base(now, &c, &[false]);
-        i.joined_at = now - Duration::from_secs(1);
-        assert_eq!(decide(&i), Verdict::Healthy, "fresh after joining");
-    }
-
-    #[test]
     fn a_late_loop_fences_and_a_failed_heartbeat_withholds() {
         let now = Instant::now();
-        let c = [Some(now)];
-        let mut i = base(now, &c, &[false]);
+        let mut i = base(now);
         i.lateness = Duration::from_millis(1500);
         assert_eq!(decide(&i), Verdict::SelfFence(Reason::LoopLate));
-        let mut i = base(now, &c, &[false]);
+        let mut i = base(now);
         i.heartbeat_written = false;
         assert_eq!(decide(&i), Verdict::Unhealthy(Reason::HeartbeatNotWritten));
     }

@@ -1,15 +1,36 @@
-//! The shared LUNs: grouping paths into LUNs, registering this node's key on every path
-//! (unfence), and the background check that our key is still there.
+//! The shared LUNs: a LUN is an identity (VPD page 0x83) and the set of paths (I_T nexuses)
+//! that reach it. Grouping paths into LUNs, registering this node's key on every path
+//! (unfence), and the one registration rule every run-time registration follows
+//! ([`register_guarded`]).
+//!
+//! # Why a registration at run time needs a guard
+//!
+//! REGISTER AND IGNORE EXISTING KEY succeeds for a node whose key was preempted: a node that
+//! registers a new path, a returned path, or registers again after the array lost its PR state
+//! would undo a fence that happened meanwhile. So every run-time registration is made only on
+//! a fresh read of the voting disks (a poll round that started after the decision to
+//! register, with a read-majority, not marking this node dead), and must complete within the
+//! bound B of that round's start ([`crate::config::Timing::registration_bound`]):
+//!
+//! - a round that does not show the fence's marker started before the marker reached a
+//!   majority (t0), so a registration it allows completes before t0 + B;
+//! - the fencer re-verifies every LUN after t0 + B and preempts the victim's key again where it
+//!   finds it ([`crate::fence`]), and every survivor's key check preempts the keys of nodes the
+//!   authority marks dead whenever it sees one ([`crate::keycheck`]);
+//! - a registration that completes after B is not covered by that argument: the node fences
+//!   itself instead, unless READ FULL STATUS shows that its key never left another of its
+//!   nexuses on that LUN (a preemption removes every nexus's registration of the key at once,
+//!   so a key still held elsewhere proves no preemption came between).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sg_pr::{
-    apply_parallel, AnyDevice, Backend, PersistentReservations, PrOperation, PrType,
-    RegisterOptions, ReservationKey,
+    apply_parallel, AnyDevice, Backend, PrOperation, PrType, RegisterOptions, ReservationKey,
 };
+
+use crate::storage::{PathIo, Storage};
 
 /// The reservation type the stack uses: Write Exclusive – Registrants Only.
 pub const FENCING_TYPE: PrType = PrType::WriteExclusiveRegistrantsOnly;
@@ -17,43 +38,136 @@ pub const FENCING_TYPE: PrType = PrType::WriteExclusiveRegistrantsOnly;
 /// One LUN and every path to it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Lun {
-    /// Its identity: VPD page 0x83's designator (e.g. `naa.6001405...`), or the first path when
-    /// the device has none. Every node sorts LUNs by it, so "the first LUN" is the same one
-    /// cluster-wide.
+    /// Its identity: VPD page 0x83's designator (e.g. `naa.6001405...`), or the path itself for
+    /// a device that has none (block-layer devices). Every node sorts LUNs by it, so "the first
+    /// LUN" is the same one cluster-wide.
     pub id: String,
     /// Paths (one per I_T nexus).
     pub paths: Vec<PathBuf>,
 }
 
-/// Opens one path with the backend the device needs (SG_IO, or block-layer PR for dm/NVMe).
-pub fn open_path(path: &Path, timeout: Duration) -> sg_pr::Result<AnyDevice> {
+/// What went wrong on a LUN.
+#[derive(Debug, thiserror::Error)]
+pub enum LunError {
+    /// A command on one path failed.
+    #[error("{lun}: {source}")]
+    Device {
+        /// The LUN.
+        lun: String,
+        /// The device error (it names the path).
+        #[source]
+        source: sg_pr::Error,
+    },
+    /// No path of the LUN answered.
+    #[error("{lun}: no path answered ({detail}); check the paths (cabling, zoning, iSCSI sessions, `multipath -ll`, dmesg) and the array")]
+    Unreachable {
+        /// The LUN.
+        lun: String,
+        /// Each path's error.
+        detail: String,
+    },
+    /// REGISTER answered GOOD but READ KEYS does not list the key.
+    #[error("{lun}: key 0x{key:x} is not listed by READ KEYS after REGISTER: the target did not keep the registration; check the array's PR support")]
+    NotListed {
+        /// The LUN.
+        lun: String,
+        /// The key.
+        key: u64,
+    },
+    /// The guard refused a run-time registration.
+    #[error("{lun}: not registering this node's key: {why}")]
+    Refused {
+        /// The LUN.
+        lun: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Opens one path with the backend the device needs (SG_IO, or block-layer PR for dm/NVMe),
+/// for the commands that need the concrete device (doctor, status).
+pub fn open_path(path: &std::path::Path, timeout: Duration) -> sg_pr::Result<AnyDevice> {
     AnyDevice::open(path, Backend::Auto, timeout)
 }
 
-/// Groups `paths` into LUNs by their VPD 0x83 identity, sorted by id. A path that cannot be
-/// opened or identified is an error: a configured LUN that is not there must stop the daemon.
-pub fn discover(paths: &[PathBuf], timeout: Duration) -> Result<Vec<Lun>, String> {
-    let mut luns: Vec<Lun> = Vec::new();
+/// The paths of the configured patterns grouped into LUNs, and the paths that could not be
+/// identified (they are never their own LUN: they are retried by the key check's rescan).
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// LUNs, sorted by id.
+    pub luns: Vec<Lun>,
+    /// Paths that did not open or answer INQUIRY, with the error.
+    pub unidentified: Vec<(PathBuf, sg_pr::Error)>,
+}
+
+/// The identity of the LUN behind `dev`: VPD 0x83, or the path for devices without one.
+pub fn identify(dev: &dyn PathIo) -> sg_pr::Result<String> {
+    Ok(dev.lun_id()?.unwrap_or_else(|| dev.name().to_string()))
+}
+
+/// Groups `paths` into LUNs by their VPD 0x83 identity, sorted by id.
+pub fn discover(storage: &dyn Storage, paths: &[PathBuf], timeout: Duration) -> Discovery {
+    let mut found = Discovery::default();
     for path in paths {
-        let dev = open_path(path, timeout).map_err(|e| e.to_string())?;
-        let id = match dev.as_sg() {
-            Some(sg) => sg
-                .device_identification()
-                .ok()
-                .and_then(|d| d.value.lun_id())
-                .unwrap_or_else(|| path.display().to_string()),
-            None => path.display().to_string(),
-        };
-        match luns.iter_mut().find(|l| l.id == id) {
-            Some(l) => l.paths.push(path.clone()),
-            None => luns.push(Lun {
-                id,
-                paths: vec![path.clone()],
-            }),
+        let id = storage.open(path, timeout).and_then(|d| identify(&*d));
+        match id {
+            Ok(id) => match found.luns.iter_mut().find(|l| l.id == id) {
+                Some(l) => l.paths.push(path.clone()),
+                None => found.luns.push(Lun {
+                    id,
+                    paths: vec![path.clone()],
+                }),
+            },
+            Err(e) => found.unidentified.push((path.clone(), e)),
         }
     }
-    luns.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(luns)
+    found.luns.sort_by(|a, b| a.id.cmp(&b.id));
+    found
+}
+
+/// How this node registers: its key, and the APTPL bit every PR OUT carries (one
+/// cluster-wide setting: the bit of the latest PR OUT governs the whole LUN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// This node's key.
+    pub key: ReservationKey,
+    /// Activate persist through power loss.
+    pub aptpl: bool,
+}
+
+impl Registration {
+    /// Registers through `dev` (REGISTER AND IGNORE EXISTING KEY). A target that refuses APTPL
+    /// (ILLEGAL REQUEST) is registered without it, with a warning: its PR state then does not
+    /// survive a power loss, and `fenced doctor` says so.
+    pub fn register_on(self, dev: &dyn PathIo) -> sg_pr::Result<sg_pr::Report> {
+        match dev.apply(self.op()) {
+            Err(sg_pr::Error::CheckCondition { sense, .. })
+                if self.aptpl && sense.key == sg_pr::SenseKey::IllegalRequest =>
+            {
+                tracing::warn!(path = dev.name(), %sense, "the target refuses APTPL: registered without it (its reservations do not survive a power loss)");
+                dev.apply(
+                    Registration {
+                        aptpl: false,
+                        ..self
+                    }
+                    .op(),
+                )
+            }
+            r => r,
+        }
+    }
+
+    fn op(self) -> PrOperation {
+        PrOperation::Register {
+            current: ReservationKey::ZERO,
+            new: self.key,
+            options: RegisterOptions {
+                ignore_existing: true,
+                aptpl: self.aptpl,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// What unfencing one LUN did.
@@ -63,213 +177,399 @@ pub struct UnfenceReport {
     pub lun: String,
     /// Paths registered.
     pub paths: usize,
+    /// The paths registered.
+    pub registered: Vec<PathBuf>,
+    /// Paths that failed, with the error (the LUN is degraded; the key check retries them).
+    pub paths_down: Vec<String>,
     /// Whether we took the (free) reservation.
     pub reserved: bool,
-    /// The key of the reservation holder afterwards (0 for all-registrants types).
+    /// The key of the reservation holder afterwards.
     pub holder: Option<String>,
 }
 
-/// Registers `key` on every path of every LUN (REGISTER AND IGNORE EXISTING KEY, so a stale or
-/// different registration of this nexus is replaced, as after an iSCSI re-login), reserves
-/// (type 5) every LUN nobody reserved, and verifies with READ KEYS that the key is there. LUNs
-/// are handled in parallel; the whole call ends by `deadline`.
+/// Registers `reg.key` on every path of every LUN (REGISTER AND IGNORE EXISTING KEY, so a
+/// stale registration of this nexus is replaced, as after an iSCSI re-login), reserves (type 5)
+/// every LUN nobody reserved, and verifies with READ KEYS that the key is there. A path that
+/// fails leaves the LUN degraded; a LUN none of whose paths registers is an error. LUNs are
+/// handled in parallel; the whole call ends by `deadline`. The caller has checked the authority
+/// (a fenced node must not register).
 pub fn unfence(
+    storage: Arc<dyn Storage>,
     luns: &[Lun],
-    key: ReservationKey,
+    reg: Registration,
     timeout: Duration,
     deadline: Duration,
-) -> Vec<(String, Result<UnfenceReport, String>)> {
+) -> Vec<(String, Result<UnfenceReport, LunError>)> {
     let jobs: Vec<(String, Lun)> = luns.iter().map(|l| (l.id.clone(), l.clone())).collect();
-    let results = apply_parallel(jobs, 16, deadline, move |lun: &Lun| {
-        unfence_one(lun, key, timeout).map_err(|e| sg_pr::Error::Io {
-            device: lun.id.clone(),
-            command: "unfence",
-            source: std::io::Error::other(e),
-        })
-    });
-    results
-        .into_iter()
-        .map(|r| (r.device, r.result.map_err(|e| e.to_string())))
-        .collect()
+    apply_parallel(jobs, 16, deadline, move |lun: &Lun| {
+        Ok(unfence_one(&*storage, lun, reg, timeout))
+    })
+    .into_iter()
+    .map(|r| {
+        let lun = r.device;
+        let result = r.result.unwrap_or_else(|source| {
+            Err(LunError::Device {
+                lun: lun.clone(),
+                source,
+            })
+        });
+        (lun, result)
+    })
+    .collect()
 }
 
-fn unfence_one(lun: &Lun, key: ReservationKey, timeout: Duration) -> Result<UnfenceReport, String> {
-    let mut first: Option<AnyDevice> = None;
+fn unfence_one(
+    storage: &dyn Storage,
+    lun: &Lun,
+    reg: Registration,
+    timeout: Duration,
+) -> Result<UnfenceReport, LunError> {
+    let mut registered: Vec<Box<dyn PathIo>> = Vec::new();
+    let mut registered_paths = Vec::new();
+    let mut down = Vec::new();
     for path in &lun.paths {
-        let dev = open_path(path, timeout).map_err(|e| e.to_string())?;
-        if let Some(sg) = dev.as_sg() {
+        let attempt = storage.open(path, timeout).and_then(|dev| {
             // Absorbs a pending UNIT ATTENTION (power-on, re-login) before the PR commands.
-            let _ = sg.test_unit_ready();
-        }
-        dev.apply(PrOperation::Register {
-            current: ReservationKey::ZERO,
-            new: key,
-            options: RegisterOptions {
-                ignore_existing: true,
-                ..Default::default()
-            },
-        })
-        .map_err(|e| e.to_string())?;
-        if first.is_none() {
-            first = Some(dev);
-        }
-    }
-    let dev = first.ok_or_else(|| format!("LUN {} has no paths", lun.id))?;
-    let mut reserved = false;
-    let current = dev
-        .reservation()
-        .map_err(|e| e.to_string())?
-        .value
-        .reservation;
-    let holder = match current {
-        Some(r) => Some(r.key),
-        None => match dev.apply(PrOperation::Reserve {
-            key,
-            pr_type: FENCING_TYPE,
-        }) {
-            Ok(_) => {
-                reserved = true;
-                Some(key)
+            let _ = dev.test_unit_ready();
+            reg.register_on(&*dev)?;
+            Ok(dev)
+        });
+        match attempt {
+            Ok(dev) => {
+                registered.push(dev);
+                registered_paths.push(path.clone());
             }
-            // Another node reserved it between our read and our reserve: fine, a holder exists.
-            Err(e) if e.is_reservation_conflict() => dev
-                .reservation()
-                .map_err(|e| e.to_string())?
-                .value
-                .reservation
-                .map(|r| r.key),
-            Err(e) => return Err(e.to_string()),
-        },
-    };
-    let keys = dev.keys().map_err(|e| e.to_string())?;
-    if !keys.value.contains(key) {
-        return Err(format!(
-            "{}: registered key 0x{:x} is not listed by READ KEYS after REGISTER",
-            lun.id, key.0
-        ));
+            Err(e) => {
+                tracing::warn!(lun = %lun.id, error = %e, "path not registered: the LUN starts degraded; the key check retries it");
+                down.push(e.to_string());
+            }
+        }
     }
+    let Some(dev) = registered.first() else {
+        return Err(LunError::Unreachable {
+            lun: lun.id.clone(),
+            detail: down.join("; "),
+        });
+    };
+    let (reserved, holder) = reserve_if_free(&**dev, &lun.id, reg.key)?;
+    confirm_listed(&**dev, &lun.id, reg.key)?;
     Ok(UnfenceReport {
         lun: lun.id.clone(),
-        paths: lun.paths.len(),
+        paths: registered.len(),
+        registered: registered_paths,
+        paths_down: down,
         reserved,
         holder: holder.map(|k| format!("0x{:x}", k.0)),
     })
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// A monotonic instant as a non-zero u64 (0 means "never"), for atomics.
-fn encode(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
-}
-
-fn decode(v: u64) -> Option<Instant> {
-    (v != 0).then(|| epoch() + Duration::from_nanos(v - 1))
-}
-
-/// What the key checker last saw, shared with the daemon loop through atomics (the loop reads it
-/// without locks or allocation).
-#[derive(Debug)]
-pub struct KeyWatch {
-    confirmed: Vec<AtomicU64>,
-    gone: Vec<AtomicBool>,
-}
-
-impl KeyWatch {
-    /// For `luns` LUNs, nothing confirmed yet.
-    pub fn new(luns: usize) -> Arc<KeyWatch> {
-        Arc::new(KeyWatch {
-            confirmed: (0..luns).map(|_| AtomicU64::new(0)).collect(),
-            gone: (0..luns).map(|_| AtomicBool::new(false)).collect(),
-        })
-    }
-
-    /// Number of LUNs.
-    pub fn len(&self) -> usize {
-        self.confirmed.len()
-    }
-
-    /// Whether there are no LUNs.
-    pub fn is_empty(&self) -> bool {
-        self.confirmed.is_empty()
-    }
-
-    /// Copies the state into the loop's preallocated arrays.
-    pub fn snapshot(&self, confirmed: &mut [Option<Instant>], gone: &mut [bool]) {
-        for (i, c) in self.confirmed.iter().enumerate() {
-            if let Some(slot) = confirmed.get_mut(i) {
-                *slot = decode(c.load(Ordering::Acquire));
-            }
-        }
-        for (i, g) in self.gone.iter().enumerate() {
-            if let Some(slot) = gone.get_mut(i) {
-                *slot = g.load(Ordering::Acquire);
-            }
-        }
-    }
-
-    fn record(&self, lun: usize, present: bool, at: Instant) {
-        if present {
-            self.confirmed[lun].store(encode(at), Ordering::Release);
-        } else {
-            self.gone[lun].store(true, Ordering::Release);
-        }
-    }
-}
-
-/// Starts the thread that reads the keys of every LUN (through its first path), one LUN after
-/// the other, once per `interval`, and records in `watch` whether `key` is present. (Spreading
-/// the reads over the interval was tried: one wake-up per LUN cost more CPU than the burst.) It
-/// never blocks the daemon loop: a hung LUN only stops its confirmations from advancing, which
-/// the loop sees as stale.
-pub fn spawn_key_checker(
-    luns: Vec<Lun>,
+/// Takes the reservation (type 5) when nobody holds one; returns whether we took it and who
+/// holds it afterwards.
+pub fn reserve_if_free(
+    dev: &dyn PathIo,
+    lun: &str,
     key: ReservationKey,
-    timeout: Duration,
-    interval: Duration,
-    watch: Arc<KeyWatch>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("key-check".into())
-        .spawn(move || {
-            let mut devices: Vec<Option<AnyDevice>> = luns.iter().map(|_| None).collect();
-            loop {
-                let started = Instant::now();
-                for (i, lun) in luns.iter().enumerate() {
-                    if devices[i].is_none() {
-                        match lun.paths.first().map(|p| open_path(p, timeout)) {
-                            Some(Ok(d)) => devices[i] = Some(d),
-                            Some(Err(e)) => {
-                                tracing::warn!(lun = %lun.id, error = %e, "cannot open LUN for the key check");
-                                continue;
-                            }
-                            None => continue,
-                        }
-                    }
-                    let Some(dev) = &devices[i] else { continue };
-                    match dev.keys() {
-                        Ok(keys) => {
-                            let present = keys.value.contains(key);
-                            if !present {
-                                tracing::error!(lun = %lun.id, key = format_args!("0x{:x}", key.0), "our reservation key is gone: this node was fenced");
-                            }
-                            watch.record(i, present, Instant::now());
-                        }
-                        Err(e) => {
-                            tracing::warn!(lun = %lun.id, error = %e, "READ KEYS failed");
-                            devices[i] = None;
-                        }
-                    }
-                }
-                let spent = started.elapsed();
-                if spent < interval {
-                    std::thread::sleep(interval - spent);
-                }
-            }
+) -> Result<(bool, Option<ReservationKey>), LunError> {
+    let err = |source| LunError::Device {
+        lun: lun.to_string(),
+        source,
+    };
+    if let Some(r) = dev.reservation().map_err(err)?.value.reservation {
+        return Ok((false, Some(r.key)));
+    }
+    match dev.apply(PrOperation::Reserve {
+        key,
+        pr_type: FENCING_TYPE,
+    }) {
+        Ok(_) => Ok((true, Some(key))),
+        // Another node reserved it between our read and our reserve: fine, a holder exists.
+        Err(e) if e.is_reservation_conflict() => Ok((
+            false,
+            dev.reservation()
+                .map_err(err)?
+                .value
+                .reservation
+                .map(|r| r.key),
+        )),
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn confirm_listed(dev: &dyn PathIo, lun: &str, key: ReservationKey) -> Result<(), LunError> {
+    let keys = dev.keys().map_err(|source| LunError::Device {
+        lun: lun.to_string(),
+        source,
+    })?;
+    if keys.value.contains(key) {
+        Ok(())
+    } else {
+        Err(LunError::NotListed {
+            lun: lun.to_string(),
+            key: key.0,
         })
+    }
+}
+
+/// A read of the voting-disk authority from a poll round that started after the request.
+#[derive(Debug, Clone, Copy)]
+pub struct FreshAuthority {
+    /// When the round that read it started (CLOCK_MONOTONIC).
+    pub round_started: Instant,
+    /// Whether that round read a majority.
+    pub majority: bool,
+    /// Whether the authority marks this node dead.
+    pub self_dead: bool,
+}
+
+/// Gives a fresh authority read for [`register_guarded`].
+pub trait AuthoritySource {
+    /// Reads the authority from a round that starts after this call.
+    fn fresh(&mut self) -> Result<FreshAuthority, String>;
+}
+
+/// What a guarded registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardedOutcome {
+    /// Registered within the bound.
+    Registered,
+    /// Registered after the bound, but READ FULL STATUS showed the key held on another nexus
+    /// throughout (no preemption came between).
+    RegisteredKeyHeldElsewhere,
+    /// Registered after the bound with nothing to prove no preemption came between: the node
+    /// must fence itself (the fencer's re-verification may have run before it).
+    Late,
+}
+
+/// Registers `reg` on `paths` of LUN `lun` under the guard described in the module docs.
+/// `Err(Refused)` when the fresh read has no majority or marks this node dead (nothing was
+/// sent); device errors on a path are returned per path in the second element.
+pub fn register_guarded(
+    lun: &str,
+    paths: &[&dyn PathIo],
+    reg: Registration,
+    authority: &mut dyn AuthoritySource,
+    bound: Duration,
+) -> Result<(GuardedOutcome, Vec<(String, sg_pr::Error)>), LunError> {
+    let refused = |why: String| LunError::Refused {
+        lun: lun.to_string(),
+        why,
+    };
+    let fresh = authority
+        .fresh()
+        .map_err(|e| refused(format!("no fresh voting-disk read ({e})")))?;
+    if !fresh.majority {
+        return Err(refused("no read-majority of voting disks".into()));
+    }
+    if fresh.self_dead {
+        return Err(refused(
+            "the voting-disk authority marks this node dead".into(),
+        ));
+    }
+    let mut failed = Vec::new();
+    let mut done = 0usize;
+    for dev in paths {
+        match reg.register_on(*dev) {
+            Ok(_) => done += 1,
+            Err(e) => failed.push((dev.name().to_string(), e)),
+        }
+    }
+    if fresh.round_started.elapsed() < bound || done == 0 {
+        return Ok((GuardedOutcome::Registered, failed));
+    }
+    // Late. A key held on more nexuses than we just registered proves no preemption between.
+    let held = paths
+        .iter()
+        .find_map(|d| d.registrations_of(reg.key).ok().flatten());
+    match held {
+        Some(n) if n > done => Ok((GuardedOutcome::RegisteredKeyHeldElsewhere, failed)),
+        _ => Ok((GuardedOutcome::Late, failed)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim::{PathMode, San};
+
+    const ME: ReservationKey = ReservationKey(0xa1);
+    const REG: Registration = Registration {
+        key: ME,
+        aptpl: false,
+    };
+
+    fn two_luns() -> San {
+        let san = San::new();
+        let a = san.add_lun("naa.600a");
+        let b = san.add_lun("naa.600b");
+        san.add_path(b, "/dev/sda");
+        san.add_path(a, "/dev/sdb");
+        san.add_path(b, "/dev/sdc");
+        san.add_path(a, "/dev/sdd");
+        san
+    }
+
+    fn paths(p: &[&str]) -> Vec<PathBuf> {
+        p.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn paths_are_grouped_by_identity_and_luns_sorted() {
+        let san = two_luns();
+        let d = discover(
+            &san,
+            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            d.luns,
+            vec![
+                Lun {
+                    id: "naa.600a".into(),
+                    paths: paths(&["/dev/sdb", "/dev/sdd"])
+                },
+                Lun {
+                    id: "naa.600b".into(),
+                    paths: paths(&["/dev/sda", "/dev/sdc"])
+                },
+            ]
+        );
+        assert!(d.unidentified.is_empty());
+    }
+
+    #[test]
+    fn a_path_whose_inquiry_fails_is_never_its_own_lun() {
+        let san = two_luns();
+        san.set_mode("/dev/sdc", PathMode::NoInquiry);
+        let d = discover(
+            &san,
+            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
+            Duration::from_secs(1),
+        );
+        assert_eq!(d.luns.len(), 2);
+        assert_eq!(d.luns[1].paths, paths(&["/dev/sda"]));
+        assert_eq!(d.unidentified.len(), 1);
+        assert_eq!(d.unidentified[0].0, PathBuf::from("/dev/sdc"));
+    }
+
+    #[test]
+    fn unfence_with_a_path_down_registers_the_others_and_reports_the_lun_degraded() {
+        let san = two_luns();
+        let luns = discover(
+            &san,
+            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
+            Duration::from_secs(1),
+        )
+        .luns;
+        san.set_mode("/dev/sdd", PathMode::Down);
+        let storage: Arc<dyn Storage> = Arc::new(san.clone());
+        let results = unfence(
+            storage,
+            &luns,
+            REG,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        );
+        let a = results[0].1.as_ref().expect("LUN a unfenced");
+        assert_eq!(a.paths, 1);
+        assert_eq!(a.paths_down.len(), 1);
+        assert!(a.reserved);
+        assert!(san.registered("/dev/sdb", ME.0));
+        assert!(!san.registered("/dev/sdd", ME.0));
+        assert_eq!(san.holder(0), Some(ME.0));
+        assert!(results[1].1.is_ok());
+    }
+
+    #[test]
+    fn unfence_of_a_lun_with_no_answering_path_is_an_error() {
+        let san = two_luns();
+        let luns = discover(
+            &san,
+            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
+            Duration::from_secs(1),
+        )
+        .luns;
+        san.set_mode("/dev/sdb", PathMode::Down);
+        san.set_mode("/dev/sdd", PathMode::Down);
+        let results = unfence(
+            Arc::new(san),
+            &luns,
+            REG,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        );
+        assert!(matches!(results[0].1, Err(LunError::Unreachable { .. })));
+        assert!(results[1].1.is_ok());
+    }
+
+    struct Fixed(FreshAuthority, usize);
+    impl AuthoritySource for Fixed {
+        fn fresh(&mut self) -> Result<FreshAuthority, String> {
+            self.1 += 1;
+            Ok(self.0)
+        }
+    }
+
+    fn fresh(age: Duration, majority: bool, self_dead: bool) -> Fixed {
+        Fixed(
+            FreshAuthority {
+                round_started: Instant::now() - age,
+                majority,
+                self_dead,
+            },
+            0,
+        )
+    }
+
+    fn open(san: &San, p: &str) -> Box<dyn PathIo> {
+        san.open(std::path::Path::new(p), Duration::from_secs(1))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_guarded_registration_is_refused_without_majority_or_when_marked_dead() {
+        let san = two_luns();
+        let dev = open(&san, "/dev/sdb");
+        for mut a in [
+            fresh(Duration::ZERO, false, false),
+            fresh(Duration::ZERO, true, true),
+        ] {
+            let before = san.commands();
+            let r = register_guarded("a", &[&*dev], REG, &mut a, Duration::from_secs(1));
+            assert!(matches!(r, Err(LunError::Refused { .. })), "{r:?}");
+            assert_eq!(san.commands(), before, "nothing sent");
+            assert_eq!(a.1, 1, "the authority was read");
+        }
+    }
+
+    #[test]
+    fn a_guarded_registration_within_the_bound_registers() {
+        let san = two_luns();
+        let (b, d) = (open(&san, "/dev/sdb"), open(&san, "/dev/sdd"));
+        let mut a = fresh(Duration::ZERO, true, false);
+        let (outcome, failed) =
+            register_guarded("a", &[&*b, &*d], REG, &mut a, Duration::from_secs(1)).unwrap();
+        assert_eq!(outcome, GuardedOutcome::Registered);
+        assert!(failed.is_empty());
+        assert!(san.registered("/dev/sdb", ME.0) && san.registered("/dev/sdd", ME.0));
+    }
+
+    #[test]
+    fn a_late_registration_is_kept_only_when_the_key_never_left_another_nexus() {
+        let san = two_luns();
+        let (b, d) = (open(&san, "/dev/sdb"), open(&san, "/dev/sdd"));
+        // sdb already holds our key: registering sdd late is provably safe.
+        REG.register_on(&*b).unwrap();
+        let mut a = fresh(Duration::from_secs(5), true, false);
+        let (outcome, _) =
+            register_guarded("a", &[&*d], REG, &mut a, Duration::from_secs(1)).unwrap();
+        assert_eq!(outcome, GuardedOutcome::RegisteredKeyHeldElsewhere);
+        // Our key was preempted meanwhile (nothing holds it): a late registration of sdd
+        // proves nothing, the node must fence itself.
+        let san2 = two_luns();
+        let d2 = open(&san2, "/dev/sdd");
+        let mut a = fresh(Duration::from_secs(5), true, false);
+        let (outcome, _) =
+            register_guarded("a", &[&*d2], REG, &mut a, Duration::from_secs(1)).unwrap();
+        assert_eq!(outcome, GuardedOutcome::Late);
+    }
 }

@@ -4,7 +4,8 @@
 //! group by adding a variant and a module.
 //!
 //! Exit codes: 0 success, 1 failure (I/O, bad disk contents), 2 usage error, 3 refused (the
-//! command would destroy data and `--force` was not given).
+//! command would destroy data and `--force` was not given), 4 a fence not confirmed on every LUN
+//! (the report names them).
 
 use std::process::ExitCode;
 

@@ -5,17 +5,34 @@
 use serde_json::{json, Value};
 
 use crate::channel::DiskChannel;
-use crate::config::{self, Config, Member};
+use crate::config::{Config, Member};
 use crate::fence::{self, FenceError, FenceReport};
 use crate::luns::{self, Lun};
+use crate::storage::{Storage, SystemStorage};
 
-/// The shared LUNs of `config`, grouped by identity.
+/// The shared LUNs of `config`, grouped by identity. Paths that do not answer INQUIRY are left
+/// out with a warning (a LUN is reached through its other paths); none answering is an error.
 pub fn discover_luns(config: &Config) -> Result<Vec<Lun>, String> {
-    let paths = config::expand_paths(&config.luns);
+    let paths = SystemStorage.paths(&config.luns);
     if paths.is_empty() && !config.luns.is_empty() {
         return Err(format!("no device matches storage.luns {:?}", config.luns));
     }
-    luns::discover(&paths, config.timing.fence_deadline / 2)
+    let found = luns::discover(&SystemStorage, &paths, config.timing.fence_deadline / 2);
+    for (path, e) in &found.unidentified {
+        tracing::warn!(path = %path.display(), error = %e, "path left out: it does not answer INQUIRY");
+    }
+    if found.luns.is_empty() && !paths.is_empty() {
+        return Err(format!(
+            "none of the configured paths answers INQUIRY: {}",
+            found
+                .unidentified
+                .iter()
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    Ok(found.luns)
 }
 
 /// Sends `op` for `node` to the daemon running on this node; `Ok(None)` when none runs.
@@ -28,26 +45,30 @@ pub fn via_daemon(config: &Config, op: &str, node: &str) -> Result<Option<Value>
     )
 }
 
-/// Fences `node` through the running daemon, or directly when no daemon runs (the same paths
-/// as `fenced fence`).
-pub fn fence_node(config: &Config, node: &str) -> Result<FenceReport, String> {
-    if let Some(reply) = via_daemon(config, "fence", node)? {
-        if reply["ok"] == true {
-            return serde_json::from_value::<FenceReport>(reply["report"].clone())
-                .map_err(|e| format!("the daemon's report is not understood ({e}): {reply}"));
+/// Why `fence_node` did not confirm the fence.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct FenceFailure {
+    /// What to tell the operator.
+    pub message: String,
+    /// The per-LUN report when the victim is cut off some LUNs but not confirmed on all.
+    pub report: Option<Box<FenceReport>>,
+}
+
+impl From<String> for FenceFailure {
+    fn from(message: String) -> Self {
+        FenceFailure {
+            message,
+            report: None,
         }
-        return Err(reply["error"]
-            .as_str()
-            .unwrap_or("the daemon refused")
-            .to_string());
     }
-    let victim = member(config, node)?.clone();
-    let luns = discover_luns(config)?;
-    let mut channel = DiskChannel::open(config).map_err(|e| format!("voting disks: {e}"))?;
-    match fence::fence(config, &luns, &victim, &mut channel) {
-        Ok(report) => Ok(report),
-        Err(FenceError::Incomplete { report, .. }) => Err(format!(
-            "not confirmed on every LUN: {}",
+}
+
+fn incomplete(report: Box<FenceReport>) -> FenceFailure {
+    FenceFailure {
+        message: format!(
+            "{} is not confirmed cut off every LUN; not confirmed: {}",
+            report.victim,
             report
                 .luns
                 .iter()
@@ -55,8 +76,39 @@ pub fn fence_node(config: &Config, node: &str) -> Result<FenceReport, String> {
                 .map(|l| format!("{}: {}", l.lun, l.outcome))
                 .collect::<Vec<_>>()
                 .join("; ")
-        )),
-        Err(e) => Err(e.to_string()),
+        ),
+        report: Some(report),
+    }
+}
+
+/// Fences `node` through the running daemon, or directly when no daemon runs (the same paths
+/// as `fenced fence`).
+pub fn fence_node(config: &Config, node: &str) -> Result<FenceReport, FenceFailure> {
+    if let Some(reply) = via_daemon(config, "fence", node)? {
+        let report = || {
+            serde_json::from_value::<FenceReport>(reply["report"].clone())
+                .map_err(|e| format!("the daemon's report is not understood ({e}): {reply}"))
+        };
+        if reply["ok"] == true {
+            return Ok(report()?);
+        }
+        if !reply["report"].is_null() {
+            return Err(incomplete(Box::new(report()?)));
+        }
+        return Err(reply["error"]
+            .as_str()
+            .unwrap_or("the daemon refused")
+            .to_string()
+            .into());
+    }
+    let victim = member(config, node)?.clone();
+    let luns = discover_luns(config)?;
+    let mut channel = DiskChannel::open(config).map_err(|e| format!("voting disks: {e}"))?;
+    let storage: std::sync::Arc<dyn Storage> = std::sync::Arc::new(SystemStorage);
+    match fence::fence(config, &storage, &luns, &victim, &mut channel) {
+        Ok(report) => Ok(report),
+        Err(FenceError::Incomplete { report, .. }) => Err(incomplete(report)),
+        Err(e) => Err(e.to_string().into()),
     }
 }
 

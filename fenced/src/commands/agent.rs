@@ -258,7 +258,9 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
                     }
                 };
                 let t = config.timing.fence_deadline;
-                for (lun, r) in fenced::luns::unfence(&luns, config.me.key, t / 2, t) {
+                let reg = config.registration();
+                let storage = std::sync::Arc::new(fenced::storage::SystemStorage);
+                for (lun, r) in fenced::luns::unfence(storage, &luns, reg, t / 2, t) {
                     if let Err(e) = r {
                         log.error(&format!("{lun}: {e}"));
                         return 1;

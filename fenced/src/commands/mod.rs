@@ -38,6 +38,9 @@ pub enum Exit {
     Failure = 1,
     /// The command would destroy data and `--force` was not given.
     Refused = 3,
+    /// A fence cut the victim off some LUNs but could not confirm every one (the report names
+    /// them): the clusterware must not treat the node as fenced.
+    Incomplete = 4,
 }
 
 impl From<Exit> for std::process::ExitCode {

@@ -78,8 +78,7 @@ pub fn run(args: &RunArgs) -> Exit {
             return Exit::Failure;
         }
     };
-    if let Err(e) = fenced::control::serve(config.clone(), daemon.luns().to_vec(), daemon.shared())
-    {
+    if let Err(e) = fenced::control::serve(daemon.control_context()) {
         // Without the socket, fencing from this node would need a second writer of our slot.
         complain!("control socket {}: {e}", config.control_socket.display());
         return Exit::Failure;
@@ -125,6 +124,10 @@ fn print_report(report: &FenceReport, json: bool) {
             report.non_pr_safe_ms
         );
     }
+    say!(
+        "  re-verified every LUN after the registration bound, +{} ms",
+        report.reverified_ms
+    );
 }
 
 /// `fenced fence NODE`: exit 0 only when the node is cut off every LUN (verified).
@@ -140,10 +143,30 @@ pub fn fence(args: &NodeArgs) -> Exit {
         }
         Err(e) => {
             if args.json {
-                say!("{}", json!({ "ok": false, "error": e }));
+                say!(
+                    "{}",
+                    json!({ "ok": false, "error": e.message, "report": e.report })
+                );
+            } else if let Some(report) = &e.report {
+                for l in &report.luns {
+                    say!(
+                        "  {}: {} ({})",
+                        l.lun,
+                        l.outcome,
+                        if l.confirmed {
+                            "confirmed"
+                        } else {
+                            "NOT CONFIRMED"
+                        }
+                    );
+                }
             }
             complain!("{e}");
-            Exit::Failure
+            if e.report.is_some() {
+                Exit::Incomplete
+            } else {
+                Exit::Failure
+            }
         }
     }
 }
@@ -205,17 +228,23 @@ pub fn unfence(args: &LocalArgs) -> Exit {
     };
     let mut failed = false;
     let results = luns::unfence(
+        std::sync::Arc::new(fenced::storage::SystemStorage),
         &luns,
-        config.me.key,
+        config.registration(),
         config.timing.fence_deadline / 2,
         config.timing.fence_deadline,
     );
     for (lun, r) in &results {
         match r {
             Ok(r) => say!(
-                "{lun}: registered on {} path(s){}",
+                "{lun}: registered on {} path(s){}{}",
                 r.paths,
-                if r.reserved { ", reserved" } else { "" }
+                if r.reserved { ", reserved" } else { "" },
+                if r.paths_down.is_empty() {
+                    String::new()
+                } else {
+                    format!("; DEGRADED, not registered: {}", r.paths_down.join("; "))
+                }
             ),
             Err(e) => {
                 failed = true;
@@ -302,30 +331,36 @@ pub fn status(args: &LocalArgs) -> Exit {
             let mut list = Vec::new();
             for lun in &luns {
                 let mut entry = json!({ "lun": lun.id, "paths": lun.paths });
-                match lun
-                    .paths
-                    .first()
-                    .map(|p| luns::open_path(p, config.timing.lease))
-                {
-                    Some(Ok(dev)) => {
-                        use sg_pr::PersistentReservations;
-                        match dev.keys() {
-                            Ok(k) => {
-                                entry["keys"] = json!(k
-                                    .value
-                                    .keys
-                                    .iter()
-                                    .map(|key| {
-                                        let who =
-                                            config.member_by_key(*key).map(|m| m.name.clone());
-                                        json!({ "key": format!("0x{:x}", key.0), "node": who })
-                                    })
-                                    .collect::<Vec<_>>());
-                                entry["own_key_registered"] =
-                                    json!(k.value.contains(config.me.key));
-                            }
-                            Err(e) => entry["error"] = json!(e.to_string()),
+                // Through the first path that answers: a path down is routine.
+                let mut errors = Vec::new();
+                let dev = lun.paths.iter().find_map(|p| {
+                    use sg_pr::PersistentReservations;
+                    match luns::open_path(p, config.timing.lease)
+                        .and_then(|d| d.keys().map(|k| (d, k)))
+                    {
+                        Ok(ok) => Some(ok),
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            None
                         }
+                    }
+                });
+                if !errors.is_empty() {
+                    entry["path_errors"] = json!(errors);
+                }
+                match dev {
+                    Some((dev, k)) => {
+                        use sg_pr::PersistentReservations;
+                        entry["keys"] = json!(k
+                            .value
+                            .keys
+                            .iter()
+                            .map(|key| {
+                                let who = config.member_by_key(*key).map(|m| m.name.clone());
+                                json!({ "key": format!("0x{:x}", key.0), "node": who })
+                            })
+                            .collect::<Vec<_>>());
+                        entry["own_key_registered"] = json!(k.value.contains(config.me.key));
                         if let Ok(r) = dev.reservation() {
                             entry["reservation"] = match r.value.reservation {
                                 Some(r) => json!({
@@ -337,8 +372,7 @@ pub fn status(args: &LocalArgs) -> Exit {
                             };
                         }
                     }
-                    Some(Err(e)) => entry["error"] = json!(e.to_string()),
-                    None => {}
+                    None => entry["error"] = json!(errors.join("; ")),
                 }
                 list.push(entry);
             }
@@ -363,7 +397,12 @@ pub fn status(args: &LocalArgs) -> Exit {
     let ping = json!({ "v": fenced::control::VERSION, "op": "ping" });
     out["daemon"] =
         match fenced::control::request(&config.control_socket, &ping, Duration::from_secs(5)) {
-            Ok(Some(reply)) => json!({ "running": true, "verdict": reply["verdict"] }),
+            Ok(Some(reply)) => json!({
+                "running": true,
+                "verdict": reply["verdict"],
+                "degraded": reply["degraded"],
+                "luns": reply["luns"],
+            }),
             Ok(None) => json!({ "running": false }),
             Err(e) => json!({ "running": null, "error": e }),
         };

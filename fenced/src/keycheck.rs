@@ -1,0 +1,1059 @@
+//! The key check: a thread that, once per period, reads the keys of every LUN through every
+//! path, keeps the paths' states, registers new and returned paths, recovers from a lost PR
+//! state, and preempts the keys of nodes the authority marks dead.
+//!
+//! What it may and may not conclude (the principle: only the cluster's authority resets a
+//! healthy node):
+//!
+//! - **Our key is listed**: the LUN is confirmed.
+//! - **A path fails**: the path is down (retried with back-off); the LUN is degraded while
+//!   another path answers, unreachable when none does. Neither withholds the watchdog: the
+//!   target enforces the reservation whether or not this node can read it.
+//! - **Our key is gone and a path received UNIT ATTENTION 2A/05 (registrations preempted)**:
+//!   another node preempted us. The loop fences this node ([`KeyLoss::Preempted`]).
+//! - **Our key is gone without that notice**: it may be a preemption whose notice went to
+//!   other I/O on the nexus (the sd driver's), or a PR-state loss (an array reset without APTPL,
+//!   an operator's PR OUT CLEAR; 2A/03 and 2A/04 prove nothing either). The first node to see a
+//!   state loss registers again, so the others then see its key and not theirs: "other keys
+//!   remain" proves nothing. The checker registers again under the guard of
+//!   [`crate::luns::register_guarded`]: a fresh authority read that does not mark this node
+//!   dead, completed within B — which is safe against a concurrent fence because the fencer
+//!   re-verifies after t0 + B. With `storage.key_loss = "self-fence"` (for clusters where a
+//!   tool other than fenced may preempt), it fences instead.
+//! - **The key of a node the authority marks dead is listed**: a LUN or path that was
+//!   unreachable during its fence came back, or its registration raced the fence: preempt it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sg_pr::sense::asc;
+use sg_pr::{Completed, PrOperation, RegisteredKeys, ReservationKey};
+
+use crate::luns::{
+    identify, register_guarded, reserve_if_free, AuthoritySource, GuardedOutcome, Lun,
+    Registration, FENCING_TYPE,
+};
+use crate::storage::{PathIo, Storage};
+use crate::vdisk::Marker;
+
+/// Why this node's key loss ends in a self-fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum KeyLoss {
+    /// UNIT ATTENTION 2A/05: another node preempted our registrations.
+    Preempted,
+    /// Our key vanished and `storage.key_loss = "self-fence"`.
+    Unexplained,
+    /// A registration after a key loss completed after the bound B (see [`crate::luns`]).
+    RegistrationLate,
+}
+
+impl KeyLoss {
+    fn code(self) -> u64 {
+        match self {
+            KeyLoss::Preempted => 1,
+            KeyLoss::Unexplained => 2,
+            KeyLoss::RegistrationLate => 3,
+        }
+    }
+
+    fn from_code(c: u64) -> Option<KeyLoss> {
+        match c {
+            1 => Some(KeyLoss::Preempted),
+            2 => Some(KeyLoss::Unexplained),
+            3 => Some(KeyLoss::RegistrationLate),
+            _ => None,
+        }
+    }
+}
+
+/// What to do when our key vanishes without a preemption notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyLossPolicy {
+    /// Take it for a PR-state loss and register again under the guard (default).
+    #[default]
+    Recover,
+    /// Fence this node (the behaviour before multipath support; for clusters where another
+    /// tool, e.g. fence_scsi, may preempt without a marker on the voting disks).
+    SelfFence,
+}
+
+/// What the loop reads from the checker, without locks or allocation.
+#[derive(Debug, Default)]
+pub struct KeyWatch {
+    /// (LUN index + 1) << 8 | KeyLoss code; 0 while our key is not lost.
+    lost: AtomicU64,
+    /// LUNs not confirmed through every path this period.
+    degraded: AtomicUsize,
+}
+
+impl KeyWatch {
+    /// Nothing lost, nothing degraded.
+    pub fn new() -> Arc<KeyWatch> {
+        Arc::new(KeyWatch::default())
+    }
+
+    /// The LUN (index in the checker's list) and cause when our key is lost for good.
+    pub fn lost(&self) -> Option<(usize, KeyLoss)> {
+        let v = self.lost.load(Ordering::Acquire);
+        let cause = KeyLoss::from_code(v & 0xff)?;
+        Some((
+            usize::try_from(v >> 8)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(1),
+            cause,
+        ))
+    }
+
+    /// LUNs degraded or unreachable.
+    pub fn degraded(&self) -> usize {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    fn set_lost(&self, lun: usize, cause: KeyLoss) {
+        let v = ((lun as u64 + 1) << 8) | cause.code();
+        let _ = self
+            .lost
+            .compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// A path's state, as `fenced status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathHealth {
+    /// Device node.
+    pub path: String,
+    /// `up`, `down` or `gone` (the device node vanished).
+    pub state: String,
+    /// Whether this node's registration through the path is verified.
+    pub registered: bool,
+    /// The last error, while down.
+    pub error: Option<String>,
+}
+
+/// A LUN's state, as `fenced status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LunHealth {
+    /// LUN id.
+    pub lun: String,
+    /// `confirmed` (our key listed, every path up and registered), `degraded` (confirmed
+    /// through fewer paths), `unreachable` (no path answered), `recovering` (our key is gone
+    /// without a preemption notice; registering again), `lost` (this node is fenced).
+    pub state: String,
+    /// Milliseconds since our key was last seen on it.
+    pub confirmed_ms_ago: Option<u64>,
+    /// Its paths.
+    pub paths: Vec<PathHealth>,
+    /// What the checker last did or saw, for the operator.
+    pub note: Option<String>,
+}
+
+/// The checker's view for the control socket and fences: LUN health and the current paths.
+#[derive(Debug, Default)]
+pub struct LunBoard {
+    health: Mutex<Vec<LunHealth>>,
+    luns: Mutex<Vec<Lun>>,
+}
+
+impl LunBoard {
+    /// A board listing `luns` before the first check.
+    pub fn new(luns: &[Lun]) -> Arc<LunBoard> {
+        Arc::new(LunBoard {
+            health: Mutex::new(Vec::new()),
+            luns: Mutex::new(luns.to_vec()),
+        })
+    }
+
+    /// Every LUN's health as of the last period.
+    pub fn health(&self) -> Vec<LunHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The LUNs and their present paths (up ones first), sorted by id.
+    pub fn luns(&self) -> Vec<Lun> {
+        self.luns.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What the checker works with.
+#[derive(Debug, Clone)]
+pub struct CheckerConfig {
+    /// The configured path patterns (rescanned every period).
+    pub patterns: Vec<String>,
+    /// This node's registration.
+    pub reg: Registration,
+    /// This node's slot id.
+    pub me: u8,
+    /// Every member's (slot id, key), to recognise the keys of nodes marked dead.
+    pub members: Vec<(u8, ReservationKey)>,
+    /// Per-command timeout.
+    pub timeout: Duration,
+    /// The check period.
+    pub period: Duration,
+    /// The registration bound B.
+    pub bound: Duration,
+    /// What a key loss without a preemption notice means.
+    pub key_loss: KeyLossPolicy,
+}
+
+/// Gives the checker the authority: a fresh read (for registrations) and the latest one (for
+/// the sweep of dead nodes' keys).
+pub trait AuthorityView: AuthoritySource + Send {
+    /// The authority the loop last read (no waiting).
+    fn latest(&self) -> Marker;
+}
+
+struct PathState {
+    path: PathBuf,
+    dev: Option<Box<dyn PathIo>>,
+    /// Answered its last command.
+    up: bool,
+    /// The device node exists.
+    present: bool,
+    /// Our registration through it is verified.
+    registered: bool,
+    fails: u32,
+    retry_at: Option<Instant>,
+    error: Option<String>,
+}
+
+impl PathState {
+    fn new(path: PathBuf, dev: Option<Box<dyn PathIo>>, registered: bool) -> PathState {
+        PathState {
+            path,
+            up: dev.is_some(),
+            dev,
+            present: true,
+            registered,
+            fails: 0,
+            retry_at: None,
+            error: None,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.present && (self.up || self.retry_at.is_none_or(|t| now >= t))
+    }
+
+    fn fail(&mut self, now: Instant, period: Duration, error: String) {
+        if self.up {
+            tracing::warn!(path = %self.path.display(), error = %error, "path down");
+        }
+        self.up = false;
+        self.registered = false;
+        self.dev = None;
+        self.fails = self.fails.saturating_add(1);
+        // Back-off: one period, doubling to 32 periods.
+        let periods = 1u32 << self.fails.min(6).saturating_sub(1);
+        self.retry_at = Some(now + period * periods);
+        self.error = Some(error);
+    }
+}
+
+struct LunState {
+    id: String,
+    paths: Vec<PathState>,
+    confirmed_at: Option<Instant>,
+    reachable: bool,
+    recovering: bool,
+    lost: bool,
+    generation: Option<u32>,
+    note: Option<String>,
+}
+
+/// The key checker. [`KeyChecker::step`] is one period's work; [`spawn`] runs it on a thread.
+pub struct KeyChecker {
+    storage: Arc<dyn Storage>,
+    cfg: CheckerConfig,
+    luns: Vec<LunState>,
+    authority: Box<dyn AuthorityView>,
+    watch: Arc<KeyWatch>,
+    board: Arc<LunBoard>,
+    /// Paths whose identity could not be read, with when it was last reported.
+    unidentified: Vec<PathBuf>,
+}
+
+impl KeyChecker {
+    /// A checker over `luns` as unfenced at start: `registered` lists the paths whose
+    /// registration succeeded.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        cfg: CheckerConfig,
+        luns: &[Lun],
+        registered: &[PathBuf],
+        authority: Box<dyn AuthorityView>,
+        watch: Arc<KeyWatch>,
+        board: Arc<LunBoard>,
+    ) -> KeyChecker {
+        let luns = luns
+            .iter()
+            .map(|l| LunState {
+                id: l.id.clone(),
+                paths: l
+                    .paths
+                    .iter()
+                    .map(|p| {
+                        let ok = registered.contains(p);
+                        let mut s = PathState::new(p.clone(), None, ok);
+                        s.up = ok;
+                        s
+                    })
+                    .collect(),
+                confirmed_at: None,
+                reachable: true,
+                recovering: false,
+                lost: false,
+                generation: None,
+                note: None,
+            })
+            .collect();
+        KeyChecker {
+            storage,
+            cfg,
+            luns,
+            authority,
+            watch,
+            board,
+            unidentified: Vec::new(),
+        }
+    }
+
+    /// One period: rescan the paths, check every LUN, publish the health.
+    pub fn step(&mut self) {
+        self.rescan();
+        for i in 0..self.luns.len() {
+            self.check(i);
+        }
+        self.publish();
+    }
+
+    /// Adds paths that appeared (to their LUN by identity, or as a new LUN) and marks vanished
+    /// ones gone.
+    fn rescan(&mut self) {
+        let found = self.storage.paths(&self.cfg.patterns);
+        for lun in &mut self.luns {
+            for p in &mut lun.paths {
+                let present = found.contains(&p.path);
+                if p.present && !present {
+                    tracing::warn!(lun = %lun.id, path = %p.path.display(), "path gone (device node removed)");
+                    p.up = false;
+                    p.dev = None;
+                    p.registered = false;
+                    p.error = Some("device node removed".into());
+                } else if !p.present && present {
+                    tracing::info!(lun = %lun.id, path = %p.path.display(), "path back");
+                    p.retry_at = None;
+                    p.fails = 0;
+                }
+                p.present = present;
+            }
+        }
+        let mut still_unidentified = Vec::new();
+        for path in found {
+            if self
+                .luns
+                .iter()
+                .any(|l| l.paths.iter().any(|p| p.path == path))
+            {
+                continue;
+            }
+            let opened = self
+                .storage
+                .open(&path, self.cfg.timeout)
+                .and_then(|d| identify(&*d).map(|id| (id, d)));
+            match opened {
+                Ok((id, dev)) => {
+                    let state = PathState::new(path.clone(), Some(dev), false);
+                    match self.luns.iter_mut().find(|l| l.id == id) {
+                        Some(l) => {
+                            tracing::info!(lun = %id, path = %path.display(), "new path: registering it");
+                            l.paths.push(state);
+                        }
+                        None => {
+                            tracing::info!(lun = %id, path = %path.display(), "new LUN: registering this node's key on it");
+                            self.luns.push(LunState {
+                                id,
+                                paths: vec![state],
+                                confirmed_at: None,
+                                reachable: true,
+                                recovering: false,
+                                lost: false,
+                                generation: None,
+                                note: None,
+                            });
+                            self.luns.sort_by(|a, b| a.id.cmp(&b.id));
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !self.unidentified.contains(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "a configured path does not answer INQUIRY: it is not used until it does (retried every period)");
+                    }
+                    still_unidentified.push(path);
+                }
+            }
+        }
+        self.unidentified = still_unidentified;
+    }
+
+    /// Reads the keys through every due path of LUN `i`; returns the first answer and whether
+    /// any path received a registrations-preempted notice.
+    fn read_keys(&mut self, i: usize) -> (Option<(usize, Completed<RegisteredKeys>)>, bool) {
+        let now = Instant::now();
+        let (timeout, period) = (self.cfg.timeout, self.cfg.period);
+        let storage = self.storage.clone();
+        let lun = &mut self.luns[i];
+        let mut first = None;
+        let mut preempted = false;
+        for (j, p) in lun.paths.iter_mut().enumerate() {
+            if !p.due(now) {
+                continue;
+            }
+            if p.dev.is_none() {
+                match storage.open(&p.path, timeout) {
+                    Ok(d) => p.dev = Some(d),
+                    Err(e) => {
+                        p.fail(now, period, e.to_string());
+                        continue;
+                    }
+                }
+            }
+            let Some(dev) = &p.dev else { continue };
+            match dev.keys() {
+                Ok(k) => {
+                    if !p.up {
+                        tracing::info!(lun = %lun.id, path = %p.path.display(), "path up again: verifying its registration");
+                        p.registered = false;
+                    }
+                    p.up = true;
+                    p.fails = 0;
+                    p.retry_at = None;
+                    p.error = None;
+                    preempted |= k
+                        .report
+                        .unit_attentions
+                        .iter()
+                        .any(|s| s.is(asc::REGISTRATIONS_PREEMPTED));
+                    if first.is_none() {
+                        first = Some((j, k));
+                    }
+                }
+                Err(e) => p.fail(now, period, e.to_string()),
+            }
+        }
+        (first, preempted)
+    }
+
+    fn check(&mut self, i: usize) {
+        if self.luns[i].lost {
+            return;
+        }
+        let (answer, preempted) = self.read_keys(i);
+        let Some((via, keys)) = answer else {
+            let lun = &mut self.luns[i];
+            if lun.reachable {
+                tracing::warn!(lun = %lun.id, "LUN unreachable: no path answers; degraded, not unhealthy (the target still enforces the reservation)");
+            }
+            lun.reachable = false;
+            return;
+        };
+        if !self.luns[i].reachable {
+            tracing::info!(lun = %self.luns[i].id, "LUN reachable again");
+            self.luns[i].reachable = true;
+        }
+        let me = self.cfg.reg.key;
+        if keys.value.contains(me) {
+            self.confirmed(i, via, &keys.value, preempted);
+        } else if preempted {
+            self.lose(i, KeyLoss::Preempted, "READ KEYS no longer lists our key and the target said our registrations were preempted (UNIT ATTENTION 2A/05)");
+        } else if self.cfg.key_loss == KeyLossPolicy::SelfFence {
+            self.lose(
+                i,
+                KeyLoss::Unexplained,
+                "READ KEYS no longer lists our key (storage.key_loss = \"self-fence\")",
+            );
+        } else {
+            self.recover(i);
+        }
+    }
+
+    fn lose(&mut self, i: usize, cause: KeyLoss, why: &str) {
+        let lun = &mut self.luns[i];
+        tracing::error!(lun = %lun.id, key = format_args!("0x{:x}", self.cfg.reg.key.0), "{why}: this node was fenced");
+        lun.lost = true;
+        lun.note = Some(why.to_string());
+        self.watch.set_lost(i, cause);
+    }
+
+    fn confirmed(&mut self, i: usize, via: usize, keys: &RegisteredKeys, preempted: bool) {
+        let now = Instant::now();
+        if preempted {
+            tracing::warn!(lun = %self.luns[i].id, "a registrations-preempted notice arrived while our key is listed: a preemption was undone by our own guarded registration, which the fencer re-verifies");
+        }
+        {
+            let lun = &mut self.luns[i];
+            lun.confirmed_at = Some(now);
+            if lun.recovering {
+                tracing::info!(lun = %lun.id, "our key is registered again");
+                lun.recovering = false;
+                lun.note = None;
+            }
+        }
+        let swept = self.sweep_dead(i, via, keys);
+        // Paths up but not verified: new, returned, or registered by nobody yet.
+        let pending: Vec<usize> = self.luns[i]
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.up && !p.registered)
+            .map(|(j, _)| j)
+            .collect();
+        if !pending.is_empty() {
+            self.register_paths(i, &pending);
+        }
+        let changed = self.luns[i].generation != Some(keys.generation);
+        if changed || swept || !pending.is_empty() {
+            self.luns[i].generation = Some(keys.generation);
+            self.reserve(i, via);
+        }
+    }
+
+    /// Our key is gone without a preemption notice: register again under the guard.
+    fn recover(&mut self, i: usize) {
+        {
+            let lun = &mut self.luns[i];
+            if !lun.recovering {
+                tracing::warn!(lun = %lun.id, "our key is gone without a preemption notice: taking it for a PR-state loss (array reset, PR OUT CLEAR) and registering again on a fresh voting-disk read");
+                lun.recovering = true;
+            }
+            for p in &mut lun.paths {
+                p.registered = false;
+            }
+        }
+        let up: Vec<usize> = self.luns[i]
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.up)
+            .map(|(j, _)| j)
+            .collect();
+        self.register_paths(i, &up);
+        if let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) {
+            self.reserve(i, via);
+        }
+    }
+
+    fn register_paths(&mut self, i: usize, which: &[usize]) {
+        let (reg, bound) = (self.cfg.reg, self.cfg.bound);
+        let lun = &mut self.luns[i];
+        let devs: Vec<&dyn PathIo> = which
+            .iter()
+            .filter_map(|&j| lun.paths.get(j).and_then(|p| p.dev.as_deref()))
+            .collect();
+        if devs.is_empty() {
+            return;
+        }
+        match register_guarded(&lun.id, &devs, reg, &mut *self.authority, bound) {
+            Ok((outcome, failed)) => {
+                if outcome == GuardedOutcome::Late {
+                    let why = "a registration after our key vanished completed after the bound B, so a fence may have been re-verified before it";
+                    lun.lost = true;
+                    lun.note = Some(why.into());
+                    tracing::error!(lun = %lun.id, "{why}: fencing this node");
+                    self.watch.set_lost(i, KeyLoss::RegistrationLate);
+                    return;
+                }
+                let now = Instant::now();
+                let period = self.cfg.period;
+                for &j in which {
+                    let p = &mut lun.paths[j];
+                    match failed
+                        .iter()
+                        .find(|(name, _)| p.dev.as_ref().is_some_and(|d| d.name() == name))
+                    {
+                        Some((_, e)) => p.fail(now, period, e.to_string()),
+                        None => {
+                            if p.dev.is_some() {
+                                tracing::info!(lun = %lun.id, path = %p.path.display(), "registered");
+                                p.registered = true;
+                            }
+                        }
+                    }
+                }
+                lun.note = None;
+            }
+            Err(e) => {
+                if lun.note.as_deref() != Some(&e.to_string()) {
+                    tracing::warn!(error = %e, "registration deferred to the next period");
+                }
+                lun.note = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Preempts the keys of nodes the authority marks dead; true when it preempted any.
+    fn sweep_dead(&mut self, i: usize, via: usize, keys: &RegisteredKeys) -> bool {
+        let authority = self.authority.latest();
+        if !authority.is_present() || authority.dead.contains(self.cfg.me) {
+            return false;
+        }
+        let own = self.cfg.reg.key;
+        let lun = &mut self.luns[i];
+        let Some(dev) = lun.paths.get(via).and_then(|p| p.dev.as_deref()) else {
+            return false;
+        };
+        let mut swept = false;
+        for &(id, key) in &self.cfg.members {
+            if id == self.cfg.me || !authority.dead.contains(id) || !keys.contains(key) {
+                continue;
+            }
+            match dev.apply(PrOperation::Preempt {
+                own,
+                victim: key,
+                pr_type: FENCING_TYPE,
+                abort: true,
+            }) {
+                Ok(_) => {
+                    tracing::warn!(lun = %lun.id, node = id, key = format_args!("0x{:x}", key.0), "preempted the key of a node the authority marks dead (a LUN or path back after its fence, or a registration that raced it)");
+                    swept = true;
+                }
+                Err(e) => {
+                    tracing::warn!(lun = %lun.id, node = id, error = %e, "could not preempt the key of a node marked dead; retried next period")
+                }
+            }
+        }
+        swept
+    }
+
+    fn reserve(&mut self, i: usize, via: usize) {
+        let key = self.cfg.reg.key;
+        let lun = &self.luns[i];
+        let Some(dev) = lun.paths.get(via).and_then(|p| p.dev.as_deref()) else {
+            return;
+        };
+        match reserve_if_free(dev, &lun.id, key) {
+            Ok((true, _)) => {
+                tracing::info!(lun = %lun.id, "the LUN had no reservation: took it (type 5)")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read or take the reservation"),
+        }
+    }
+
+    fn publish(&self) {
+        let now = Instant::now();
+        let mut degraded = 0;
+        let health: Vec<LunHealth> = self
+            .luns
+            .iter()
+            .map(|l| {
+                let all_paths = l
+                    .paths
+                    .iter()
+                    .filter(|p| p.present || p.registered)
+                    .all(|p| p.up && p.registered);
+                let state = if l.lost {
+                    "lost"
+                } else if !l.reachable {
+                    "unreachable"
+                } else if l.recovering {
+                    "recovering"
+                } else if all_paths && l.confirmed_at.is_some() {
+                    "confirmed"
+                } else {
+                    "degraded"
+                };
+                if state != "confirmed" {
+                    degraded += 1;
+                }
+                LunHealth {
+                    lun: l.id.clone(),
+                    state: state.into(),
+                    confirmed_ms_ago: l.confirmed_at.map(|t| {
+                        u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX)
+                    }),
+                    paths: l
+                        .paths
+                        .iter()
+                        .map(|p| PathHealth {
+                            path: p.path.display().to_string(),
+                            state: if !p.present {
+                                "gone"
+                            } else if p.up {
+                                "up"
+                            } else {
+                                "down"
+                            }
+                            .into(),
+                            registered: p.registered,
+                            error: p.error.clone(),
+                        })
+                        .collect(),
+                    note: l.note.clone(),
+                }
+            })
+            .collect();
+        self.watch.degraded.store(degraded, Ordering::Release);
+        let luns: Vec<Lun> = self
+            .luns
+            .iter()
+            .map(|l| {
+                let mut paths: Vec<&PathState> = l.paths.iter().filter(|p| p.present).collect();
+                paths.sort_by_key(|p| !p.up);
+                Lun {
+                    id: l.id.clone(),
+                    paths: paths.into_iter().map(|p| p.path.clone()).collect(),
+                }
+            })
+            .collect();
+        *self.board.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+        *self.board.luns.lock().unwrap_or_else(|e| e.into_inner()) = luns;
+    }
+}
+
+/// Runs `checker` once per period on its own thread. It never blocks the daemon loop: a hung
+/// path delays only this thread.
+pub fn spawn(mut checker: KeyChecker) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("key-check".into())
+        .spawn(move || loop {
+            let started = Instant::now();
+            checker.step();
+            let spent = started.elapsed();
+            if spent < checker.cfg.period {
+                std::thread::sleep(checker.cfg.period - spent);
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::luns::FreshAuthority;
+    use crate::storage::sim::{PathMode, San};
+    use std::path::Path;
+
+    const KEYS: [ReservationKey; 3] = [
+        ReservationKey(0xa1),
+        ReservationKey(0xa2),
+        ReservationKey(0xa3),
+    ];
+
+    /// The voting-disk authority as every node's loop would read it.
+    #[derive(Clone, Default)]
+    struct Votes {
+        marker: Arc<Mutex<Marker>>,
+        /// How old the fresh round is when a registration starts (a slow round).
+        round_age: Arc<Mutex<Duration>>,
+    }
+
+    impl Votes {
+        fn mark_dead(&self, slot: u8) {
+            let mut m = self.marker.lock().unwrap();
+            let mut dead = m.dead;
+            dead.insert(slot);
+            *m = Marker {
+                epoch: m.epoch + 1,
+                generation: 1,
+                dead,
+                issuer: 0,
+            };
+        }
+    }
+
+    struct NodeView {
+        votes: Votes,
+        me: u8,
+    }
+
+    impl AuthoritySource for NodeView {
+        fn fresh(&mut self) -> Result<FreshAuthority, String> {
+            let m = *self.votes.marker.lock().unwrap();
+            Ok(FreshAuthority {
+                round_started: Instant::now() - *self.votes.round_age.lock().unwrap(),
+                majority: true,
+                self_dead: m.is_present() && m.dead.contains(self.me),
+            })
+        }
+    }
+
+    impl AuthorityView for NodeView {
+        fn latest(&self) -> Marker {
+            *self.votes.marker.lock().unwrap()
+        }
+    }
+
+    struct Node {
+        checker: KeyChecker,
+        watch: Arc<KeyWatch>,
+        board: Arc<LunBoard>,
+    }
+
+    impl Node {
+        fn lun(&self, id: &str) -> LunHealth {
+            self.board
+                .health()
+                .into_iter()
+                .find(|l| l.lun == id)
+                .unwrap_or_else(|| panic!("LUN {id} in {:?}", self.board.health()))
+        }
+    }
+
+    /// Node `me` (0-based) of a 3-node cluster, its paths named `/dev/n<me>-<x>`, unfenced as
+    /// the daemon does at start.
+    fn node(san: &San, votes: &Votes, me: u8, policy: KeyLossPolicy) -> Node {
+        let storage: Arc<dyn Storage> = Arc::new(san.clone());
+        let pattern = vec![format!("/dev/n{me}-*")];
+        let paths = storage.paths(&pattern);
+        let found = crate::luns::discover(&*storage, &paths, Duration::from_secs(1));
+        let reg = Registration {
+            key: KEYS[usize::from(me)],
+            aptpl: false,
+        };
+        let mut registered = Vec::new();
+        for (_, r) in crate::luns::unfence(
+            storage.clone(),
+            &found.luns,
+            reg,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ) {
+            if let Ok(r) = r {
+                registered.extend(r.registered);
+            }
+        }
+        let watch = KeyWatch::new();
+        let board = LunBoard::new(&found.luns);
+        let checker = KeyChecker::new(
+            storage,
+            CheckerConfig {
+                patterns: pattern,
+                reg,
+                me,
+                members: (0..3).map(|i| (i, KEYS[usize::from(i)])).collect(),
+                timeout: Duration::from_secs(1),
+                period: Duration::from_millis(10),
+                bound: Duration::from_secs(1),
+                key_loss: policy,
+            },
+            &found.luns,
+            &registered,
+            Box::new(NodeView {
+                votes: votes.clone(),
+                me,
+            }),
+            watch.clone(),
+            board.clone(),
+        );
+        Node {
+            checker,
+            watch,
+            board,
+        }
+    }
+
+    /// One LUN `naa.1` with two paths per node for 3 nodes.
+    fn two_path_san() -> (San, usize) {
+        let san = San::new();
+        let lun = san.add_lun("naa.1");
+        for n in 0..3 {
+            san.add_path(lun, &format!("/dev/n{n}-a"));
+            san.add_path(lun, &format!("/dev/n{n}-b"));
+        }
+        (san, lun)
+    }
+
+    fn step_all(nodes: &mut [Node]) {
+        for n in nodes.iter_mut() {
+            n.checker.step();
+        }
+    }
+
+    #[test]
+    fn a_path_down_degrades_the_lun_through_the_other_path_and_is_registered_again_when_back() {
+        let (san, _) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        n.checker.step();
+        assert_eq!(n.lun("naa.1").state, "confirmed");
+        san.set_mode("/dev/n0-b", PathMode::Down);
+        n.checker.step();
+        let h = n.lun("naa.1");
+        assert_eq!(h.state, "degraded");
+        assert_eq!(h.paths[1].state, "down");
+        assert!(h.paths[1].error.is_some());
+        assert_eq!(
+            h.confirmed_ms_ago.map(|ms| ms < 1000),
+            Some(true),
+            "confirmed through n0-a"
+        );
+        assert_eq!(n.watch.lost(), None);
+        assert_eq!(n.watch.degraded(), 1);
+        // The path returns through a new nexus (the target forgot it): registered again.
+        san.set_mode("/dev/n0-b", PathMode::Removed);
+        n.checker.step();
+        assert_eq!(n.lun("naa.1").paths[1].state, "gone");
+        san.add_path(0, "/dev/n0-b");
+        assert!(!san.registered("/dev/n0-b", KEYS[0].0));
+        n.checker.step();
+        assert!(san.registered("/dev/n0-b", KEYS[0].0));
+        assert_eq!(n.lun("naa.1").state, "confirmed");
+        assert_eq!(n.watch.degraded(), 0);
+    }
+
+    #[test]
+    fn a_lun_unreachable_on_every_path_is_reported_and_never_a_key_loss() {
+        let (san, _) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        san.set_mode("/dev/n0-a", PathMode::Down);
+        san.set_mode("/dev/n0-b", PathMode::Down);
+        for _ in 0..5 {
+            n.checker.step();
+        }
+        assert_eq!(n.lun("naa.1").state, "unreachable");
+        assert_eq!(n.watch.lost(), None);
+        san.set_mode("/dev/n0-a", PathMode::Up);
+        san.set_mode("/dev/n0-b", PathMode::Up);
+        // Back-off: retried within a few periods.
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(10));
+            n.checker.step();
+        }
+        assert_eq!(n.lun("naa.1").state, "confirmed");
+    }
+
+    #[test]
+    fn a_pr_state_loss_makes_every_node_register_again_and_nobody_fence_itself() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
+            .collect();
+        step_all(&mut nodes);
+        assert_eq!(san.keys(lun).len(), 6);
+        san.lose_pr_state(lun);
+        step_all(&mut nodes);
+        step_all(&mut nodes);
+        for n in &nodes {
+            assert_eq!(n.watch.lost(), None);
+            assert_eq!(n.lun("naa.1").state, "confirmed");
+        }
+        let mut keys = san.keys(lun);
+        keys.sort_unstable();
+        assert_eq!(keys, vec![0xa1, 0xa1, 0xa2, 0xa2, 0xa3, 0xa3]);
+        assert!(san.holder(lun).is_some(), "a reservation is held again");
+    }
+
+    #[test]
+    fn a_preemption_notice_fences_and_its_absence_with_the_authority_refuses_to_register() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
+            .collect();
+        step_all(&mut nodes);
+        // node1 preempts node2's key: node2's nexuses get 2A/05.
+        let fencer = san
+            .open(Path::new("/dev/n0-a"), Duration::from_secs(1))
+            .unwrap();
+        fencer
+            .apply(PrOperation::Preempt {
+                own: KEYS[0],
+                victim: KEYS[1],
+                pr_type: FENCING_TYPE,
+                abort: true,
+            })
+            .unwrap();
+        votes.mark_dead(1);
+        step_all(&mut nodes);
+        assert_eq!(nodes[1].watch.lost(), Some((0, KeyLoss::Preempted)));
+        assert_eq!(nodes[0].watch.lost(), None);
+        assert_eq!(nodes[2].watch.lost(), None);
+
+        // The same with the notice taken by other I/O (sd's): node3 is preempted, the authority
+        // marks it dead: it must not register again (its loop fences it on MarkedDead).
+        fencer
+            .apply(PrOperation::Preempt {
+                own: KEYS[0],
+                victim: KEYS[2],
+                pr_type: FENCING_TYPE,
+                abort: true,
+            })
+            .unwrap();
+        san.consume_unit_attentions("/dev/n2-a");
+        san.consume_unit_attentions("/dev/n2-b");
+        votes.mark_dead(2);
+        step_all(&mut nodes);
+        step_all(&mut nodes);
+        assert!(!san.keys(lun).contains(&KEYS[2].0), "{:?}", san.keys(lun));
+        assert_eq!(nodes[2].lun("naa.1").state, "recovering");
+        assert!(nodes[2]
+            .lun("naa.1")
+            .note
+            .unwrap()
+            .contains("marks this node dead"));
+    }
+
+    #[test]
+    fn the_self_fence_policy_treats_an_unexplained_key_loss_as_a_fence() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::SelfFence);
+        n.checker.step();
+        san.lose_pr_state(lun);
+        san.consume_unit_attentions("/dev/n0-a");
+        san.consume_unit_attentions("/dev/n0-b");
+        n.checker.step();
+        assert_eq!(n.watch.lost(), Some((0, KeyLoss::Unexplained)));
+    }
+
+    #[test]
+    fn a_registration_after_a_key_loss_that_ends_after_the_bound_fences_the_node() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        n.checker.step();
+        san.lose_pr_state(lun);
+        *votes.round_age.lock().unwrap() = Duration::from_secs(5);
+        n.checker.step();
+        assert_eq!(n.watch.lost(), Some((0, KeyLoss::RegistrationLate)));
+    }
+
+    #[test]
+    fn survivors_preempt_the_key_of_a_node_marked_dead_when_its_lun_comes_back() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut nodes: Vec<Node> = (0..2)
+            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
+            .collect();
+        step_all(&mut nodes);
+        // node2 was fenced while this LUN was unreachable: its key is still there.
+        votes.mark_dead(1);
+        nodes[0].checker.step();
+        assert!(!san.keys(lun).contains(&KEYS[1].0), "{:?}", san.keys(lun));
+        assert!(san.keys(lun).contains(&KEYS[0].0));
+    }
+
+    #[test]
+    fn a_new_path_is_registered_in_one_period_and_an_unidentifiable_one_is_never_a_lun() {
+        let (san, _) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        n.checker.step();
+        san.add_path(0, "/dev/n0-c");
+        san.add_path(0, "/dev/n0-d");
+        san.set_mode("/dev/n0-d", PathMode::NoInquiry);
+        n.checker.step();
+        assert!(san.registered("/dev/n0-c", KEYS[0].0));
+        assert!(!san.registered("/dev/n0-d", KEYS[0].0));
+        assert_eq!(n.board.luns().len(), 1, "{:?}", n.board.luns());
+        assert_eq!(n.lun("naa.1").paths.len(), 3);
+        assert_eq!(n.lun("naa.1").state, "confirmed");
+    }
+}

@@ -1,0 +1,182 @@
+//! The device side of the shared LUNs, behind two small traits so the LUN logic above them
+//! (path failover, preemption versus PR-state loss, guarded registration, fences) is unit-tested
+//! against a simulated SAN ([`sim`], tests only) and proven on real kernels in guests.
+//!
+//! - [`Storage`] finds the paths the configuration names and opens one;
+//! - [`PathIo`] is one path (one I_T nexus): the PR commands the daemon sends through it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sg_pr::{
+    AnyDevice, Backend, Completed, PersistentReservations, PrOperation, RegisteredKeys, Report,
+    ReservationKey, ReservationStatus,
+};
+
+/// One path to a LUN (one I_T nexus for SCSI).
+pub trait PathIo: Send {
+    /// The device node, for messages.
+    fn name(&self) -> &str;
+    /// The LUN's identity (VPD page 0x83), `Ok(None)` when the device has none (block-layer
+    /// devices, LUNs without a designator), an error when the device did not answer.
+    fn lun_id(&self) -> sg_pr::Result<Option<String>>;
+    /// TEST UNIT READY, which absorbs a pending UNIT ATTENTION (reported in the [`Report`]).
+    fn test_unit_ready(&self) -> sg_pr::Result<Report>;
+    /// READ KEYS; the report lists the UNIT ATTENTIONs absorbed on the way.
+    fn keys(&self) -> sg_pr::Result<Completed<RegisteredKeys>>;
+    /// READ RESERVATION.
+    fn reservation(&self) -> sg_pr::Result<Completed<ReservationStatus>>;
+    /// How many I_T nexuses hold `key` (READ FULL STATUS); `Ok(None)` when the backend cannot
+    /// tell (block layer, a target without FULL STATUS).
+    fn registrations_of(&self, key: ReservationKey) -> sg_pr::Result<Option<usize>>;
+    /// One PR OUT operation.
+    fn apply(&self, op: PrOperation) -> sg_pr::Result<Report>;
+}
+
+/// Where the paths come from.
+pub trait Storage: Send + Sync {
+    /// The device nodes the configured patterns name now, sorted.
+    fn paths(&self, patterns: &[String]) -> Vec<PathBuf>;
+    /// Opens one path with a per-command timeout.
+    fn open(&self, path: &Path, timeout: Duration) -> sg_pr::Result<Box<dyn PathIo>>;
+}
+
+/// The machine's devices: SG_IO for SCSI disks, block-layer PR ioctls for the rest.
+///
+/// A configured dm-multipath map (`/dev/mapper/mpatha`, `/dev/dm-3`) stands for its paths: it
+/// is replaced by the SCSI devices in its sysfs `slaves/`, reached over SG_IO with per-command
+/// timeouts. The block-layer PR ioctls on a map have no timeout and block under
+/// `queue_if_no_path`, need `IOC_PR_READ_KEYS` (Linux 6.19) to verify, and dm's preempt never
+/// sets the abort flag; registering every path, as fence_mpath does, works on every kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemStorage;
+
+impl Storage for SystemStorage {
+    fn paths(&self, patterns: &[String]) -> Vec<PathBuf> {
+        expand_multipath(Path::new("/sys"), crate::config::expand_paths(patterns))
+    }
+
+    fn open(&self, path: &Path, timeout: Duration) -> sg_pr::Result<Box<dyn PathIo>> {
+        Ok(Box::new(AnyDevice::open(path, Backend::Auto, timeout)?))
+    }
+}
+
+impl PathIo for AnyDevice {
+    fn name(&self) -> &str {
+        self.device_name()
+    }
+
+    fn lun_id(&self) -> sg_pr::Result<Option<String>> {
+        match self.as_sg() {
+            Some(sg) => Ok(sg.device_identification()?.value.lun_id()),
+            None => Ok(None),
+        }
+    }
+
+    fn test_unit_ready(&self) -> sg_pr::Result<Report> {
+        match self.as_sg() {
+            Some(sg) => sg.test_unit_ready(),
+            None => Ok(Report::default()),
+        }
+    }
+
+    fn keys(&self) -> sg_pr::Result<Completed<RegisteredKeys>> {
+        PersistentReservations::keys(self)
+    }
+
+    fn reservation(&self) -> sg_pr::Result<Completed<ReservationStatus>> {
+        PersistentReservations::reservation(self)
+    }
+
+    fn registrations_of(&self, key: ReservationKey) -> sg_pr::Result<Option<usize>> {
+        let Some(sg) = self.as_sg() else {
+            return Ok(None);
+        };
+        match sg.read_full_status() {
+            Ok(s) => Ok(Some(
+                s.value
+                    .registrations
+                    .iter()
+                    .filter(|r| r.key == key)
+                    .count(),
+            )),
+            Err(sg_pr::Error::CheckCondition { sense, .. }) if sense.is_unsupported_command() => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn apply(&self, op: PrOperation) -> sg_pr::Result<Report> {
+        PersistentReservations::apply(self, op)
+    }
+}
+
+/// Replaces every dm-multipath map in `paths` by its slave devices (`/dev/<slave>`), sorted
+/// and deduplicated; other paths stay as they are. `sysfs` is `/sys` except in tests.
+pub fn expand_multipath(sysfs: &Path, paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    for path in paths {
+        let slaves = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.file_type().is_block_device())
+            .and_then(|m| {
+                use std::os::unix::fs::MetadataExt;
+                let rdev = m.rdev();
+                multipath_slaves(sysfs, libc::major(rdev), libc::minor(rdev))
+            });
+        match slaves {
+            Some(s) => out.extend(s),
+            None => out.push(path),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The slave devices of the dm-multipath map `major:minor` (its dm uuid starts with `mpath-`),
+/// or `None` when it is not one.
+pub fn multipath_slaves(sysfs: &Path, major: u32, minor: u32) -> Option<Vec<PathBuf>> {
+    let node = sysfs.join(format!("dev/block/{major}:{minor}"));
+    let uuid = std::fs::read_to_string(node.join("dm/uuid")).ok()?;
+    if !uuid.trim().starts_with("mpath-") {
+        return None;
+    }
+    let mut slaves: Vec<PathBuf> = std::fs::read_dir(node.join("slaves"))
+        .ok()?
+        .flatten()
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .collect();
+    slaves.sort();
+    Some(slaves)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multipath_map_stands_for_its_slaves_and_other_dm_maps_for_themselves() {
+        let dir = std::env::temp_dir().join(format!("fenced-sysfs-{}", std::process::id()));
+        let map = dir.join("dev/block/253:0");
+        std::fs::create_dir_all(map.join("dm")).unwrap();
+        std::fs::create_dir_all(map.join("slaves/sdb")).unwrap();
+        std::fs::create_dir_all(map.join("slaves/sda")).unwrap();
+        std::fs::write(map.join("dm/uuid"), "mpath-36001405abc\n").unwrap();
+        let lvm = dir.join("dev/block/253:1");
+        std::fs::create_dir_all(lvm.join("dm")).unwrap();
+        std::fs::write(lvm.join("dm/uuid"), "LVM-xyz\n").unwrap();
+        assert_eq!(
+            multipath_slaves(&dir, 253, 0),
+            Some(vec![PathBuf::from("/dev/sda"), PathBuf::from("/dev/sdb")])
+        );
+        assert_eq!(multipath_slaves(&dir, 253, 1), None);
+        assert_eq!(multipath_slaves(&dir, 8, 0), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod sim;

@@ -1,6 +1,10 @@
-//! Fault injection inside guests: whole-kernel freezes and slow or failing disks.
+//! Fault injection inside guests: whole-kernel freezes, slow or failing disks, SCSI paths taken
+//! offline.
 //!
 //! Pausing a whole guest or a target is [`crate::Guest::pause`] / [`crate::iscsi::Target::pause`].
+//! Removing and adding a path at runtime is [`crate::Guest::detach_path`] /
+//! [`crate::Guest::attach_path`]; losing the target's PR state is
+//! [`crate::iscsi::Target::restart_dropping_pr_state`].
 
 use crate::error::Result;
 use crate::guest::{Guest, Pending};
@@ -15,6 +19,37 @@ pub fn freeze_kernel(kernel: &Kernel, guest: &Guest, seconds: u32) -> Result<Pen
         "rmmod freeze 2>/dev/null; insmod {} seconds={seconds}",
         ko.display()
     ))
+}
+
+/// Takes the SCSI path `device` (`/dev/sdX`) offline in the guest's SCSI midlayer
+/// (`echo offline > /sys/block/sdX/device/state`), as the kernel does when error recovery gives
+/// up on a device. Nothing reaches the target any more; the device and its `/dev` node stay.
+///
+/// What a program then sees (verified on the harness kernel, 6.1):
+/// - `open("/dev/sdX")` fails at once with `ENXIO` (sd_open refuses an offline device), so
+///   `sg_persist`, `dd` and any fresh opener fail before issuing a command;
+/// - `ioctl(SG_IO)` on a file descriptor opened *before* the path went offline fails at once
+///   (in milliseconds) with `-1`/`ENODEV`: the request never reaches the queue, so no SCSI
+///   status, host status or sense is set in the `sg_io_hdr`;
+/// - `ioctl(SG_IO)` on the path's `/dev/sgN` fails with `ENXIO`.
+///
+/// [`path_online`] undoes it; the old file descriptors work again.
+pub fn path_offline(guest: &Guest, device: &str) -> Result<()> {
+    set_path_state(guest, device, "offline")
+}
+
+/// Brings a path taken offline by [`path_offline`] back (`running`).
+pub fn path_online(guest: &Guest, device: &str) -> Result<()> {
+    set_path_state(guest, device, "running")
+}
+
+fn set_path_state(guest: &Guest, device: &str, state: &str) -> Result<()> {
+    let name = device.trim_start_matches("/dev/");
+    // The kernel accepts the state only with its trailing newline (echo adds it).
+    guest.run_ok(&format!(
+        "echo {state} > /sys/block/{name}/device/state && grep -qx {state} /sys/block/{name}/device/state"
+    ))?;
+    Ok(())
 }
 
 /// Puts a device-mapper `delay` target named `name` over `device`: every read and write waits

@@ -21,9 +21,10 @@ pub struct GuestSpec {
     pub(crate) cpus: u32,
     pub(crate) i6300esb: bool,
     pub(crate) initiator: Option<String>,
-    pub(crate) iscsi_luns: Vec<String>,
+    /// Per LUN, the URL of each of its paths.
+    pub(crate) iscsi_luns: Vec<Vec<String>>,
     pub(crate) shared_disks: Vec<(PathBuf, String)>,
-    pub(crate) forward_port: Option<(u16, u16)>,
+    pub(crate) forwards: Vec<(u16, u16)>,
     pub(crate) boot_timeout: Duration,
     pub(crate) systemd: bool,
 }
@@ -43,7 +44,7 @@ impl GuestSpec {
             initiator: None,
             iscsi_luns: Vec::new(),
             shared_disks: Vec::new(),
-            forward_port: None,
+            forwards: Vec::new(),
             boot_timeout: Duration::from_secs(boot_secs),
             systemd: false,
         }
@@ -71,7 +72,17 @@ impl GuestSpec {
     /// (scsi-block): SCSI commands, PR included, reach the target unchanged. LUNs appear in the
     /// guest in the order given (see [`Guest::scsi_disks`]).
     pub fn iscsi_lun(mut self, url: &str) -> Self {
-        self.iscsi_luns.push(url.to_string());
+        self.iscsi_luns.push(vec![url.to_string()]);
+        self
+    }
+
+    /// One iSCSI LUN reached through several paths (one `iscsi://` URL per target port, e.g.
+    /// [`crate::iscsi::Target::path_url`]): one scsi-block device, hence one guest disk and one
+    /// iSCSI session (I_T nexus), per path. LUN `i` path `j` (in the order of the LUNs given,
+    /// counting [`GuestSpec::iscsi_lun`] ones, and of `urls`) is QEMU device `lun<i>-p<j>`
+    /// ([`Guest::scsi_paths`], [`Guest::lun_paths`], [`Guest::detach_path`]).
+    pub fn iscsi_lun_paths(mut self, urls: &[String]) -> Self {
+        self.iscsi_luns.push(urls.to_vec());
         self
     }
 
@@ -84,8 +95,9 @@ impl GuestSpec {
     }
 
     /// A user-mode NIC forwarding host `127.0.0.1:host_port` to the guest's `guest_port`.
+    /// Called again, it adds another forward on the same NIC.
     pub fn forward_port(mut self, host_port: u16, guest_port: u16) -> Self {
-        self.forward_port = Some((host_port, guest_port));
+        self.forwards.push((host_port, guest_port));
         self
     }
 
@@ -98,6 +110,23 @@ impl GuestSpec {
     pub fn systemd(mut self, pid1: bool) -> Self {
         self.systemd = pid1;
         self
+    }
+
+    /// The scsi-block devices of the spec: LUN by LUN, path by path, SCSI target ids 0, 1, ...
+    /// in that order (so ordering the disks by SCSI address groups them by LUN).
+    fn scsi_paths(&self) -> Vec<ScsiPath> {
+        let mut out = Vec::new();
+        for (lun, urls) in self.iscsi_luns.iter().enumerate() {
+            for (path, url) in urls.iter().enumerate() {
+                out.push(ScsiPath {
+                    lun,
+                    path,
+                    scsi_id: u32::try_from(out.len()).unwrap_or(u32::MAX),
+                    url: url.clone(),
+                });
+            }
+        }
+        out
     }
 
     fn qemu_command(&self, kernel: &Kernel, dir: &Path, initrd: &Path) -> Command {
@@ -141,6 +170,10 @@ impl GuestSpec {
             dir.join("ctl.sock").display()
         ));
         c.args(["-serial", "chardev:ctl"]);
+        c.arg("-qmp").arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join("qmp.sock").display()
+        ));
         c.args([
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
@@ -158,13 +191,13 @@ impl GuestSpec {
         if !self.iscsi_luns.is_empty() {
             c.args(["-device", "virtio-scsi-pci,id=scsi0"]);
         }
-        for (i, url) in self.iscsi_luns.iter().enumerate() {
+        for p in self.scsi_paths() {
             c.arg("-drive").arg(format!(
-                "file={url},if=none,id=lun{i},format=raw,cache=none"
+                "file={},if=none,id={},format=raw,cache=none",
+                p.url,
+                p.drive_id()
             ));
-            c.arg("-device").arg(format!(
-                "scsi-block,drive=lun{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0"
-            ));
+            c.arg("-device").arg(p.device_arg());
         }
         for (i, (image, serial)) in self.shared_disks.iter().enumerate() {
             c.arg("-drive").arg(format!(
@@ -175,9 +208,13 @@ impl GuestSpec {
                 "virtio-blk-pci,drive=shared{i},share-rw=on,serial={serial}"
             ));
         }
-        if let Some((host, guest)) = self.forward_port {
-            c.arg("-netdev")
-                .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        if !self.forwards.is_empty() {
+            let fwd: String = self
+                .forwards
+                .iter()
+                .map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
+                .collect();
+            c.arg("-netdev").arg(format!("user,id=n0{fwd}"));
             c.args(["-device", "virtio-net-pci,netdev=n0"]);
         }
         c.stdin(Stdio::null());
@@ -188,6 +225,73 @@ impl GuestSpec {
                 .unwrap_or_else(|_| Stdio::null()),
         );
         c
+    }
+}
+
+/// One path of an iSCSI LUN in a guest: a scsi-block device on its own iSCSI session (its own
+/// I_T nexus), seen in the guest as SCSI address `H:0:<scsi_id>:0` of the virtio-scsi host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiPath {
+    /// The LUN's index in the guest (0-based, the order of [`GuestSpec::iscsi_lun`] and
+    /// [`GuestSpec::iscsi_lun_paths`] calls).
+    pub lun: usize,
+    /// The path's index within its LUN: 0, 1, ... at boot, then one more for each
+    /// [`Guest::attach_path`] (indices of detached paths are not reused).
+    pub path: usize,
+    /// The SCSI target id in the guest (unique in the guest, never reused).
+    pub scsi_id: u32,
+    /// The `iscsi://` URL QEMU logged in to.
+    pub url: String,
+}
+
+impl ScsiPath {
+    /// QEMU's id of the scsi-block device: `lun<lun>-p<path>`.
+    pub fn device_id(&self) -> String {
+        format!("lun{}-p{}", self.lun, self.path)
+    }
+
+    /// QEMU's id of the drive (the iSCSI session) under the device.
+    pub(crate) fn drive_id(&self) -> String {
+        format!("drive-lun{}-p{}", self.lun, self.path)
+    }
+
+    fn device_arg(&self) -> String {
+        format!(
+            "scsi-block,id={},drive={},bus=scsi0.0,channel=0,scsi-id={},lun=0",
+            self.device_id(),
+            self.drive_id(),
+            self.scsi_id
+        )
+    }
+}
+
+/// The scsi-block devices a guest has now, and the ids the next one gets.
+#[derive(Debug, Default)]
+struct PathBook {
+    attached: Vec<ScsiPath>,
+    next_scsi_id: u32,
+    /// Per LUN, the next path index.
+    next_path: Vec<usize>,
+}
+
+impl PathBook {
+    fn new(paths: Vec<ScsiPath>) -> PathBook {
+        let mut book = PathBook::default();
+        for p in &paths {
+            book.next_scsi_id = book.next_scsi_id.max(p.scsi_id + 1);
+            if book.next_path.len() <= p.lun {
+                book.next_path.resize(p.lun + 1, 0);
+            }
+            book.next_path[p.lun] = book.next_path[p.lun].max(p.path + 1);
+        }
+        book.attached = paths;
+        book
+    }
+
+    fn find(&self, lun: usize, path: usize) -> Option<&ScsiPath> {
+        self.attached
+            .iter()
+            .find(|p| p.lun == lun && p.path == path)
     }
 }
 
@@ -270,6 +374,9 @@ pub struct Guest {
     writer: Mutex<UnixStream>,
     next_id: AtomicU64,
     booted_at: Instant,
+    /// Serializes monitor connections (QEMU serves one at a time).
+    qmp_lock: Mutex<()>,
+    paths: Mutex<PathBook>,
 }
 
 /// Default deadline of [`Guest::run`].
@@ -340,6 +447,8 @@ impl Guest {
             writer: Mutex::new(stream),
             next_id: AtomicU64::new(1),
             booted_at: Instant::now(),
+            qmp_lock: Mutex::new(()),
+            paths: Mutex::new(PathBook::new(spec.scsi_paths())),
         })
     }
 
@@ -500,6 +609,195 @@ list"#
         Ok(disks)
     }
 
+    /// Runs a QMP command (`{"execute": ..., "arguments": {...}}`) on the guest's QEMU monitor and
+    /// returns its `return` value; an `error` answer is an [`Error::Setup`].
+    pub fn qmp(&self, command: &serde_json::Value) -> Result<serde_json::Value> {
+        let _one = self.qmp_lock.lock().unwrap_or_else(|e| e.into_inner());
+        crate::qmp::execute(&self.name, &self.dir.join("qmp.sock"), command)
+    }
+
+    /// Runs a human-monitor (HMP) command through QMP's `human-monitor-command` and returns
+    /// what it printed. HMP reports most failures as text, not as an error: check the output.
+    pub fn hmp(&self, command_line: &str) -> Result<String> {
+        let out = self.qmp(&serde_json::json!({
+            "execute": "human-monitor-command",
+            "arguments": { "command-line": command_line }
+        }))?;
+        Ok(out.as_str().unwrap_or_default().to_string())
+    }
+
+    /// The iSCSI paths (scsi-block devices) the guest has now, by LUN then path.
+    pub fn scsi_paths(&self) -> Vec<ScsiPath> {
+        let mut v = self.path_book().attached.clone();
+        v.sort_by_key(|p| (p.lun, p.path));
+        v
+    }
+
+    fn path_book(&self) -> std::sync::MutexGuard<'_, PathBook> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the guest has a disk for each of `targets` (SCSI target ids on the
+    /// virtio-scsi host, up to 30 s plus 2 s per disk) and returns target id -> `/dev/sdX`.
+    fn wait_virtio_scsi_disks(&self, targets: &[u32]) -> Result<HashMap<u32, String>> {
+        let polls = 300 + 20 * targets.len();
+        let want: Vec<String> = targets.iter().map(|t| format!(":0:{t}:0/")).collect();
+        // One process per poll: the listing is matched here, not in the guest.
+        let script = format!(
+            r#"list() {{ ls -d /sys/bus/virtio/drivers/virtio_scsi/virtio*/host*/target*/*/block/* 2>/dev/null; }}
+i=0
+while [ $i -lt {polls} ]; do
+    l=$(list); ok=1
+    for w in {want}; do case "$l" in *"$w"*) ;; *) ok=0 ;; esac; done
+    [ $ok = 1 ] && break
+    sleep 0.1; i=$((i+1))
+done
+list"#,
+            want = want.join(" ")
+        );
+        let out = self.run_ok(&script)?;
+        let found = virtio_scsi_disks(&out);
+        let missing: Vec<u32> = targets
+            .iter()
+            .copied()
+            .filter(|t| !found.contains_key(t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Setup(format!(
+                "guest {}: no disk for SCSI target(s) {missing:?} on the virtio-scsi host: {out}",
+                self.name
+            )));
+        }
+        Ok(found)
+    }
+
+    /// The disks of every attached iSCSI path, grouped by LUN: `[lun][k]` is the `/dev/sdX` of
+    /// that LUN's k-th attached path in path order ([`Guest::scsi_paths`]; after a detach the
+    /// indices shift). Waits for every one to appear. Found by SCSI address, not by order of
+    /// discovery: path `(lun, path)` is SCSI target [`ScsiPath::scsi_id`] of the virtio-scsi host.
+    pub fn lun_paths(&self) -> Result<Vec<Vec<String>>> {
+        let paths = self.scsi_paths();
+        let targets: Vec<u32> = paths.iter().map(|p| p.scsi_id).collect();
+        let disks = self.wait_virtio_scsi_disks(&targets)?;
+        let luns = paths.iter().map(|p| p.lun + 1).max().unwrap_or(0);
+        let mut out = vec![Vec::new(); luns];
+        for p in &paths {
+            out[p.lun].push(disks[&p.scsi_id].clone());
+        }
+        Ok(out)
+    }
+
+    /// The `/dev/sdX` of LUN `lun` through path `path`, waiting for it to appear.
+    pub fn path_device(&self, lun: usize, path: usize) -> Result<String> {
+        let p = self.attached_path(lun, path)?;
+        let mut disks = self.wait_virtio_scsi_disks(&[p.scsi_id])?;
+        Ok(disks.remove(&p.scsi_id).unwrap_or_default())
+    }
+
+    fn attached_path(&self, lun: usize, path: usize) -> Result<ScsiPath> {
+        self.path_book().find(lun, path).cloned().ok_or_else(|| {
+            Error::Setup(format!(
+                "guest {}: no path {path} of LUN {lun} is attached",
+                self.name
+            ))
+        })
+    }
+
+    /// Removes path `path` of LUN `lun` at runtime, as a SAN path that is gone for good (an FC
+    /// path after dev_loss_tmo): QEMU unplugs the scsi-block device (`device_del`) and closes its
+    /// drive, which logs its iSCSI session out; the guest kernel removes the SCSI device and
+    /// devtmpfs its `/dev/sdX`. Returns how long it took until the guest's SCSI device was gone
+    /// (about 1 s under TCG). A program that still holds the disk open keeps a dead file
+    /// descriptor: `ioctl(SG_IO)` on it fails at once with `ENODEV`, `read` returns 0 bytes (the
+    /// disk's size is 0). The name `sdX` is free again: the next disk may get it. Registrations
+    /// made through the path stay on the target (an I_T nexus outlives its session).
+    pub fn detach_path(&self, lun: usize, path: usize) -> Result<Duration> {
+        let p = self.attached_path(lun, path)?;
+        let t = Instant::now();
+        self.qmp(&serde_json::json!({
+            "execute": "device_del",
+            "arguments": { "id": p.device_id() }
+        }))?;
+        let gone = self.run_with_timeout(
+            &format!(
+                r#"i=0
+while ls -d /sys/bus/virtio/drivers/virtio_scsi/virtio*/host*/target*/*:0:{t}:0 >/dev/null 2>&1; do
+    [ $i -lt 300 ] || exit 1
+    sleep 0.05; i=$((i+1))
+done"#,
+                t = p.scsi_id
+            ),
+            Duration::from_secs(60),
+        )?;
+        let took = t.elapsed();
+        if !gone.success() {
+            return Err(Error::Setup(format!(
+                "guest {}: SCSI target {} ({}) still present 15 s after device_del",
+                self.name,
+                p.scsi_id,
+                p.device_id()
+            )));
+        }
+        self.path_book()
+            .attached
+            .retain(|a| (a.lun, a.path) != (lun, path));
+        Ok(took)
+    }
+
+    /// Adds a new path to LUN `lun` at runtime: an iSCSI drive for `url` (HMP `drive_add`; QEMU
+    /// logs in a new session with a fresh ISID, so a new I_T nexus with no registration) and a
+    /// scsi-block device on it (`device_add`); the guest kernel scans the new SCSI target and
+    /// devtmpfs creates its `/dev/sdY` (about 1.5 s under TCG). The guest needs a virtio-scsi controller (at least one
+    /// iSCSI LUN at boot). Returns the new path (its index, [`ScsiPath::path`], names it for
+    /// [`Guest::detach_path`]) and its disk, once the disk is there.
+    pub fn attach_path(&self, lun: usize, url: &str) -> Result<(ScsiPath, String)> {
+        let p = {
+            let mut book = self.path_book();
+            if book.next_path.len() <= lun {
+                book.next_path.resize(lun + 1, 0);
+            }
+            let p = ScsiPath {
+                lun,
+                path: book.next_path[lun],
+                scsi_id: book.next_scsi_id,
+                url: url.to_string(),
+            };
+            book.next_path[lun] += 1;
+            book.next_scsi_id += 1;
+            p
+        };
+        let out = self.hmp(&format!(
+            "drive_add 0 file={url},if=none,id={},format=raw,cache=none",
+            p.drive_id()
+        ))?;
+        if out.trim() != "OK" {
+            return Err(Error::Setup(format!(
+                "guest {}: drive_add {url}: {}",
+                self.name,
+                out.trim()
+            )));
+        }
+        let added = self.qmp(&serde_json::json!({
+            "execute": "device_add",
+            "arguments": {
+                "driver": "scsi-block",
+                "id": p.device_id(),
+                "drive": p.drive_id(),
+                "bus": "scsi0.0",
+                "channel": 0,
+                "scsi-id": p.scsi_id,
+                "lun": 0
+            }
+        }));
+        if let Err(e) = added {
+            let _ = self.hmp(&format!("drive_del {}", p.drive_id()));
+            return Err(e);
+        }
+        self.path_book().attached.push(p.clone());
+        let dev = self.path_device(p.lun, p.path)?;
+        Ok((p, dev))
+    }
+
     /// The /dev path of the virtio disk whose serial is `serial` ([`GuestSpec::shared_disk`]).
     pub fn disk_by_serial(&self, serial: &str) -> Result<String> {
         let out = self.run_ok(&format!(
@@ -585,6 +883,24 @@ fn read_control(stream: UnixStream, control: Arc<Control>) {
     control.changed.notify_all();
 }
 
+/// SCSI target id -> `/dev/sdX` for each `.../H:0:T:0/block/sdX` line (LUN 0, channel 0).
+fn virtio_scsi_disks(listing: &str) -> HashMap<u32, String> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let parts: Vec<&str> = l.trim().split('/').collect();
+            let [.., addr, "block", name] = parts.as_slice() else {
+                return None;
+            };
+            let hctl: Vec<&str> = addr.split(':').collect();
+            match hctl.as_slice() {
+                [_, "0", t, "0"] => Some((t.parse().ok()?, format!("/dev/{name}"))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// `/dev/sdX` for each `/sys/class/scsi_disk/H:C:T:L/device/block/sdX` line, ordered by SCSI
 /// address (host, channel, target, LUN numerically).
 fn order_scsi_disks(listing: &str) -> Vec<String> {
@@ -609,6 +925,45 @@ fn order_scsi_disks(listing: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_scsi_disks_are_keyed_by_target_id() {
+        let listing = "/sys/bus/virtio/drivers/virtio_scsi/virtio1/host2/target2:0:3/2:0:3:0/block/sdd\n\
+                       /sys/bus/virtio/drivers/virtio_scsi/virtio1/host2/target2:0:10/2:0:10:0/block/sdb\n\
+                       /sys/bus/virtio/drivers/virtio_scsi/virtio1/host2/target2:0:4/2:0:4:1/block/sdq\n\
+                       garbage\n";
+        let d = virtio_scsi_disks(listing);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[&3], "/dev/sdd");
+        assert_eq!(d[&10], "/dev/sdb");
+    }
+
+    #[test]
+    fn spec_paths_are_numbered_lun_by_lun() {
+        let s = GuestSpec::new("x")
+            .iscsi_lun("a")
+            .iscsi_lun_paths(&["b0".into(), "b1".into()])
+            .iscsi_lun("c");
+        let ids: Vec<(String, u32)> = s
+            .scsi_paths()
+            .iter()
+            .map(|p| (p.device_id(), p.scsi_id))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("lun0-p0".to_string(), 0),
+                ("lun1-p0".to_string(), 1),
+                ("lun1-p1".to_string(), 2),
+                ("lun2-p0".to_string(), 3)
+            ]
+        );
+        let book = PathBook::new(s.scsi_paths());
+        assert_eq!(
+            (book.next_scsi_id, book.next_path.clone()),
+            (4, vec![1, 2, 1])
+        );
+    }
 
     #[test]
     fn scsi_disks_are_ordered_by_numeric_scsi_address() {

@@ -7,6 +7,17 @@
 //!
 //! Node guests attach each LUN with QEMU's iSCSI initiator and `scsi-block`, so SCSI commands
 //! from the guest reach the target unchanged and every guest is a distinct I_T nexus.
+//!
+//! Multipath ([`Target::start_with_paths`], LIO only): the storage guest serves every LUN through
+//! several target portal groups, `tpgt_1` on guest port 3260, `tpgt_2` on 3261, ..., each its own
+//! SCSI target port (relative target port id 1, 2, ... per LUN), each forwarded from its own host
+//! port. [`Target::node_spec`] then attaches every LUN through every port: a node guest has one
+//! disk per LUN and path, each on its own iSCSI session, so each its own I_T nexus — a
+//! registration through one path is not a registration through the other (SPC-4 5.14.7).
+//!
+//! Target-side PR faults (LIO): [`Target::restart_dropping_pr_state`] and
+//! [`Target::restart_keeping_pr_state`] rebuild the LUNs in the running storage guest with the
+//! same identity and data.
 
 use crate::error::{Error, IoContext, Result};
 use crate::guest::{Guest, GuestSpec};
@@ -35,10 +46,15 @@ pub enum Target {
     Lio {
         /// The storage guest (pause it to pause the target).
         guest: Guest,
-        /// Host port forwarded to the guest's 3260.
+        /// Host port forwarded to the guest's 3260 (path 0, `tpgt_1`).
         port: u16,
         /// Number of LUNs.
         luns: usize,
+        /// Per path (target portal group `tpgt_<j+1>`, guest port 3260+j), its host port; the
+        /// first is `port`.
+        ports: Vec<u16>,
+        /// Size of each LUN in MiB.
+        size_mb: u64,
     },
     /// tgtd on 127.0.0.1.
     Tgt {
@@ -86,23 +102,76 @@ impl Tgtd {
 }
 
 impl Target {
-    /// Starts a target of `kind` serving `luns` LUNs of `size_mb` MiB each.
+    /// Starts a target of `kind` serving `luns` LUNs of `size_mb` MiB each, one path each.
     pub fn start(lab: &Lab, kind: TargetKind, luns: usize, size_mb: u64) -> Result<Target> {
-        let port = Lab::free_port()?;
+        Target::start_with_paths(lab, kind, luns, size_mb, 1)
+    }
+
+    /// Starts a target of `kind` serving `luns` LUNs of `size_mb` MiB each through `paths`
+    /// target ports (see the module doc). More than one path needs [`TargetKind::Lio`].
+    pub fn start_with_paths(
+        lab: &Lab,
+        kind: TargetKind,
+        luns: usize,
+        size_mb: u64,
+        paths: usize,
+    ) -> Result<Target> {
+        if paths == 0 || (paths > 1 && kind != TargetKind::Lio) {
+            return Err(Error::Setup(format!(
+                "{paths} paths per LUN on a {kind:?} target: the harness gives several paths \
+                 (target portal groups) only with LIO"
+            )));
+        }
         match kind {
-            TargetKind::Lio => start_lio(lab, port, luns, size_mb),
-            TargetKind::Tgt => start_tgt(lab, port, luns, size_mb),
+            TargetKind::Lio => {
+                let ports = (0..paths)
+                    .map(|_| Lab::free_port())
+                    .collect::<Result<Vec<_>>>()?;
+                start_lio(lab, ports, luns, size_mb)
+            }
+            TargetKind::Tgt => start_tgt(lab, Lab::free_port()?, luns, size_mb),
         }
     }
 
-    /// The URL of LUN `index` (0-based) for [`GuestSpec::iscsi_lun`].
+    /// The URL of LUN `index` (0-based) for [`GuestSpec::iscsi_lun`] (through path 0).
     pub fn lun_url(&self, index: usize) -> String {
+        self.path_url(index, 0)
+    }
+
+    /// The URL of LUN `index` through path `path` (LIO: target port `tpgt_<path+1>`), e.g. for
+    /// [`Guest::attach_path`]. tgt has one portal: every path is that one (a new session to it
+    /// is still a new I_T nexus). Panics if a LIO target has no such path.
+    pub fn path_url(&self, index: usize, path: usize) -> String {
         match self {
             // LIO numbers LUNs from 0; tgt keeps LUN 0 for its controller.
-            Target::Lio { port, .. } => format!("iscsi://127.0.0.1:{port}/{TARGET_IQN}/{index}"),
+            Target::Lio { ports, .. } => {
+                let Some(port) = ports.get(path) else {
+                    panic!(
+                        "the LIO target has {} path(s), not a path {path}",
+                        ports.len()
+                    )
+                };
+                format!("iscsi://127.0.0.1:{port}/{TARGET_IQN}/{index}")
+            }
             Target::Tgt { port, .. } => {
                 format!("iscsi://127.0.0.1:{port}/{TARGET_IQN}/{}", index + 1)
             }
+        }
+    }
+
+    /// Number of paths (target ports) per LUN.
+    pub fn paths(&self) -> usize {
+        match self {
+            Target::Lio { ports, .. } => ports.len(),
+            Target::Tgt { .. } => 1,
+        }
+    }
+
+    /// The storage guest of a LIO target.
+    pub fn storage_guest(&self) -> Option<&Guest> {
+        match self {
+            Target::Lio { guest, .. } => Some(guest),
+            Target::Tgt { .. } => None,
         }
     }
 
@@ -121,11 +190,16 @@ impl Target {
         }
     }
 
-    /// A node-guest spec with initiator `iqn.2026-11.org.fenced:<name>` and every LUN attached.
+    /// A node-guest spec with initiator `iqn.2026-11.org.fenced:<name>` and every LUN attached
+    /// through every path (LUN `i` path `j` is the guest's QEMU device `lun<i>-p<j>`, see
+    /// [`Guest::lun_paths`]).
     pub fn node_spec(&self, name: &str) -> GuestSpec {
         let mut spec = GuestSpec::new(name).initiator(&format!("iqn.2026-11.org.fenced:{name}"));
         for i in 0..self.luns() {
-            spec = spec.iscsi_lun(&self.lun_url(i));
+            spec = match self.paths() {
+                1 => spec.iscsi_lun(&self.lun_url(i)),
+                n => spec.iscsi_lun_paths(&(0..n).map(|j| self.path_url(i, j)).collect::<Vec<_>>()),
+            };
         }
         spec
     }
@@ -146,15 +220,164 @@ impl Target {
             Target::Tgt { tgtd, .. } => tgtd.process.signal(Signal::SIGCONT),
         }
     }
+
+    /// LIO: the target loses every registration and reservation, as an array whose PR database
+    /// is wiped (a controller replaced or reinitialised), while its LUNs keep their identity
+    /// (VPD 0x80 unit serial, VPD 0x83 NAA id, relative target port ids) and their data. In the
+    /// running storage guest: every target portal group disabled (LIO closes every session at
+    /// once), every LUN unmapped and its backstore removed, the APTPL files deleted, all rebuilt
+    /// identically and enabled again. The nodes' QEMU iSCSI initiators reconnect on their own,
+    /// each with its old ISID (same I_T nexus, now unregistered). Meanwhile the nodes' commands
+    /// wait in QEMU: no error, no UNIT ATTENTION reaches the guest. Measured under TCG (the
+    /// spread is the host's load): the target is down 2.3-6.6 s and a command issued meanwhile
+    /// completes 0.9-2.4 s after the target is back (libiscsi's reconnect). A node learns of
+    /// the loss only by reading the keys. Returns how long the target was down (from disabling to enabling the portal
+    /// groups, as the storage guest timed it).
+    pub fn restart_dropping_pr_state(&self) -> Result<Duration> {
+        self.lio_restart(false)
+    }
+
+    /// LIO: the same rebuild as [`Target::restart_dropping_pr_state`], but the PR state LIO
+    /// persisted under APTPL (Activate Persist Through Power Loss) comes back, as LIO's own
+    /// tooling (targetcli/rtslib `restoreconfig`) brings it back after a reboot.
+    ///
+    /// How LIO does APTPL (verified on the harness kernel, 6.1): the APTPL bit of the latest
+    /// successful REGISTER (or REGISTER AND IGNORE) applies to the whole LUN, per SPC-4. While
+    /// it is set, LIO rewrites `<dbroot>/pr/aptpl_<unit serial>` (dbroot `/var/target`) after
+    /// every PR change with *every* registration and the reservation, made with APTPL or not;
+    /// a later REGISTER without APTPL turns it off and the file then says "No Registrations or
+    /// Reservations". The kernel never reads the file back, not even when the backstore is
+    /// enabled: userspace must feed each registration to the new backstore's
+    /// `pr/res_aptpl_metadata` before the LUN is exported (LIO refuses it afterwards), which
+    /// the harness does as rtslib does. The registrations then reattach to their I_T nexuses
+    /// (initiator name and ISID, target port) when the LUN is mapped again; the nodes' QEMU
+    /// initiators reconnect with their old ISIDs, so each node finds its registration (and
+    /// reservation) back. LIO writes the file from its kernel threads, which see the storage
+    /// guest's initramfs root: it is `/proc/1/root/var/target/pr/` from the guest's commands.
+    pub fn restart_keeping_pr_state(&self) -> Result<Duration> {
+        self.lio_restart(true)
+    }
+
+    fn lio_restart(&self, keep_aptpl: bool) -> Result<Duration> {
+        let Target::Lio {
+            guest,
+            luns,
+            ports,
+            size_mb,
+            ..
+        } = self
+        else {
+            return Err(Error::Setup(
+                "restarting the target with its PR state is a LIO fault; tgt has none".into(),
+            ));
+        };
+        let paths = ports.len();
+        let mut script = format!(
+            r#"set -e
+T=/sys/kernel/config/target
+now() {{ cut -d' ' -f1 /proc/uptime; }}
+down=$(now)
+for j in $(seq 1 {paths}); do echo 0 > $T/iscsi/{TARGET_IQN}/tpgt_$j/enable; done
+for j in $(seq 1 {paths}); do
+    for l in $T/iscsi/{TARGET_IQN}/tpgt_$j/lun/lun_*; do rm $l/lun; rmdir $l; done
+done
+"#
+        );
+        for i in 0..*luns {
+            script.push_str(&format!(
+                "rmdir $T/core/fileio_{i}/lun{i}
+"
+            ));
+        }
+        if !keep_aptpl {
+            script.push_str(&format!(
+                "rm -f {}
+",
+                aptpl_dirs("/aptpl_*")
+            ));
+        }
+        script.push_str(&lio_luns_script(*luns, *size_mb, paths, keep_aptpl));
+        script.push_str(&lio_enable_script(paths));
+        script.push_str("up=$(now)\necho \"$down $up\"\n");
+        let out = guest.run_ok(&script)?;
+        let times: Vec<f64> = out
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match times.as_slice() {
+            [down, up] => Ok(Duration::from_secs_f64((up - down).max(0.0))),
+            _ => Err(Error::Setup(format!(
+                "target restart: no timing in its output: {out}"
+            ))),
+        }
+    }
 }
 
-fn start_lio(lab: &Lab, port: u16, luns: usize, size_mb: u64) -> Result<Target> {
-    let guest = lab.boot(
-        GuestSpec::new("storage")
-            .forward_port(port, 3260)
-            .i6300esb(false),
-    )?;
-    let mut script = format!(
+/// LIO writes APTPL files from the kernel thread that runs the PR OUT command; kernel threads
+/// see the initramfs root, not the guest's chroot, so look at both (`/proc/1/root` is the
+/// initramfs: PID 1 is the harness's init, which never leaves it).
+fn aptpl_dirs(file: &str) -> String {
+    format!("/var/target/pr{file} /proc/1/root/var/target/pr{file}")
+}
+
+/// Creates LUN backstores 0..luns (fileio over `/var/tmp/lun<i>.img`, kept across rebuilds),
+/// their unit serials, and maps each in the portal groups 1..=paths. With `restore_aptpl`, the
+/// registrations of each LUN's APTPL file are fed to its backstore before it is mapped (as
+/// rtslib does: the kernel refuses APTPL metadata once the LUN is exported).
+fn lio_luns_script(luns: usize, size_mb: u64, paths: usize, restore_aptpl: bool) -> String {
+    let mut script = String::new();
+    for i in 0..luns {
+        let serial = unit_serial(i);
+        script.push_str(&format!(
+            r#"mkdir -p $T/core/fileio_{i}/lun{i}
+echo "fd_dev_name=/var/tmp/lun{i}.img,fd_dev_size={bytes}" > $T/core/fileio_{i}/lun{i}/control
+echo 1 > $T/core/fileio_{i}/lun{i}/enable
+echo {serial} > $T/core/fileio_{i}/lun{i}/wwn/vpd_unit_serial
+"#,
+            bytes = size_mb << 20,
+        ));
+        if restore_aptpl {
+            script.push_str(&format!(
+                r#"for f in {files}; do
+    [ -s $f ] || continue
+    awk '/^PR_REG_START/ {{ r = ""; next }} /^PR_REG_END/ {{ print r; next }} NF {{ r = (r == "" ? $1 : r "," $1) }}' $f |
+        while read -r reg; do echo "$reg" > $T/core/fileio_{i}/lun{i}/pr/res_aptpl_metadata; done
+    break
+done
+"#,
+                files = aptpl_dirs(&format!("/aptpl_{serial}"))
+            ));
+        }
+        for j in 1..=paths {
+            script.push_str(&format!(
+                r#"mkdir -p $T/iscsi/{TARGET_IQN}/tpgt_{j}/lun/lun_{i}
+ln -s $T/core/fileio_{i}/lun{i} $T/iscsi/{TARGET_IQN}/tpgt_{j}/lun/lun_{i}/lun
+"#
+            ));
+        }
+    }
+    script
+}
+
+fn lio_enable_script(paths: usize) -> String {
+    (1..=paths)
+        .map(|j| {
+            format!(
+                "echo 1 > $T/iscsi/{TARGET_IQN}/tpgt_{j}/enable
+"
+            )
+        })
+        .collect()
+}
+
+fn start_lio(lab: &Lab, ports: Vec<u16>, luns: usize, size_mb: u64) -> Result<Target> {
+    let paths = ports.len();
+    let mut spec = GuestSpec::new("storage").i6300esb(false);
+    for (j, port) in ports.iter().enumerate() {
+        spec = spec.forward_port(*port, guest_port(j));
+    }
+    let guest = lab.boot(spec)?;
+    let mut script = String::from(
         r#"set -e
 modprobe -a target_core_mod target_core_file iscsi_target_mod crc32c_generic virtio_net
 ip link set lo up
@@ -162,34 +385,39 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 T=/sys/kernel/config/target
-I=$T/iscsi/{TARGET_IQN}/tpgt_1
-mkdir -p $I/np/0.0.0.0:3260
-"#
-    );
-    for i in 0..luns {
-        script.push_str(&format!(
-            r#"mkdir -p $T/core/fileio_{i}/lun{i}
-echo "fd_dev_name=/var/tmp/lun{i}.img,fd_dev_size={bytes}" > $T/core/fileio_{i}/lun{i}/control
-echo 1 > $T/core/fileio_{i}/lun{i}/enable
-echo {serial} > $T/core/fileio_{i}/lun{i}/wwn/vpd_unit_serial
-mkdir -p $I/lun/lun_{i}
-ln -s $T/core/fileio_{i}/lun{i} $I/lun/lun_{i}/lun
 "#,
-            bytes = size_mb << 20,
-            serial = unit_serial(i),
-        ));
-    }
-    script.push_str(
-        r#"echo 1 > $I/attrib/generate_node_acls
+    );
+    for j in 0..paths {
+        script.push_str(&format!(
+            r#"I=$T/iscsi/{TARGET_IQN}/tpgt_{tpgt}
+mkdir -p $I/np/0.0.0.0:{port}
+echo 1 > $I/attrib/generate_node_acls
 echo 1 > $I/attrib/cache_dynamic_acls
 echo 0 > $I/attrib/demo_mode_write_protect
 echo 0 > $I/attrib/authentication
-echo 1 > $I/enable
 "#,
-    );
+            tpgt = j + 1,
+            port = guest_port(j),
+        ));
+    }
+    script.push_str(&lio_luns_script(luns, size_mb, paths, false));
+    script.push_str(&lio_enable_script(paths));
     guest.run_ok(&script)?;
-    wait_for_iscsi(port, luns.saturating_sub(1))?;
-    Ok(Target::Lio { guest, port, luns })
+    for port in &ports {
+        wait_for_iscsi(*port, luns.saturating_sub(1))?;
+    }
+    Ok(Target::Lio {
+        guest,
+        port: ports[0],
+        luns,
+        ports,
+        size_mb,
+    })
+}
+
+/// The storage guest's iSCSI port of path `j` (target portal group `tpgt_<j+1>`).
+fn guest_port(j: usize) -> u16 {
+    3260 + u16::try_from(j).unwrap_or(0)
 }
 
 /// The VPD 0x80 unit serial number the harness gives LIO backstore `index`. LIO reports no VPD

@@ -10,10 +10,16 @@
 //!   binaries and the host's tools. [`Guest::run`] returns exit code, stdout and stderr within a
 //!   deadline; the serial console is kept in a log file printed when a test fails.
 //! - Topologies: LIO tcm_loop with K nexuses on one LUN ([`tcm_loop`]), iSCSI LUNs shared by
-//!   several guests from LIO in a storage guest or tgtd on the host ([`iscsi`]), shared
-//!   voting-disk images ([`Lab::shared_disk`]), an i6300esb in every guest and softdog loadable.
+//!   several guests from LIO in a storage guest or tgtd on the host ([`iscsi`]), with LIO also
+//!   through several target ports per LUN (multipath: [`iscsi::Target::start_with_paths`],
+//!   [`Guest::lun_paths`]), shared voting-disk images ([`Lab::shared_disk`]), an i6300esb in
+//!   every guest and softdog loadable.
+//! - Every guest's QEMU monitor ([`Guest::qmp`], [`Guest::hmp`]).
 //! - Faults ([`faults`]): the `freeze` kernel module (stop_machine), pausing a guest or a target
-//!   with SIGSTOP, dm-delay and dm-flakey inside a guest; guest resets are seen and timed
+//!   with SIGSTOP, dm-delay and dm-flakey inside a guest, SCSI paths taken offline, paths
+//!   removed and added at runtime ([`Guest::detach_path`], [`Guest::attach_path`]), the
+//!   target losing or keeping its PR state over a restart
+//!   ([`iscsi::Target::restart_dropping_pr_state`]); guest resets are seen and timed
 //!   ([`Guest::wait_exit`]), because QEMU runs with `-no-reboot`.
 //!
 //! Not for: production use. Nothing here is shipped; it exists so that every kernel-facing
@@ -29,10 +35,11 @@ pub mod iscsi;
 mod kernel;
 mod lab;
 mod process;
+mod qmp;
 pub mod tcm_loop;
 
 pub use error::{Error, Result};
-pub use guest::{Guest, GuestSpec, Output, Pending};
+pub use guest::{Guest, GuestSpec, Output, Pending, ScsiPath};
 pub use initramfs::{SYSTEMD_TARGET, SYSTEMD_UNITS};
 pub use kernel::Kernel;
 pub use lab::Lab;

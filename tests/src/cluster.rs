@@ -53,6 +53,13 @@ pub struct ClusterSpec {
     pub nodes: usize,
     /// Shared LUNs.
     pub luns: usize,
+    /// Paths per LUN (default 1). More than one needs [`TargetKind::Lio`]: the target serves
+    /// every LUN through that many target ports and every node attaches every LUN through each
+    /// ([`Target::start_with_paths`]), so a node has `luns * paths` SCSI disks, each its own
+    /// I_T nexus. The nodes' fenced.toml then lists the LUNs as the glob `/dev/sd*` (the voting
+    /// disks are virtio-blk `/dev/vdX`), so paths attached at runtime
+    /// ([`kmod_testing::Guest::attach_path`]) match the configuration too.
+    pub paths: usize,
     /// Timing.
     pub timing: Timing,
     /// Start `fenced run` on every node (else only `fenced unfence`: keys registered, no
@@ -74,6 +81,7 @@ impl ClusterSpec {
             target,
             nodes: 3,
             luns: 1,
+            paths: 1,
             timing: Timing::default(),
             daemons: true,
             voting_via_dm: false,
@@ -86,7 +94,8 @@ impl ClusterSpec {
 pub struct Cluster {
     /// Node guests, `node1`..`nodeN` (node ids 0..N-1).
     pub nodes: Vec<Guest>,
-    /// Each node's LUN devices, in LUN order.
+    /// Each node's LUN devices, in LUN order; with several paths per LUN, every path of every
+    /// LUN (LUN by LUN, path by path; grouped: [`Cluster::lun_paths`]), as they were at start.
     pub lun_devices: Vec<Vec<String>>,
     /// Each node's running `fenced run`.
     pub daemons: Vec<Option<Pending>>,
@@ -162,7 +171,7 @@ impl Cluster {
     /// registered on every LUN and heartbeating.
     pub fn start(say: Narrator<'_>, spec: &ClusterSpec) -> Result<Cluster> {
         let lab = Lab::new(&spec.name)?;
-        let target = Target::start(&lab, spec.target, spec.luns, 16)?;
+        let target = Target::start_with_paths(&lab, spec.target, spec.luns, 16, spec.paths)?;
         let votes: Vec<_> = (0..3)
             .map(|i| lab.shared_disk(&format!("vote{i}"), 4))
             .collect::<Result<_>>()?;
@@ -177,16 +186,38 @@ impl Cluster {
             .collect();
         let nodes = lab.boot_all(specs)?;
         say(&format!(
-            "{} node guests up{}, {} shared {:?} iSCSI LUN(s), 3 shared voting disks, an i6300esb in each",
+            "{} node guests up{}, {} shared {:?} iSCSI LUN(s){}, 3 shared voting disks, an i6300esb in each",
             spec.nodes,
             if spec.systemd { " (systemd as PID 1)" } else { "" },
             spec.luns,
-            spec.target
+            spec.target,
+            if spec.paths > 1 {
+                format!(" through {} paths each", spec.paths)
+            } else {
+                String::new()
+            }
         ));
         let fenced = project_binary("fenced");
         let mut lun_devices = Vec::new();
         for (i, g) in nodes.iter().enumerate() {
-            let luns = g.scsi_disks(spec.luns)?;
+            let paths = if spec.paths > 1 {
+                let p = g.lun_paths()?;
+                if p.len() != spec.luns || p.iter().any(|l| l.len() != spec.paths) {
+                    return Err(Error::Setup(format!(
+                        "{}: expected {} LUNs of {} paths, found {p:?}",
+                        g.name(),
+                        spec.luns,
+                        spec.paths
+                    )));
+                }
+                p
+            } else {
+                g.scsi_disks(spec.luns)?
+                    .into_iter()
+                    .map(|d| vec![d])
+                    .collect()
+            };
+            let luns: Vec<String> = paths.concat();
             let mut vote_devs: Vec<String> = (0..3)
                 .map(|v| g.disk_by_serial(&format!("vote{v}")))
                 .collect::<Result<_>>()?;
@@ -211,7 +242,12 @@ impl Cluster {
                     vote_devs.join(" ")
                 ))?;
             }
-            let text = config_text(spec.nodes, i, &luns, &vote_devs, spec.timing);
+            let configured = if spec.paths > 1 {
+                vec!["/dev/sd*".to_string()]
+            } else {
+                luns.clone()
+            };
+            let text = config_text(spec.nodes, i, &configured, &vote_devs, spec.timing);
             g.run_ok(&format!(
                 "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\nchmod 600 /etc/fenced/fenced.toml"
             ))?;
@@ -268,6 +304,17 @@ impl Cluster {
             t.elapsed().as_secs_f64()
         ));
         Ok(cluster)
+    }
+
+    /// Each node's devices per LUN and path (`[node][lun][path]`) as they were at start:
+    /// [`Cluster::lun_devices`] in groups of the target's paths per LUN. Paths attached or
+    /// detached since: [`kmod_testing::Guest::lun_paths`].
+    pub fn lun_paths(&self) -> Vec<Vec<Vec<String>>> {
+        let paths = self.target.paths().max(1);
+        self.lun_devices
+            .iter()
+            .map(|devs| devs.chunks(paths).map(<[String]>::to_vec).collect())
+            .collect()
     }
 
     /// `fenced status --json` as node `i` sees it.

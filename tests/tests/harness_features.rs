@@ -1,10 +1,12 @@
 //! Self-tests of the harness' own building blocks that later scenarios rely on: shared voting-disk
-//! images, device-mapper faults, K nexuses, pausing a target, and guests with systemd as PID 1.
+//! images, device-mapper faults, K nexuses, pausing a target, guests with systemd as PID 1, and
+//! multipath LUNs with path and target PR-state faults.
 
-use kmod_testing::iscsi::{Target, TargetKind};
+use kmod_testing::iscsi::{Target, TargetKind, TARGET_IQN};
 use kmod_testing::{faults, tcm_loop, GuestSpec, Lab};
 use std::time::{Duration, Instant};
 use tests::blocks;
+use tests::sg_persist::{self, Registration};
 
 /// Two guests attach one shared image (virtio-blk, cache=none, share-rw).
 /// Must: a block one guest writes with O_DIRECT is read by the other with O_DIRECT.
@@ -148,5 +150,192 @@ fn systemd_guest_runs_systemd_as_pid1_with_journald_only() {
     assert!(
         sd.wait_exit(Duration::from_secs(30)).is_some(),
         "a reboot in a systemd guest ends QEMU"
+    );
+}
+
+/// Multipath mechanics on LIO, one storage guest and one node: one LUN served through two target
+/// ports (`tpgt_1` on 3260, `tpgt_2` on 3261), the node attaching it through both.
+/// Must: the node has two disks for the LUN, in path order (VPD 0x83: the same NAA id, target
+/// ports `,t,0x0001` then `,t,0x0002`, distinct relative ports); a key registered through path A
+/// is one registration, on A's port only; after path B is detached (its disk gone) and a new
+/// path through B's port attached (a new disk), the new path is a new, unregistered I_T nexus
+/// (registering through it adds a third registration, beside B's old one); with path A offline
+/// a command through A fails at once while the other path works, and works again once online;
+/// restart_keeping_pr_state brings back the APTPL-persisted registrations exactly (keys, ports,
+/// initiator ports); restart_dropping_pr_state leaves no registration while the LUN keeps its
+/// NAA id, and a read issued during it completes; CLEAR needs a registered nexus and then
+/// removes every registration.
+#[test]
+fn two_paths_per_lun_path_faults_and_target_pr_state_loss() {
+    const KA: u64 = 0xa1;
+    const KB: u64 = 0xb1;
+    const KN: u64 = 0xc1;
+    let t0 = Instant::now();
+    let lab = Lab::new("multipath").unwrap();
+    let target = Target::start_with_paths(&lab, TargetKind::Lio, 1, 16, 2).unwrap();
+    let g = lab.boot(target.node_spec("node1")).unwrap();
+    println!(
+        "MEASURED: storage guest and node up in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let status = |dev: &str| {
+        let mut s = sg_persist::read_full_status(&g, dev).unwrap();
+        s.sort_by_key(|r| (r.key, r.transport_id.clone()));
+        s
+    };
+    let keys = |dev: &str| sg_persist::read_keys(&g, dev).unwrap();
+
+    // Two paths, in path order.
+    let paths = g.lun_paths().unwrap();
+    assert!(paths.len() == 1 && paths[0].len() == 2, "{paths:?}");
+    let (a, b) = (paths[0][0].clone(), paths[0][1].clone());
+    let (ida, idb) = (
+        sg_persist::device_id(&g, &a).unwrap(),
+        sg_persist::device_id(&g, &b).unwrap(),
+    );
+    assert!(ida.naa.starts_with("0x6001405"), "{ida:?}");
+    assert_eq!(ida.naa, idb.naa, "both paths lead to one LUN");
+    assert_eq!(ida.target_port, format!("{TARGET_IQN},t,0x0001"));
+    assert_eq!(idb.target_port, format!("{TARGET_IQN},t,0x0002"));
+    assert_ne!(ida.relative_port, idb.relative_port);
+
+    // A registration through A is A's nexus only.
+    assert!(sg_persist::register(&g, &a, KA).unwrap().success());
+    let st = status(&b);
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(
+        (st[0].key, st[0].relative_port, st[0].all_target_ports),
+        (KA, ida.relative_port, false),
+        "{st:?}"
+    );
+    assert!(sg_persist::register(&g, &b, KB).unwrap().success());
+    let st = status(&a);
+    let on_b: Vec<&Registration> = st.iter().filter(|r| r.key == KB).collect();
+    assert!(
+        st.len() == 2 && on_b.len() == 1 && on_b[0].relative_port == idb.relative_port,
+        "{st:?}"
+    );
+    assert_ne!(st[0].transport_id, st[1].transport_id, "one ISID per path");
+    let old_b = on_b[0].transport_id.clone();
+
+    // Path B removed, a new path through B's port added.
+    let took = g.detach_path(0, 1).unwrap();
+    println!("MEASURED: detach_path (device_del until the guest's SCSI device is gone): {took:?}");
+    assert!(
+        g.run(&format!("[ ! -e {b} ]")).unwrap().success(),
+        "{b} still there"
+    );
+    assert_eq!(g.lun_paths().unwrap(), [[a.clone()]]);
+    let t = Instant::now();
+    let (added, n) = g.attach_path(0, &target.path_url(0, 1)).unwrap();
+    println!(
+        "MEASURED: attach_path (drive_add + device_add until the new disk is there): {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (added.lun, added.path, added.device_id()),
+        (0, 2, "lun0-p2".into())
+    );
+    assert!(g.run(&format!("[ -b {n} ]")).unwrap().success());
+    assert_eq!(g.lun_paths().unwrap(), [[a.clone(), n.clone()]]);
+    assert_eq!(sg_persist::device_id(&g, &n).unwrap(), idb);
+    assert_eq!(status(&n).len(), 2, "the new path registered nothing yet");
+    assert!(sg_persist::register(&g, &n, KN).unwrap().success());
+    let st = status(&n);
+    let new = st.iter().find(|r| r.key == KN);
+    assert!(
+        st.len() == 3
+            && st.iter().any(|r| r.key == KB && r.transport_id == old_b)
+            && new.is_some_and(|r| r.relative_port == idb.relative_port && r.transport_id != old_b),
+        "the new path must be a new nexus beside B's old registration: {st:?}"
+    );
+
+    // Path A offline, then online.
+    faults::path_offline(&g, &a).unwrap();
+    // Timed in the guest: the agent's round trip grows with the host's load.
+    let out = g
+        .run(&format!(
+            "s=$(date +%s%N); sg_persist -n -i -k {a}; rc=$?; \
+             echo ms=$(( ($(date +%s%N) - s) / 1000000 )); exit $rc"
+        ))
+        .unwrap();
+    let failed_ms: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ms="))
+        .and_then(|ms| ms.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    println!(
+        "MEASURED: a command through an offline path failed after {failed_ms} ms (in the guest): {}",
+        out.stderr.trim()
+    );
+    assert!(
+        !out.success() && out.stderr.contains("No such device or address"),
+        "{out:?}"
+    );
+    assert!(failed_ms < 2000, "{failed_ms} ms");
+    assert_eq!(keys(&n).len(), 3, "the other path works");
+    faults::path_online(&g, &a).unwrap();
+    assert_eq!(keys(&a).len(), 3, "the path works again");
+
+    // APTPL: the whole PR state comes back after restart_keeping_pr_state.
+    assert!(g
+        .run(&format!(
+            "sg_persist -n --out --register-ignore --param-aptpl --param-sark=0x{KA:x} {a}"
+        ))
+        .unwrap()
+        .success());
+    let before = status(&a);
+    let down = target.restart_keeping_pr_state().unwrap();
+    let after = status(&a);
+    println!(
+        "MEASURED: restart_keeping_pr_state: target down {down:?}; {} of {} registrations back",
+        after.len(),
+        before.len()
+    );
+    assert_eq!(after, before, "APTPL registrations survive the restart");
+
+    // restart_dropping_pr_state, with a read issued while the target is down.
+    let read = g
+        .spawn(&format!(
+            "sleep 1; dd if={a} of=/dev/null bs=4096 count=1 skip=3 iflag=direct"
+        ))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let down = target.restart_dropping_pr_state().unwrap();
+    let restarted = t.elapsed();
+    let read = g.wait(read, Duration::from_secs(60)).unwrap();
+    println!(
+        "MEASURED: restart_dropping_pr_state: target down {down:?} (call {restarted:?}); a read \
+         issued ~1 s into it completed {:?} after the restart began, exit {}",
+        read.finished_at - t,
+        read.code
+    );
+    assert!(read.success(), "{read:?}");
+    assert_eq!(status(&a), [], "no registration left");
+    assert_eq!(status(&n), []);
+    assert_eq!(sg_persist::device_id(&g, &a).unwrap(), ida, "same LUN id");
+
+    // CLEAR: refused from an unregistered nexus, then clears every registration.
+    assert!(sg_persist::register(&g, &a, KA).unwrap().success());
+    let refused = g
+        .run(&format!(
+            "sg_persist -n --out --clear --param-rk=0x{KA:x} {n}"
+        ))
+        .unwrap();
+    assert!(!refused.success());
+    assert_eq!(keys(&a), [KA]);
+    assert!(sg_persist::register(&g, &n, KN).unwrap().success());
+    assert!(g
+        .run(&format!(
+            "sg_persist -n --out --clear --param-rk=0x{KA:x} {a}"
+        ))
+        .unwrap()
+        .success());
+    assert_eq!(keys(&n), [] as [u64; 0]);
+    println!(
+        "MEASURED: multipath self-test took {:.1} s",
+        t0.elapsed().as_secs_f64()
     );
 }

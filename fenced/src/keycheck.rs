@@ -403,14 +403,14 @@ impl KeyChecker {
 
     /// Reads the keys through every due path of LUN `i`; returns the first answer and whether
     /// any path received a registrations-preempted notice.
-    fn read_keys(&mut self, i: usize) -> (Option<(usize, Completed<RegisteredKeys>)>, bool) {
+    fn read_keys(&mut self, i: usize) -> (Option<Completed<RegisteredKeys>>, bool) {
         let now = Instant::now();
         let (timeout, period) = (self.cfg.timeout, self.cfg.period);
         let storage = self.storage.clone();
         let lun = &mut self.luns[i];
         let mut first = None;
         let mut preempted = false;
-        for (j, p) in lun.paths.iter_mut().enumerate() {
+        for p in &mut lun.paths {
             if !p.due(now) {
                 continue;
             }
@@ -440,7 +440,7 @@ impl KeyChecker {
                         .iter()
                         .any(|s| s.is(asc::REGISTRATIONS_PREEMPTED));
                     if first.is_none() {
-                        first = Some((j, k));
+                        first = Some(k);
                     }
                 }
                 Err(e) => p.fail(now, period, e.to_string()),
@@ -454,7 +454,7 @@ impl KeyChecker {
             return;
         }
         let (answer, preempted) = self.read_keys(i);
-        let Some((via, keys)) = answer else {
+        let Some(keys) = answer else {
             let lun = &mut self.luns[i];
             if lun.reachable {
                 tracing::warn!(lun = %lun.id, "LUN unreachable: no path answers; degraded, not unhealthy (the target still enforces the reservation)");
@@ -468,7 +468,7 @@ impl KeyChecker {
         }
         let me = self.cfg.reg.key;
         if keys.value.contains(me) {
-            self.confirmed(i, via, &keys.value, preempted);
+            self.confirmed(i, &keys.value, preempted);
         } else if preempted {
             self.lose(i, KeyLoss::Preempted, "READ KEYS no longer lists our key and the target said our registrations were preempted (UNIT ATTENTION 2A/05)");
         } else if self.cfg.key_loss == KeyLossPolicy::SelfFence {
@@ -490,7 +490,7 @@ impl KeyChecker {
         self.watch.set_lost(i, cause);
     }
 
-    fn confirmed(&mut self, i: usize, via: usize, keys: &RegisteredKeys, preempted: bool) {
+    fn confirmed(&mut self, i: usize, keys: &RegisteredKeys, preempted: bool) {
         let now = Instant::now();
         if preempted {
             tracing::warn!(lun = %self.luns[i].id, "a registrations-preempted notice arrived while our key is listed: a preemption was undone by our own guarded registration, which the fencer re-verifies");
@@ -504,7 +504,6 @@ impl KeyChecker {
                 lun.note = None;
             }
         }
-        let swept = self.sweep_dead(i, via, keys);
         // Paths up but not verified: new, returned, or registered by nobody yet.
         let pending: Vec<usize> = self.luns[i]
             .paths
@@ -516,6 +515,12 @@ impl KeyChecker {
         if !pending.is_empty() {
             self.register_paths(i, &pending);
         }
+        // PREEMPT and RESERVE need a registered nexus (LIO answers an unregistered one NOT
+        // READY, which the retry policy would wait on).
+        let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) else {
+            return;
+        };
+        let swept = self.sweep_dead(i, via, keys);
         let changed = self.luns[i].generation != Some(keys.generation);
         if changed || swept || !pending.is_empty() {
             self.luns[i].generation = Some(keys.generation);

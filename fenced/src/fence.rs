@@ -231,24 +231,23 @@ pub fn fence(
     let victim_key = victim.key;
     let st = storage.clone();
     let outcomes = apply_parallel(rest, 32, config.timing.fence_deadline, move |lun: &Lun| {
-        preempt_lun(&*st, lun, own, victim_key, timeout).map_err(|e| sg_pr::Error::Io {
-            device: lun.id.clone(),
-            command: "fence",
-            source: std::io::Error::other(match e {
+        Ok(
+            preempt_lun(&*st, lun, own, victim_key, timeout).map_err(|e| match e {
                 LunError::Lost => {
                     "our own key is gone from this LUN: another node fenced us".to_string()
                 }
                 LunError::NotRegistered(e) | LunError::Other(e) => e,
             }),
-        })
+        )
     });
     let mut failed = 0;
     for o in outcomes {
-        let (outcome, confirmed) = match o.result {
+        // The outer error is the deadline of the whole phase.
+        let (outcome, confirmed) = match o.result.map_err(|e| e.to_string()).and_then(|r| r) {
             Ok(s) => (s, true),
             Err(e) => {
                 failed += 1;
-                (e.to_string(), false)
+                (e, false)
             }
         };
         results.push(LunFence {

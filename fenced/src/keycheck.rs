@@ -248,8 +248,10 @@ impl PathState {
         self.registered = false;
         self.dev = None;
         self.fails = self.fails.saturating_add(1);
-        // Back-off: one period, doubling to 32 periods.
-        let periods = 1u32 << self.fails.min(6).saturating_sub(1);
+        // Back-off: one period, doubling to 8: a returning path is taken back within 8 periods
+        // (10 s with the defaults), and a hung one costs the checker a timeout at most that
+        // often.
+        let periods = 1u32 << self.fails.min(4).saturating_sub(1);
         self.retry_at = Some(now + period * periods);
         self.error = Some(error);
     }

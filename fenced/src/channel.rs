@@ -172,6 +172,7 @@ impl crate::luns::AuthoritySource for DaemonChannel {
             round_started,
             majority,
             self_dead: marker.is_present() && marker.dead.contains(self.me),
+            marker,
         })
     }
 }
@@ -287,6 +288,7 @@ impl crate::luns::AuthoritySource for DiskChannel {
             round_started,
             majority,
             self_dead: self.view.self_dead(),
+            marker: self.view.authority().map(|a| a.marker).unwrap_or_default(),
         })
     }
 }

@@ -544,6 +544,7 @@ watchdog = 1000
                 round_started: Instant::now(),
                 majority: true,
                 self_dead: self.marker.dead.contains(0),
+                marker: self.marker,
             })
         }
     }

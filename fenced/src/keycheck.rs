@@ -603,9 +603,29 @@ impl KeyChecker {
         }
     }
 
-    /// Preempts the keys of nodes the authority marks dead; true when it preempted any.
+    /// Preempts the keys of nodes the authority marks dead; true when it preempted any. The
+    /// loop's latest read names the candidates; a fresh read confirms them (a node let back in
+    /// by `fenced clear` registers only after reading the new marker, so a round that starts
+    /// after its key was seen reads that marker too: a stale read must not preempt it).
     fn sweep_dead(&mut self, i: usize, via: usize, keys: &RegisteredKeys) -> bool {
-        let authority = self.authority.latest();
+        let latest = self.authority.latest();
+        let me = self.cfg.me;
+        let candidate = |m: &Marker| {
+            m.is_present()
+                && !m.dead.contains(me)
+                && self
+                    .cfg
+                    .members
+                    .iter()
+                    .any(|&(id, key)| id != me && m.dead.contains(id) && keys.contains(key))
+        };
+        if !candidate(&latest) {
+            return false;
+        }
+        let authority = match self.authority.fresh() {
+            Ok(f) if f.majority => f.marker,
+            _ => return false,
+        };
         if !authority.is_present() || authority.dead.contains(self.cfg.me) {
             return false;
         }
@@ -757,6 +777,8 @@ mod tests {
         marker: Arc<Mutex<Marker>>,
         /// How old the fresh round is when a registration starts (a slow round).
         round_age: Arc<Mutex<Duration>>,
+        /// What the loop last read, when it lags behind the disks.
+        stale: Arc<Mutex<Option<Marker>>>,
     }
 
     impl Votes {
@@ -785,13 +807,18 @@ mod tests {
                 round_started: Instant::now() - *self.votes.round_age.lock().unwrap(),
                 majority: true,
                 self_dead: m.is_present() && m.dead.contains(self.me),
+                marker: m,
             })
         }
     }
 
     impl AuthorityView for NodeView {
         fn latest(&self) -> Marker {
-            *self.votes.marker.lock().unwrap()
+            self.votes
+                .stale
+                .lock()
+                .unwrap()
+                .unwrap_or(*self.votes.marker.lock().unwrap())
         }
     }
 
@@ -1045,6 +1072,27 @@ mod tests {
         nodes[0].checker.step();
         assert!(!san.keys(lun).contains(&KEYS[1].0), "{:?}", san.keys(lun));
         assert!(san.keys(lun).contains(&KEYS[0].0));
+    }
+
+    #[test]
+    fn a_node_let_back_in_is_not_preempted_on_a_stale_read_of_the_authority() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut nodes: Vec<Node> = (0..2)
+            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
+            .collect();
+        step_all(&mut nodes);
+        // node2 was fenced, then cleared; node1's loop has not read the clear yet.
+        votes.mark_dead(1);
+        *votes.stale.lock().unwrap() = Some(*votes.marker.lock().unwrap());
+        *votes.marker.lock().unwrap() = Marker {
+            epoch: 2,
+            generation: 1,
+            dead: crate::vdisk::DeadSet::default(),
+            issuer: 0,
+        };
+        nodes[0].checker.step();
+        assert!(san.keys(lun).contains(&KEYS[1].0), "{:?}", san.keys(lun));
     }
 
     #[test]

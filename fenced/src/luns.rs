@@ -319,6 +319,8 @@ pub struct FreshAuthority {
     pub majority: bool,
     /// Whether the authority marks this node dead.
     pub self_dead: bool,
+    /// The authority itself (epoch 0: none yet).
+    pub marker: crate::vdisk::Marker,
 }
 
 /// Gives a fresh authority read for [`register_guarded`].
@@ -515,6 +517,7 @@ mod tests {
                 round_started: Instant::now() - age,
                 majority,
                 self_dead,
+                marker: crate::vdisk::Marker::default(),
             },
             0,
         )

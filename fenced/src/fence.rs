@@ -183,13 +183,13 @@ pub fn fence(
             // The arbiter is the first LUN that answers, on every node alike: never move on to
             // another LUN while this one answers, or two fencers could each win on a different
             // one.
-            Err(LunError::NotRegistered(detail)) => {
+            Err(e @ LunError::NotRegistered { .. }) => {
                 return Err(FenceError::NotRegistered {
                     lun: lun.id.clone(),
-                    detail,
+                    detail: e.to_string(),
                 })
             }
-            Err(LunError::Other(e)) => errors.push(format!("{}: {e}", lun.id)),
+            Err(e) => errors.push(format!("{}: {e}", lun.id)),
         }
     }
     if !luns.is_empty() && arbiter.is_none() {
@@ -231,14 +231,7 @@ pub fn fence(
     let victim_key = victim.key;
     let st = storage.clone();
     let outcomes = apply_parallel(rest, 32, config.timing.fence_deadline, move |lun: &Lun| {
-        Ok(
-            preempt_lun(&*st, lun, own, victim_key, timeout).map_err(|e| match e {
-                LunError::Lost => {
-                    "our own key is gone from this LUN: another node fenced us".to_string()
-                }
-                LunError::NotRegistered(e) | LunError::Other(e) => e,
-            }),
-        )
+        Ok(preempt_lun(&*st, lun, own, victim_key, timeout).map_err(|e| e.to_string()))
     });
     let mut failed = 0;
     for o in outcomes {
@@ -352,12 +345,32 @@ pub fn clear(
     Ok(Some(marker.epoch))
 }
 
+/// Why one LUN's part of a fence failed.
+#[derive(Debug, thiserror::Error)]
 enum LunError {
     /// Our own key is gone and the target said it was preempted: someone fenced us.
+    #[error("our own key is gone from this LUN and the target reported it preempted: another node fenced us")]
     Lost,
     /// Our own key is gone without a preemption notice.
-    NotRegistered(String),
-    Other(String),
+    #[error("{}: this node's key is not registered (a PR-state loss, or a preemption whose notice went elsewhere); its key check registers it again unless the authority marks it dead: retry the fence", path.display())]
+    NotRegistered {
+        /// The path that was read.
+        path: std::path::PathBuf,
+    },
+    /// The victim's key survived the preempt.
+    #[error("{}: key 0x{key:x} still registered after PREEMPT", path.display())]
+    StillRegistered {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The victim's key.
+        key: u64,
+    },
+    /// The LUN has no path to try.
+    #[error("no paths")]
+    NoPaths,
+    /// A command failed.
+    #[error(transparent)]
+    Device(#[from] sg_pr::Error),
 }
 
 /// Reads the keys of `lun` again; preempts `victim` there again when its key is back. `None`
@@ -377,11 +390,9 @@ fn reverify_lun(
         match keys {
             Ok(k) if !k.contains(victim) => return Ok(None),
             Ok(_) => {
-                return match preempt_path(storage, path, own, victim, timeout) {
-                    Ok(s) => Ok(Some(s)),
-                    Err(LunError::Lost) => Err("our own key is gone from this LUN".into()),
-                    Err(LunError::NotRegistered(e) | LunError::Other(e)) => Err(e),
-                }
+                return preempt_path(storage, path, own, victim, timeout)
+                    .map(Some)
+                    .map_err(|e| e.to_string());
             }
             Err(e) => last = e.to_string(),
         }
@@ -397,15 +408,15 @@ fn preempt_lun(
     victim: ReservationKey,
     timeout: Duration,
 ) -> Result<String, LunError> {
-    let mut last = String::from("no paths");
+    let mut last = LunError::NoPaths;
     for path in &lun.paths {
         match preempt_path(storage, path, own, victim, timeout) {
             Ok(s) => return Ok(s),
-            Err(LunError::Other(e)) => last = e,
+            Err(e @ (LunError::Device(_) | LunError::StillRegistered { .. })) => last = e,
             Err(e) => return Err(e),
         }
     }
-    Err(LunError::Other(last))
+    Err(last)
 }
 
 fn preempt_path(
@@ -415,9 +426,8 @@ fn preempt_path(
     victim: ReservationKey,
     timeout: Duration,
 ) -> Result<String, LunError> {
-    let other = |e: sg_pr::Error| LunError::Other(e.to_string());
-    let dev = storage.open(path, timeout).map_err(other)?;
-    let read = dev.keys().map_err(other)?;
+    let dev = storage.open(path, timeout)?;
+    let read = dev.keys()?;
     let keys = read.value;
     if !keys.contains(own) {
         let notice = read
@@ -428,10 +438,9 @@ fn preempt_path(
         return Err(if notice {
             LunError::Lost
         } else {
-            LunError::NotRegistered(format!(
-                "{}: this node's key is not registered (a PR-state loss, or a preemption whose notice went elsewhere); its key check registers it again unless the authority marks it dead: retry the fence",
-                path.display()
-            ))
+            LunError::NotRegistered {
+                path: path.to_path_buf(),
+            }
         });
     }
     let mut outcome = if keys.contains(victim) {
@@ -448,29 +457,28 @@ fn preempt_path(
             Ok(_) => "preempted and aborted".to_string(),
             Err(e) if e.is_reservation_conflict() => {
                 // Either we were preempted meanwhile, or the victim vanished: look again.
-                let keys = dev.keys().map_err(other)?.value;
+                let keys = dev.keys()?.value;
                 if !keys.contains(own) {
                     return Err(LunError::Lost);
                 }
                 if keys.contains(victim) {
-                    return Err(LunError::Other(e.to_string()));
+                    return Err(e.into());
                 }
                 "already fenced by another node".to_string()
             }
-            Err(e) => return Err(other(e)),
+            Err(e) => return Err(e.into()),
         }
     } else {
         "already fenced".to_string()
     };
-    let after = dev.keys().map_err(other)?.value;
+    let after = dev.keys()?.value;
     if after.contains(victim) {
-        return Err(LunError::Other(format!(
-            "{}: key 0x{:x} still registered after PREEMPT",
-            path.display(),
-            victim.0
-        )));
+        return Err(LunError::StillRegistered {
+            path: path.to_path_buf(),
+            key: victim.0,
+        });
     }
-    match dev.reservation().map_err(other)?.value.reservation {
+    match dev.reservation()?.value.reservation {
         Some(r) => outcome.push_str(&format!("; reservation held by 0x{:x}", r.key.0)),
         None => {
             // The victim's release or a target reset left the LUN unreserved: take it, so
@@ -478,8 +486,7 @@ fn preempt_path(
             dev.apply(PrOperation::Reserve {
                 key: own,
                 pr_type: FENCING_TYPE,
-            })
-            .map_err(other)?;
+            })?;
             outcome.push_str("; reservation taken");
         }
     }

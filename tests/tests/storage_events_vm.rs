@@ -404,3 +404,123 @@ fn multipath_path_loss_lun_loss_and_pr_state_loss_never_reset_a_healthy_node() {
         "{log}"
     );
 }
+
+/// The time until every daemon of the cluster logs, after `since` (host clock, the daemon logs
+/// are host files), that every LUN is confirmed through every path again; `None` for a node
+/// that did not within `timeout`.
+fn until_all_confirmed(c: &Cluster, since: Instant, timeout: Duration) -> Vec<Option<Duration>> {
+    const LINE: &str = "every LUN confirmed through every path";
+    let before: Vec<usize> = c
+        .nodes
+        .iter()
+        .map(|g| c.daemon_log(g).matches(LINE).count())
+        .collect();
+    let mut done: Vec<Option<Duration>> = vec![None; c.nodes.len()];
+    while done.iter().any(Option::is_none) && since.elapsed() < timeout {
+        for (i, g) in c.nodes.iter().enumerate() {
+            if done[i].is_none() && c.daemon_log(g).matches(LINE).count() > before[i] {
+                done[i] = Some(since.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done
+}
+
+fn secs(v: &[Option<Duration>]) -> String {
+    v.iter()
+        .map(|d| d.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Benchmark (not a proof): on 32 LUNs with two paths each and 2 nodes (3 nodes with 64 iSCSI
+/// disks each overload a 2-core host: guests starve and their watchdogs fire), (1) a flap of path 2
+/// of every LUN on every node (offline 3 s, then online), timed from the paths' return until
+/// every daemon logs every LUN confirmed through every path again; (2) an operator's PR OUT
+/// CLEAR of every LUN, timed from the last CLEAR until every daemon is confirmed again; (3) a
+/// target restart that drops the PR state, timed from the target's return. Run by
+/// `cargo build --workspace --bins && cargo nextest run -p tests --test storage_events_vm --run-ignored only --no-capture`.
+#[test]
+#[ignore = "benchmark: minutes of VM time"]
+fn bench_recovery_on_32_luns() {
+    let mut spec = ClusterSpec::new("storage-events-32", TargetKind::Lio);
+    spec.luns = 32;
+    spec.paths = 2;
+    spec.nodes = 2;
+    let c = Cluster::start(&mut say, &spec).expect("cluster up");
+    let keys = keys(&c);
+    let all_twice = vec![2; keys.len()];
+    let paths = c.lun_paths();
+    // Let every daemon settle (its first "confirmed" line).
+    let settle = until_all_confirmed(&c, Instant::now(), Duration::from_secs(60));
+    println!("settled: {}", secs(&settle));
+    for _round in 0..3 {
+        // (1) Path flap.
+        let pending: Vec<_> = c
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(n, g)| {
+                let devs: Vec<String> = paths[n].iter().map(|l| l[1].clone()).collect();
+                let names: Vec<String> = devs
+                    .iter()
+                    .map(|d| d.trim_start_matches("/dev/").to_string())
+                    .collect();
+                g.spawn(&format!(
+                    "for d in {0}; do echo offline > /sys/block/$d/device/state; done; sleep 3; \
+                     for d in {0}; do echo running > /sys/block/$d/device/state; done",
+                    names.join(" ")
+                ))
+                .unwrap()
+            })
+            .collect();
+        for (g, p) in c.nodes.iter().zip(pending) {
+            assert!(g.wait(p, Duration::from_secs(60)).unwrap().success());
+        }
+        let back = Instant::now();
+        let flap = until_all_confirmed(&c, back, Duration::from_secs(60));
+        say(&format!(
+            "MEASURED: 32 LUNs x 2 paths, path 2 offline 3 s on every node: every LUN confirmed through both paths again {} after the paths returned (node1, node2)",
+            secs(&flap)
+        ));
+
+        // (2) PR OUT CLEAR of every LUN by node2.
+        let clears: Vec<String> = paths[1]
+            .iter()
+            .map(|l| {
+                format!(
+                    "sg_persist -n --out --clear --param-rk=0x{:x} {}",
+                    keys[1], l[0]
+                )
+            })
+            .collect();
+        let out = c.nodes[1].run(&clears.join(" && ")).unwrap();
+        assert!(out.success(), "{out:?}");
+        let cleared = Instant::now();
+        let clear = until_all_confirmed(&c, cleared, Duration::from_secs(60));
+        say(&format!(
+            "MEASURED: 32 LUNs x 2 paths, PR OUT CLEAR of every LUN: every node registered and confirmed again {} after the last CLEAR (node1, node2)",
+            secs(&clear)
+        ));
+
+        // (3) Target restart without its PR state.
+        let down = c.target.restart_dropping_pr_state().unwrap();
+        let up = Instant::now();
+        let restart = until_all_confirmed(&c, up, Duration::from_secs(120));
+        say(&format!(
+            "MEASURED: 32 LUNs x 2 paths, target down {down:.1?} without its PR state: every node registered and confirmed again {} after it returned (node1, node2)",
+            secs(&restart)
+        ));
+        for n in &c.nodes {
+            assert!(n.is_running(), "no node resets");
+        }
+        for (l, devs) in paths[0].iter().enumerate() {
+            assert_eq!(
+                registrations(&c.nodes[0], &devs[0], &keys),
+                all_twice,
+                "LUN {l}"
+            );
+        }
+    }
+}

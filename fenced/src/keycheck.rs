@@ -268,6 +268,21 @@ struct LunState {
     note: Option<String>,
 }
 
+impl LunState {
+    fn new(id: String, paths: Vec<PathState>) -> LunState {
+        LunState {
+            id,
+            paths,
+            confirmed_at: None,
+            reachable: true,
+            recovering: false,
+            lost: false,
+            generation: None,
+            note: None,
+        }
+    }
+}
+
 /// The key checker. [`KeyChecker::step`] is one period's work; [`spawn`] runs it on a thread.
 pub struct KeyChecker {
     storage: Arc<dyn Storage>,
@@ -276,7 +291,7 @@ pub struct KeyChecker {
     authority: Box<dyn AuthorityView>,
     watch: Arc<KeyWatch>,
     board: Arc<LunBoard>,
-    /// Paths whose identity could not be read, with when it was last reported.
+    /// Paths whose identity could not be read (reported once, retried every period).
     unidentified: Vec<PathBuf>,
 }
 
@@ -294,9 +309,8 @@ impl KeyChecker {
     ) -> KeyChecker {
         let luns = luns
             .iter()
-            .map(|l| LunState {
-                id: l.id.clone(),
-                paths: l
+            .map(|l| {
+                let paths = l
                     .paths
                     .iter()
                     .map(|p| {
@@ -305,13 +319,8 @@ impl KeyChecker {
                         s.up = ok;
                         s
                     })
-                    .collect(),
-                confirmed_at: None,
-                reachable: true,
-                recovering: false,
-                lost: false,
-                generation: None,
-                note: None,
+                    .collect();
+                LunState::new(l.id.clone(), paths)
             })
             .collect();
         KeyChecker {
@@ -378,16 +387,7 @@ impl KeyChecker {
                         }
                         None => {
                             tracing::info!(lun = %id, path = %path.display(), "new LUN: registering this node's key on it");
-                            self.luns.push(LunState {
-                                id,
-                                paths: vec![state],
-                                confirmed_at: None,
-                                reachable: true,
-                                recovering: false,
-                                lost: false,
-                                generation: None,
-                                note: None,
-                            });
+                            self.luns.push(LunState::new(id, vec![state]));
                             self.luns.sort_by(|a, b| a.id.cmp(&b.id));
                         }
                     }

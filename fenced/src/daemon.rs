@@ -172,27 +172,14 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         )));
     }
     let io_timeout = config.timing.lease;
-    let found = luns::discover(&*storage, &paths, io_timeout);
-    for (path, e) in &found.unidentified {
-        tracing::warn!(path = %path.display(), error = %e, "a configured path does not answer INQUIRY: starting without it (retried every key-check period)");
-    }
-    if found.luns.is_empty() && !paths.is_empty() {
-        return Err(failed(format!(
-            "none of the {} configured paths answers INQUIRY: {}",
-            paths.len(),
-            found
-                .unidentified
-                .iter()
-                .map(|(_, e)| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
+    let luns = luns::discover(&*storage, &paths, io_timeout)
+        .usable()
+        .map_err(|e| failed(e.to_string()))?;
     let reg = config.registration();
     let mut registered = Vec::new();
     for (lun, result) in luns::unfence(
         storage.clone(),
-        &found.luns,
+        &luns,
         reg,
         io_timeout,
         config.timing.fence_deadline,
@@ -205,7 +192,6 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
             Err(e) => return Err(failed(format!("unfencing LUN {lun}: {e}"))),
         }
     }
-    let luns = found.luns;
 
     // Join our slot.
     let mut block = SlotBlock {

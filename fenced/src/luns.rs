@@ -74,6 +74,14 @@ pub enum LunError {
         /// The key.
         key: u64,
     },
+    /// Paths were configured and none of them answered INQUIRY.
+    #[error("none of the {paths} configured paths answers INQUIRY: {detail}; check storage.luns and the paths")]
+    NoneAnswers {
+        /// How many paths the patterns named.
+        paths: usize,
+        /// Each path's error.
+        detail: String,
+    },
     /// The guard refused a run-time registration.
     #[error("{lun}: not registering this node's key: {why}")]
     Refused {
@@ -98,6 +106,28 @@ pub struct Discovery {
     pub luns: Vec<Lun>,
     /// Paths that did not open or answer INQUIRY, with the error.
     pub unidentified: Vec<(PathBuf, sg_pr::Error)>,
+}
+
+impl Discovery {
+    /// The LUNs found; each unidentified path is logged (its LUN is reached through its other
+    /// paths, and the daemon retries it), and none answering is an error.
+    pub fn usable(self) -> Result<Vec<Lun>, LunError> {
+        for (path, e) in &self.unidentified {
+            tracing::warn!(path = %path.display(), error = %e, "a configured path does not answer INQUIRY: left out for now");
+        }
+        if self.luns.is_empty() && !self.unidentified.is_empty() {
+            return Err(LunError::NoneAnswers {
+                paths: self.unidentified.len(),
+                detail: self
+                    .unidentified
+                    .iter()
+                    .map(|(_, e)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+        Ok(self.luns)
+    }
 }
 
 /// The identity of the LUN behind `dev`: VPD 0x83, or the path for devices without one.

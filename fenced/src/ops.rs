@@ -17,22 +17,9 @@ pub fn discover_luns(config: &Config) -> Result<Vec<Lun>, String> {
     if paths.is_empty() && !config.luns.is_empty() {
         return Err(format!("no device matches storage.luns {:?}", config.luns));
     }
-    let found = luns::discover(&SystemStorage, &paths, config.timing.fence_deadline / 2);
-    for (path, e) in &found.unidentified {
-        tracing::warn!(path = %path.display(), error = %e, "path left out: it does not answer INQUIRY");
-    }
-    if found.luns.is_empty() && !paths.is_empty() {
-        return Err(format!(
-            "none of the configured paths answers INQUIRY: {}",
-            found
-                .unidentified
-                .iter()
-                .map(|(_, e)| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-    }
-    Ok(found.luns)
+    luns::discover(&SystemStorage, &paths, config.timing.fence_deadline / 2)
+        .usable()
+        .map_err(|e| e.to_string())
 }
 
 /// Sends `op` for `node` to the daemon running on this node; `Ok(None)` when none runs.

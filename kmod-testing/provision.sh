@@ -30,6 +30,7 @@ packages=(
   tgt               # tgtd: the second iSCSI target implementation (no PREEMPT AND ABORT)
   libiscsi-bin      # iscsi-inq: check a target from the host
   dmsetup           # dm-delay / dm-flakey faults inside guests
+  multipath-tools   # multipathd, multipath, mpathpersist: dm-multipath maps in guests (multipath_vm)
   stress-ng         # CPU, memory and I/O stress inside guests (soak test)
   make gcc-12 libc6-dev  # build the fault-injection modules against the kernel headers
   systemd           # systemd-analyze verifies the shipped unit; PID 1 of GuestSpec::systemd guests

@@ -192,6 +192,7 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
             Err(e) => return Err(failed(format!("unfencing LUN {lun}: {e}"))),
         }
     }
+    crate::storage::tell_multipathd_all(&config.luns);
 
     // Join our slot.
     let mut block = SlotBlock {

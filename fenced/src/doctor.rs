@@ -441,11 +441,26 @@ fn multipath_maps(config: &Config, r: &mut Report) {
             .join(" ")
     );
     if ok {
-        r.add(
-            Verdict::Pass,
-            subject,
-            format!("multipathd registers this node's key {own} on paths it reinstates (reservation_key)"),
-        );
+        // multipathd acts on reservation_key only for maps whose PR flag is set.
+        let unset: Vec<String> =
+            crate::storage::multipath_map_names(Path::new("/sys"), &config.luns)
+                .into_iter()
+                .filter(|m| !crate::storage::multipathd_knows_key(m).unwrap_or(false))
+                .collect();
+        if unset.is_empty() {
+            r.add(
+                Verdict::Pass,
+                subject,
+                format!("multipathd registers this node's key {own} on paths it reinstates (reservation_key; PR flag set)"),
+            );
+        } else {
+            r.add_fix(
+                Verdict::Warn,
+                subject,
+                format!("multipathd's PR flag is not set for {unset:?} (multipathd getprstatus): it does not register the key on a path it reinstates"),
+                "fenced sets it when it registers (start, recovery); if multipathd was restarted since, run `multipathd setprstatus map NAME` or restart fenced",
+            );
+        }
     } else {
         r.add_fix(
             Verdict::Warn,
@@ -453,7 +468,7 @@ fn multipath_maps(config: &Config, r: &mut Report) {
             format!(
                 "multipath.conf has no reservation_key {own} for these maps (found {key:?}): multipathd reinstates a returning path before fenced registers it, and this node's writes through it meet RESERVATION CONFLICT until then"
             ),
-            format!("add `reservation_key {own}` to the defaults (or the map's multipaths entry) of /etc/multipath.conf and `multipathd reconfigure`; fenced registers every path through SG_IO either way"),
+            format!("add `reservation_key {own}` to the defaults (or the map's multipaths entry) of /etc/multipath.conf and `multipathd reconfigure`; fenced registers every path through SG_IO either way, and tells multipathd so (setprstatus)"),
         );
     }
 }

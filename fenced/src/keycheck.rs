@@ -552,6 +552,7 @@ impl KeyChecker {
         self.register_paths(i, &up);
         if let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) {
             self.reserve(i, via);
+            crate::storage::tell_multipathd_all(&self.cfg.patterns);
         }
     }
 

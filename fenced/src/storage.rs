@@ -153,6 +153,91 @@ pub fn multipath_slaves(sysfs: &Path, major: u32, minor: u32) -> Option<Vec<Path
     Some(slaves)
 }
 
+/// The names (`/sys/block/dm-N/dm/name`) of the dm-multipath maps the configured `patterns`
+/// name.
+pub fn multipath_map_names(sysfs: &Path, patterns: &[String]) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut names: Vec<String> = crate::config::expand_paths(patterns)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter(|m| m.file_type().is_block_device())
+        .filter_map(|m| {
+            let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+            multipath_slaves(sysfs, major, minor)?;
+            let name =
+                std::fs::read_to_string(sysfs.join(format!("dev/block/{major}:{minor}/dm/name")))
+                    .ok()?;
+            Some(name.trim().to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Tells multipathd that this node's key is registered on the paths of map `name`
+/// (`multipathd setprstatus map NAME`, what mpathpersist does after registering through a map):
+/// multipathd then registers its `reservation_key` on a path it reinstates before it sends I/O
+/// down it. multipathd sets the flag by itself only when it builds a map on which the key is
+/// already registered; fenced registers the paths over SG_IO, so on a first start it must say so.
+pub fn tell_multipathd(name: &str) -> Result<(), String> {
+    multipathd(&["setprstatus", "map", name]).map(|_| ())
+}
+
+/// multipathd's PR flag of map `name` (`multipathd getprstatus map NAME`).
+pub fn multipathd_knows_key(name: &str) -> Result<bool, String> {
+    Ok(multipathd(&["getprstatus", "map", name])?.trim() == "1")
+}
+
+/// Runs `multipathd ARGS` (a client of the daemon's socket), bounded by 5 s; its stdout.
+fn multipathd(args: &[&str]) -> Result<String, String> {
+    use std::io::Read;
+    let what = format!("multipathd {}", args.join(" "));
+    let mut child = std::process::Command::new("multipathd")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                let mut out = String::new();
+                if let Some(mut o) = child.stdout.take() {
+                    let _ = o.read_to_string(&mut out);
+                }
+                return Ok(out);
+            }
+            Ok(Some(status)) => return Err(format!("{what}: {status}")),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what}: no answer in 5 s"));
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// [`tell_multipathd`] for every configured map, logging the outcome.
+pub fn tell_multipathd_all(patterns: &[String]) {
+    for name in multipath_map_names(Path::new("/sys"), patterns) {
+        match tell_multipathd(&name) {
+            Ok(()) => {
+                tracing::info!(map = %name, "multipathd told the key is registered: it registers paths it reinstates")
+            }
+            Err(e) => {
+                tracing::warn!(map = %name, error = %e, "multipathd does not know the key is registered: a path it reinstates meets RESERVATION CONFLICT until fenced registers it; run `multipathd setprstatus map NAME`")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

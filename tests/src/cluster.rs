@@ -71,6 +71,16 @@ pub struct ClusterSpec {
     /// Boot the nodes with systemd as PID 1 ([`kmod_testing::GuestSpec::systemd`]); with
     /// `daemons: false` a test then starts `fenced run` as a service ([`crate::systemd`]).
     pub systemd: bool,
+    /// A shell script run on every node (on all at once) after boot and before fenced is
+    /// configured, unfenced or started, e.g. to start multipathd ([`crate::multipath`]). It sees
+    /// `FENCED_NODE` (the node's name), `FENCED_NODE_ID` (0-based) and `FENCED_KEY` (the node's
+    /// reservation key as fenced derives it, [`node_key`], as `0x` and lowercase hex). A
+    /// failure fails [`Cluster::start`].
+    pub node_setup: Option<String>,
+    /// The `storage.luns` patterns written into every node's fenced.toml instead of the LUN
+    /// devices found at boot (or `/dev/sd*` with several paths), e.g. a dm-multipath map
+    /// (`/dev/mapper/mpatha`). [`Cluster::lun_devices`] still lists the SCSI devices.
+    pub configured_luns: Option<Vec<String>>,
 }
 
 impl ClusterSpec {
@@ -86,6 +96,8 @@ impl ClusterSpec {
             daemons: true,
             voting_via_dm: false,
             systemd: false,
+            node_setup: None,
+            configured_luns: None,
         }
     }
 }
@@ -110,6 +122,14 @@ pub struct Cluster {
 /// The name of node `i` (0-based).
 pub fn node_name(i: usize) -> String {
     format!("node{}", i + 1)
+}
+
+/// The reservation key fenced derives for node id `id` (0-based) in the scenarios' cluster
+/// ([`CLUSTER_UUID`]; no `key` set in the configuration).
+pub fn node_key(id: usize) -> u64 {
+    let cluster: fenced::vdisk::ClusterId = CLUSTER_UUID.parse().expect("a valid cluster UUID");
+    let id = u8::try_from(id).expect("a node id below 256");
+    fenced::config::derive_key(&cluster, id).0
 }
 
 /// The /etc/fenced/fenced.toml of node `me` (0-based) in a cluster of `nodes` nodes named by
@@ -197,6 +217,36 @@ impl Cluster {
                 String::new()
             }
         ));
+        if let Some(script) = &spec.node_setup {
+            let t = Instant::now();
+            let pending: Vec<Pending> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    g.spawn(&format!(
+                        "export FENCED_NODE={} FENCED_NODE_ID={i} FENCED_KEY=0x{:x}\n{script}",
+                        node_name(i),
+                        node_key(i)
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            for (g, p) in nodes.iter().zip(pending) {
+                let out = g.wait(p, Duration::from_secs(180))?;
+                if !out.success() {
+                    return Err(Error::Setup(format!(
+                        "{}: the node set-up script exited {}:\n{}{}",
+                        g.name(),
+                        out.code,
+                        out.stdout,
+                        out.stderr
+                    )));
+                }
+            }
+            say(&format!(
+                "node set-up script done on every node ({:.1} s)",
+                t.elapsed().as_secs_f64()
+            ));
+        }
         let fenced = project_binary("fenced");
         let mut lun_devices = Vec::new();
         for (i, g) in nodes.iter().enumerate() {
@@ -242,7 +292,9 @@ impl Cluster {
                     vote_devs.join(" ")
                 ))?;
             }
-            let configured = if spec.paths > 1 {
+            let configured = if let Some(luns) = &spec.configured_luns {
+                luns.clone()
+            } else if spec.paths > 1 {
                 vec!["/dev/sd*".to_string()]
             } else {
                 luns.clone()

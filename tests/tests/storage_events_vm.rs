@@ -452,9 +452,6 @@ fn bench_recovery_on_32_luns() {
     let keys = keys(&c);
     let all_twice = vec![2; keys.len()];
     let paths = c.lun_paths();
-    // Let every daemon settle (its first "confirmed" line).
-    let settle = until_all_confirmed(&c, Instant::now(), Duration::from_secs(60));
-    println!("settled: {}", secs(&settle));
     for _round in 0..3 {
         // (1) Path flap.
         let pending: Vec<_> = c

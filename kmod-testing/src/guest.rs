@@ -513,6 +513,28 @@ impl Guest {
         let path = self.dir.join("xchg").join(format!("{id}.sh"));
         std::fs::write(&path, script).ctx(|| format!("writing {}", path.display()))?;
         self.send(&format!("RUN {id}"))?;
+        // The agent marks a command started before it runs it. A RUN line was lost on the way in
+        // full suite runs (the script written, never run, the test timing out): send it again
+        // until the mark appears; the agent never starts an id twice. Bounded: a frozen or gone
+        // guest is left to `wait` to report.
+        let started = self.dir.join("xchg").join(format!("{id}.started"));
+        let since = Instant::now();
+        let mut sent = since;
+        while !started.exists()
+            && since.elapsed() < Duration::from_secs(10)
+            && self.control.lock().closed_at.is_none()
+        {
+            if sent.elapsed() >= Duration::from_secs(2) {
+                eprintln!(
+                    "harness: {}: command {id} not started after {:.1} s: sending RUN again",
+                    self.name,
+                    since.elapsed().as_secs_f64()
+                );
+                self.send(&format!("RUN {id}"))?;
+                sent = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Ok(Pending {
             id,
             command: script.to_string(),

@@ -218,6 +218,9 @@ exec env SYSTEMD_UNIT_PATH=/etc/systemd/system:{dir} \
 /// The agent: reads `RUN <id>` lines from the second serial port, runs `/xchg/<id>.sh` chrooted
 /// in the background (so several commands can be in flight), writes its output to
 /// `/xchg/<id>.out|.err` and answers `DONE <id> <code>`. `PING` is answered with `READY`.
+/// It marks each command started (`/xchg/<id>.started`) before running it and ignores a `RUN`
+/// of an id already started: the host sends a `RUN` again when it sees no mark (a control line
+/// was lost in full suite runs: the `.sh` written, never run), and a command runs once.
 /// Started as `/agent systemd`, it first waits until systemd is running; if systemd ends up in
 /// any other state, it says `FAIL` with the failed units and powers off, as init does on a fatal
 /// error.
@@ -245,6 +248,8 @@ echo READY >&3
 while read -r verb id <&3; do
     case "$verb" in
     RUN)
+        [ -e /newroot/xchg/$id.started ] && continue
+        : > /newroot/xchg/$id.started
         (
             chroot /newroot /usr/bin/env -i \
                 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

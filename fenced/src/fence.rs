@@ -502,7 +502,6 @@ mod tests {
     use super::*;
     use crate::luns::FreshAuthority;
     use crate::storage::sim::{PathMode, San};
-    use sg_pr::RegisterOptions;
 
     const CONFIG: &str = r#"
 [cluster]
@@ -520,6 +519,13 @@ io_deadline = 50
 lease = 300
 watchdog = 1000
 "#;
+
+    fn registration(key: u64) -> crate::luns::Registration {
+        crate::luns::Registration {
+            key: ReservationKey(key),
+            aptpl: false,
+        }
+    }
 
     fn config() -> Config {
         Config::parse(Path::new("/etc/fenced/fenced.toml"), CONFIG).unwrap()
@@ -590,15 +596,7 @@ watchdog = 1000
                         Duration::from_secs(1),
                     )
                     .unwrap();
-                dev.apply(PrOperation::Register {
-                    current: ReservationKey::ZERO,
-                    new: ReservationKey(0xa1 + n),
-                    options: RegisterOptions {
-                        ignore_existing: true,
-                        ..Default::default()
-                    },
-                })
-                .unwrap();
+                registration(0xa1 + n).register_on(&*dev).unwrap();
                 if n == 0 {
                     dev.apply(PrOperation::Reserve {
                         key: ReservationKey(0xa1),
@@ -659,15 +657,7 @@ watchdog = 1000
             let dev = victim
                 .open(Path::new("/dev/n1-1"), Duration::from_secs(1))
                 .unwrap();
-            dev.apply(PrOperation::Register {
-                current: ReservationKey::ZERO,
-                new: ReservationKey(0xa2),
-                options: RegisterOptions {
-                    ignore_existing: true,
-                    ..Default::default()
-                },
-            })
-            .unwrap();
+            registration(0xa2).register_on(&*dev).unwrap();
         }));
         let report = fence(
             &c,

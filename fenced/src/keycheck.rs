@@ -903,6 +903,15 @@ mod tests {
         (san, lun)
     }
 
+    /// Nodes 0..n unfenced and through their first check.
+    fn started_nodes(san: &San, votes: &Votes, n: u8) -> Vec<Node> {
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|i| node(san, votes, i, KeyLossPolicy::Recover))
+            .collect();
+        step_all(&mut nodes);
+        nodes
+    }
+
     fn step_all(nodes: &mut [Node]) {
         for n in nodes.iter_mut() {
             n.checker.step();
@@ -967,10 +976,7 @@ mod tests {
     fn a_pr_state_loss_makes_every_node_register_again_and_nobody_fence_itself() {
         let (san, lun) = two_path_san();
         let votes = Votes::default();
-        let mut nodes: Vec<Node> = (0..3)
-            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
-            .collect();
-        step_all(&mut nodes);
+        let mut nodes = started_nodes(&san, &votes, 3);
         assert_eq!(san.keys(lun).len(), 6);
         san.lose_pr_state(lun);
         step_all(&mut nodes);
@@ -989,10 +995,7 @@ mod tests {
     fn a_preemption_notice_fences_and_its_absence_with_the_authority_refuses_to_register() {
         let (san, lun) = two_path_san();
         let votes = Votes::default();
-        let mut nodes: Vec<Node> = (0..3)
-            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
-            .collect();
-        step_all(&mut nodes);
+        let mut nodes = started_nodes(&san, &votes, 3);
         // node1 preempts node2's key: node2's nexuses get 2A/05.
         let fencer = san
             .open(Path::new("/dev/n0-a"), Duration::from_secs(1))
@@ -1064,10 +1067,7 @@ mod tests {
     fn survivors_preempt_the_key_of_a_node_marked_dead_when_its_lun_comes_back() {
         let (san, lun) = two_path_san();
         let votes = Votes::default();
-        let mut nodes: Vec<Node> = (0..2)
-            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
-            .collect();
-        step_all(&mut nodes);
+        let mut nodes = started_nodes(&san, &votes, 2);
         // node2 was fenced while this LUN was unreachable: its key is still there.
         votes.mark_dead(1);
         nodes[0].checker.step();
@@ -1079,10 +1079,7 @@ mod tests {
     fn a_node_let_back_in_is_not_preempted_on_a_stale_read_of_the_authority() {
         let (san, lun) = two_path_san();
         let votes = Votes::default();
-        let mut nodes: Vec<Node> = (0..2)
-            .map(|i| node(&san, &votes, i, KeyLossPolicy::Recover))
-            .collect();
-        step_all(&mut nodes);
+        let mut nodes = started_nodes(&san, &votes, 2);
         // node2 was fenced, then cleared; node1's loop has not read the clear yet.
         votes.mark_dead(1);
         *votes.stale.lock().unwrap() = Some(*votes.marker.lock().unwrap());

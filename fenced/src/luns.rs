@@ -444,14 +444,18 @@ mod tests {
         p.iter().map(PathBuf::from).collect()
     }
 
+    fn discover_all(san: &San) -> Discovery {
+        discover(
+            san,
+            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
+            Duration::from_secs(1),
+        )
+    }
+
     #[test]
     fn paths_are_grouped_by_identity_and_luns_sorted() {
         let san = two_luns();
-        let d = discover(
-            &san,
-            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
-            Duration::from_secs(1),
-        );
+        let d = discover_all(&san);
         assert_eq!(
             d.luns,
             vec![
@@ -472,11 +476,7 @@ mod tests {
     fn a_path_whose_inquiry_fails_is_never_its_own_lun() {
         let san = two_luns();
         san.set_mode("/dev/sdc", PathMode::NoInquiry);
-        let d = discover(
-            &san,
-            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
-            Duration::from_secs(1),
-        );
+        let d = discover_all(&san);
         assert_eq!(d.luns.len(), 2);
         assert_eq!(d.luns[1].paths, paths(&["/dev/sda"]));
         assert_eq!(d.unidentified.len(), 1);
@@ -486,12 +486,7 @@ mod tests {
     #[test]
     fn unfence_with_a_path_down_registers_the_others_and_reports_the_lun_degraded() {
         let san = two_luns();
-        let luns = discover(
-            &san,
-            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
-            Duration::from_secs(1),
-        )
-        .luns;
+        let luns = discover_all(&san).luns;
         san.set_mode("/dev/sdd", PathMode::Down);
         let storage: Arc<dyn Storage> = Arc::new(san.clone());
         let results = unfence(
@@ -514,12 +509,7 @@ mod tests {
     #[test]
     fn unfence_of_a_lun_with_no_answering_path_is_an_error() {
         let san = two_luns();
-        let luns = discover(
-            &san,
-            &paths(&["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sdd"]),
-            Duration::from_secs(1),
-        )
-        .luns;
+        let luns = discover_all(&san).luns;
         san.set_mode("/dev/sdb", PathMode::Down);
         san.set_mode("/dev/sdd", PathMode::Down);
         let results = unfence(

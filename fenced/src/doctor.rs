@@ -19,7 +19,7 @@
 //! - the watchdog: which device the policy would pick (or the one the running daemon holds),
 //!   hardware or softdog, nowayout, and whether the driver's timeout range contains W.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -406,21 +406,7 @@ fn multipath_reservation_key(conf: &str) -> Option<String> {
 /// register it, so unless multipathd registers the key itself (`reservation_key`, as
 /// fence_mpath requires), this node's writes through that path meet RESERVATION CONFLICT.
 fn multipath_maps(config: &Config, r: &mut Report) {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let maps: Vec<PathBuf> = crate::config::expand_paths(&config.luns)
-        .into_iter()
-        .filter(|p| {
-            std::fs::metadata(p).is_ok_and(|m| {
-                m.file_type().is_block_device()
-                    && crate::storage::multipath_slaves(
-                        Path::new("/sys"),
-                        libc::major(m.rdev()),
-                        libc::minor(m.rdev()),
-                    )
-                    .is_some()
-            })
-        })
-        .collect();
+    let maps = crate::storage::multipath_maps(Path::new("/sys"), &config.luns);
     if maps.is_empty() {
         return;
     }
@@ -436,17 +422,19 @@ fn multipath_maps(config: &Config, r: &mut Report) {
     let subject = format!(
         "multipath {}",
         maps.iter()
-            .map(|m| m.display().to_string())
+            .map(|(path, _)| path.display().to_string())
             .collect::<Vec<_>>()
             .join(" ")
     );
     if ok {
         // multipathd acts on reservation_key only for maps whose PR flag is set.
-        let unset: Vec<String> =
-            crate::storage::multipath_map_names(Path::new("/sys"), &config.luns)
-                .into_iter()
-                .filter(|m| !crate::storage::multipathd_knows_key(m).unwrap_or(false))
-                .collect();
+        let mut unset: Vec<&str> = maps
+            .iter()
+            .map(|(_, name)| name.as_str())
+            .filter(|m| !crate::storage::multipathd_knows_key(m).unwrap_or(false))
+            .collect();
+        unset.sort_unstable();
+        unset.dedup();
         if unset.is_empty() {
             r.add(
                 Verdict::Pass,

@@ -293,6 +293,8 @@ pub struct KeyChecker {
     board: Arc<LunBoard>,
     /// Paths whose identity could not be read (reported once, retried every period).
     unidentified: Vec<PathBuf>,
+    /// A LUN was registered again this period: tell multipathd once, at the end of it.
+    tell_multipathd: bool,
 }
 
 impl KeyChecker {
@@ -331,6 +333,7 @@ impl KeyChecker {
             watch,
             board,
             unidentified: Vec::new(),
+            tell_multipathd: false,
         }
     }
 
@@ -339,6 +342,9 @@ impl KeyChecker {
         self.rescan();
         for i in 0..self.luns.len() {
             self.check(i);
+        }
+        if std::mem::take(&mut self.tell_multipathd) {
+            crate::storage::tell_multipathd_all(&self.cfg.patterns);
         }
         self.publish();
     }
@@ -552,7 +558,7 @@ impl KeyChecker {
         self.register_paths(i, &up);
         if let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) {
             self.reserve(i, via);
-            crate::storage::tell_multipathd_all(&self.cfg.patterns);
+            self.tell_multipathd = true;
         }
     }
 

@@ -153,22 +153,33 @@ pub fn multipath_slaves(sysfs: &Path, major: u32, minor: u32) -> Option<Vec<Path
     Some(slaves)
 }
 
-/// The names (`/sys/block/dm-N/dm/name`) of the dm-multipath maps the configured `patterns`
-/// name.
-pub fn multipath_map_names(sysfs: &Path, patterns: &[String]) -> Vec<String> {
+/// The configured paths that are dm-multipath maps, each with its name
+/// (`/sys/block/dm-N/dm/name`).
+pub fn multipath_maps(sysfs: &Path, patterns: &[String]) -> Vec<(PathBuf, String)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut names: Vec<String> = crate::config::expand_paths(patterns)
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .filter(|m| m.file_type().is_block_device())
-        .filter_map(|m| {
+    crate::config::expand_paths(patterns)
+        .into_iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok()?;
+            if !m.file_type().is_block_device() {
+                return None;
+            }
             let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
             multipath_slaves(sysfs, major, minor)?;
             let name =
                 std::fs::read_to_string(sysfs.join(format!("dev/block/{major}:{minor}/dm/name")))
                     .ok()?;
-            Some(name.trim().to_string())
+            Some((p, name.trim().to_string()))
         })
+        .collect()
+}
+
+/// The names (`/sys/block/dm-N/dm/name`) of the dm-multipath maps the configured `patterns`
+/// name.
+pub fn multipath_map_names(sysfs: &Path, patterns: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = multipath_maps(sysfs, patterns)
+        .into_iter()
+        .map(|(_, name)| name)
         .collect();
     names.sort();
     names.dedup();

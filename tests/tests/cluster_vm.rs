@@ -312,11 +312,14 @@ fn frozen_kernel_fenced_during_the_freeze_and_stopped_daemon_are_both_reset() {
         );
     }
 
-    // 2. node2's daemon stopped.
+    // 2. node2's daemon stopped. The lower bound is timed from before the command is sent: the
+    // daemon stops somewhere between that moment and the command's answer, so only the earlier
+    // instant bounds the reset from below (timing from the answer undercounts by the agent's
+    // round trip, which on a loaded 2-core host made a correct reset look early).
+    let stopped_at = Instant::now();
     let stop = c.nodes[1]
         .run_ok("pkill -STOP -x fenced && cat /proc/uptime")
         .unwrap();
-    let stopped_at = Instant::now();
     let reset = c.nodes[1]
         .wait_exit(Duration::from_millis(u64::from(t.watchdog + t.poll)) + Duration::from_secs(5))
         .expect("the hardware watchdog must reset a node whose daemon hangs");
@@ -415,6 +418,9 @@ fn stress_does_not_fence_but_losing_two_of_three_voting_disks_does_after_the_lea
     c.wait_daemons_healthy(&[0, 1, 2], Duration::from_secs(60))
         .expect("healthy after the stress");
 
+    // Timed from before the first command is sent, so that the lower bound below never counts
+    // the agent's round trips (see the stopped daemon above).
+    let failed_at = Instant::now();
     let fails: Vec<_> = c
         .nodes
         .iter()
@@ -427,7 +433,6 @@ fn stress_does_not_fence_but_losing_two_of_three_voting_disks_does_after_the_lea
             .unwrap()
         })
         .collect();
-    let failed_at = Instant::now();
     drop(fails);
     let t = c.timing;
     for (i, g) in c.nodes.iter().enumerate() {

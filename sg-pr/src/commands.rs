@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::inquiry::{self, DeviceIdentification, StandardInquiry};
 use crate::pr::{Capabilities, FullStatus, RegisteredKeys, ReservationStatus};
 use crate::sense::{Sense, SenseKey};
-use crate::transport::{DataTransfer, HostStatus, ScsiStatus, ScsiTransport};
+use crate::transport::{CommandOutcome, DataTransfer, HostStatus, ScsiStatus, ScsiTransport};
 use crate::types::{PrType, ReservationKey};
 
 /// Default per-command timeout.
@@ -154,24 +154,9 @@ impl<T: ScsiTransport> PrDevice<T> {
 
     /// Sends one command under the retry policy. Returns the bytes received and the report.
     fn run(&self, command: &'static str, cdb: &[u8], mut buf: Buf<'_>) -> Result<(usize, Report)> {
-        let p = &self.policy;
-        let mut report = Report::default();
-        let (mut ua_left, mut nr_left, mut busy_left) = (
-            p.unit_attention_retries,
-            p.not_ready_retries,
-            p.busy_retries,
-        );
-        let mut backoff = p.initial_backoff;
-        // Set once a retry follows a transport error after which the target may have
-        // carried out the command anyway (the reply, not the command, was lost).
-        let mut ambiguous = false;
-        let device = || self.transport.name().to_string();
-        let wait = |backoff: &mut Duration| {
-            std::thread::sleep(*backoff);
-            *backoff = (*backoff * 2).min(p.max_backoff);
-        };
+        let mut attempts = Attempts::new(&self.policy);
+        let device = self.transport.name();
         loop {
-            report.attempts += 1;
             let (data, len) = match &mut buf {
                 Buf::None => (DataTransfer::None, 0),
                 Buf::In(b) => {
@@ -180,131 +165,15 @@ impl<T: ScsiTransport> PrDevice<T> {
                 }
                 Buf::Out(b) => (DataTransfer::ToDevice(b), b.len()),
             };
+            attempts.started();
             let out = self
                 .transport
                 .execute(cdb, data, self.timeout)
-                .map_err(|e| match e {
-                    Error::Io { device, source, .. }
-                        if source.raw_os_error() == Some(libc::ETIMEDOUT) =>
-                    {
-                        Error::Timeout {
-                            device,
-                            command,
-                            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
-                        }
-                    }
-                    // Name the SCSI command rather than the ioctl.
-                    Error::Io { device, source, .. } => Error::Io {
-                        device,
-                        command,
-                        source,
-                    },
-                    other => other,
-                })?;
-            if out.timed_out() {
-                return Err(Error::Timeout {
-                    device: device(),
-                    command,
-                    timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
-                });
-            }
-            if out.host_status != HostStatus::OK {
-                if out.host_status.is_transient() && busy_left > 0 {
-                    busy_left -= 1;
-                    ambiguous = true;
-                    tracing::debug!(device = %device(), command, host = %out.host_status, "transient host status, retrying");
-                    wait(&mut backoff);
-                    continue;
-                }
-                return Err(Error::Transport {
-                    device: device(),
-                    command,
-                    host: out.host_status,
-                    driver: out.driver_status,
-                });
-            }
-            match out.status {
-                ScsiStatus::GOOD | ScsiStatus::CONDITION_MET => {
-                    return Ok((len.saturating_sub(out.resid), report));
-                }
-                ScsiStatus::RESERVATION_CONFLICT => {
-                    return Err(Error::ReservationConflict {
-                        device: device(),
-                        command,
-                        after_ambiguous_retry: ambiguous,
-                    });
-                }
-                ScsiStatus::BUSY | ScsiStatus::TASK_SET_FULL => {
-                    if busy_left == 0 {
-                        return Err(Error::RetriesExhausted {
-                            device: device(),
-                            command,
-                            state: out.status.name().to_string(),
-                            attempts: report.attempts,
-                        });
-                    }
-                    busy_left -= 1;
-                    wait(&mut backoff);
-                }
-                ScsiStatus::CHECK_CONDITION => {
-                    let Some(sense) = out.decoded_sense() else {
-                        return Err(Error::CheckConditionNoSense {
-                            device: device(),
-                            command,
-                        });
-                    };
-                    match sense.key {
-                        // The command completed; the device only reports a recovered error.
-                        SenseKey::RecoveredError => {
-                            return Ok((len.saturating_sub(out.resid), report));
-                        }
-                        SenseKey::UnitAttention => {
-                            tracing::info!(device = %device(), command, %sense, "unit attention");
-                            report.unit_attentions.push(sense.clone());
-                            if ua_left == 0 {
-                                return Err(Error::CheckCondition {
-                                    device: device(),
-                                    command,
-                                    sense,
-                                    hint: "; unit attentions kept arriving, retry the command",
-                                });
-                            }
-                            ua_left -= 1;
-                        }
-                        SenseKey::NotReady if is_transitional_not_ready(&sense) => {
-                            if nr_left == 0 {
-                                return Err(Error::RetriesExhausted {
-                                    device: device(),
-                                    command,
-                                    state: format!("NOT READY ({})", sense.description()),
-                                    attempts: report.attempts,
-                                });
-                            }
-                            nr_left -= 1;
-                            wait(&mut backoff);
-                        }
-                        SenseKey::AbortedCommand if busy_left > 0 => {
-                            busy_left -= 1;
-                            wait(&mut backoff);
-                        }
-                        _ => {
-                            let hint = hint_for(&sense);
-                            return Err(Error::CheckCondition {
-                                device: device(),
-                                command,
-                                sense,
-                                hint,
-                            });
-                        }
-                    }
-                }
-                status => {
-                    return Err(Error::UnexpectedStatus {
-                        device: device(),
-                        command,
-                        status,
-                    });
-                }
+                .map_err(|e| name_command(e, command, self.timeout))?;
+            match attempts.judge(device, command, self.timeout, len, &out) {
+                Verdict::Done(got) => return Ok((got, attempts.into_report())),
+                Verdict::Retry(wait) => std::thread::sleep(wait),
+                Verdict::Fail(e) => return Err(e),
             }
         }
     }
@@ -404,15 +273,9 @@ impl<T: ScsiTransport> PrDevice<T> {
         let first = usize::from(cdb::PR_IN_ALLOC_LEN);
         let (buf, mut report) =
             self.read_in(command, &cdb::pr_in(action, cdb::PR_IN_ALLOC_LEN), first)?;
-        let wanted = buf
-            .get(4..8)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .and_then(|n| usize::try_from(n).ok())
-            .map_or(0, |n| n.saturating_add(8));
-        if wanted > first && matches!(action, PrInAction::ReadKeys | PrInAction::ReadFullStatus) {
-            let alloc = wanted.min(usize::from(cdb::PR_IN_MAX_ALLOC_LEN));
-            let alloc16 = u16::try_from(alloc).unwrap_or(cdb::PR_IN_MAX_ALLOC_LEN);
-            let (buf, again) = self.read_in(command, &cdb::pr_in(action, alloc16), alloc)?;
+        if let Some(alloc) = pr_in_reread(action, &buf) {
+            let (buf, again) =
+                self.read_in(command, &cdb::pr_in(action, alloc), usize::from(alloc))?;
             report.absorb(again);
             return Ok((buf, report));
         }
@@ -451,14 +314,8 @@ impl<T: ScsiTransport> PrDevice<T> {
         Ok(Completed { value, report })
     }
 
-    fn pr_out(
-        &self,
-        action: PrOutAction,
-        pr_type: Option<PrType>,
-        key: ReservationKey,
-        sa_key: ReservationKey,
-        flags: PrOutFlags,
-    ) -> Result<Report> {
+    fn pr_out(&self, op: PrOperation) -> Result<Report> {
+        let (action, pr_type, key, sa_key, flags) = pr_out_fields(op);
         let cdb = cdb::pr_out(action, pr_type);
         let params = cdb::pr_out_params(key, sa_key, flags);
         tracing::debug!(device = %self.name(), command = action.name(), %key, %sa_key, "PR OUT");
@@ -473,56 +330,26 @@ impl<T: ScsiTransport> PrDevice<T> {
         new: ReservationKey,
         options: RegisterOptions,
     ) -> Result<Report> {
-        let action = if options.ignore_existing {
-            PrOutAction::RegisterAndIgnoreExistingKey
-        } else {
-            PrOutAction::Register
-        };
-        let flags = PrOutFlags {
-            aptpl: options.aptpl,
-            all_tg_pt: options.all_target_ports,
-            spec_i_pt: false,
-        };
-        // REGISTER AND IGNORE EXISTING KEY ignores the reservation key field; send 0.
-        let key = if options.ignore_existing {
-            ReservationKey::ZERO
-        } else {
-            current
-        };
-        self.pr_out(action, None, key, new, flags)
+        self.pr_out(PrOperation::Register {
+            current,
+            new,
+            options,
+        })
     }
 
     /// RESERVE with `key` (must be registered through this nexus).
     pub fn reserve(&self, key: ReservationKey, pr_type: PrType) -> Result<Report> {
-        self.pr_out(
-            PrOutAction::Reserve,
-            Some(pr_type),
-            key,
-            ReservationKey::ZERO,
-            PrOutFlags::default(),
-        )
+        self.pr_out(PrOperation::Reserve { key, pr_type })
     }
 
     /// RELEASE the reservation held with `key` (type must match the reservation's).
     pub fn release(&self, key: ReservationKey, pr_type: PrType) -> Result<Report> {
-        self.pr_out(
-            PrOutAction::Release,
-            Some(pr_type),
-            key,
-            ReservationKey::ZERO,
-            PrOutFlags::default(),
-        )
+        self.pr_out(PrOperation::Release { key, pr_type })
     }
 
     /// CLEAR: removes every registration and the reservation (`key` must be registered).
     pub fn clear(&self, key: ReservationKey) -> Result<Report> {
-        self.pr_out(
-            PrOutAction::Clear,
-            None,
-            key,
-            ReservationKey::ZERO,
-            PrOutFlags::default(),
-        )
+        self.pr_out(PrOperation::Clear { key })
     }
 
     /// PREEMPT (`abort` false) or PREEMPT AND ABORT the registrations of `victim`, using this
@@ -538,36 +365,288 @@ impl<T: ScsiTransport> PrDevice<T> {
         pr_type: PrType,
         abort: bool,
     ) -> Result<Report> {
-        if !abort {
-            return self.pr_out(
-                PrOutAction::Preempt,
-                Some(pr_type),
-                own,
-                victim,
-                PrOutFlags::default(),
-            );
-        }
-        match self.pr_out(
-            PrOutAction::PreemptAndAbort,
-            Some(pr_type),
+        let op = PrOperation::Preempt {
             own,
             victim,
-            PrOutFlags::default(),
-        ) {
-            Err(Error::CheckCondition { sense, .. }) if sense.is_unsupported_command() => {
+            pr_type,
+            abort,
+        };
+        match self.pr_out(op) {
+            Err(Error::CheckCondition { sense, .. }) if abort && sense.is_unsupported_command() => {
                 tracing::warn!(device = %self.name(), %sense, "target rejected PREEMPT AND ABORT; falling back to PREEMPT (outstanding commands of the victim are not aborted)");
-                let mut report = self.pr_out(
-                    PrOutAction::Preempt,
-                    Some(pr_type),
-                    own,
-                    victim,
-                    PrOutFlags::default(),
-                )?;
+                let mut report = self.pr_out(op.without_abort())?;
                 report.attempts += 1;
                 report.preempt_abort_fallback = true;
                 Ok(report)
             }
             other => other,
+        }
+    }
+}
+
+/// The PR OUT fields of `op`: service action, type, reservation key, service action
+/// reservation key and flags.
+pub(crate) fn pr_out_fields(
+    op: PrOperation,
+) -> (
+    PrOutAction,
+    Option<PrType>,
+    ReservationKey,
+    ReservationKey,
+    PrOutFlags,
+) {
+    let zero = ReservationKey::ZERO;
+    let none = PrOutFlags::default();
+    match op {
+        PrOperation::Register {
+            current,
+            new,
+            options,
+        } => {
+            let flags = PrOutFlags {
+                aptpl: options.aptpl,
+                all_tg_pt: options.all_target_ports,
+                spec_i_pt: false,
+            };
+            if options.ignore_existing {
+                // REGISTER AND IGNORE EXISTING KEY ignores the reservation key field; send 0.
+                (
+                    PrOutAction::RegisterAndIgnoreExistingKey,
+                    None,
+                    zero,
+                    new,
+                    flags,
+                )
+            } else {
+                (PrOutAction::Register, None, current, new, flags)
+            }
+        }
+        PrOperation::Reserve { key, pr_type } => {
+            (PrOutAction::Reserve, Some(pr_type), key, zero, none)
+        }
+        PrOperation::Release { key, pr_type } => {
+            (PrOutAction::Release, Some(pr_type), key, zero, none)
+        }
+        PrOperation::Clear { key } => (PrOutAction::Clear, None, key, zero, none),
+        PrOperation::Preempt {
+            own,
+            victim,
+            pr_type,
+            abort,
+        } => {
+            let action = if abort {
+                PrOutAction::PreemptAndAbort
+            } else {
+                PrOutAction::Preempt
+            };
+            (action, Some(pr_type), own, victim, none)
+        }
+    }
+}
+
+/// How many bytes a PR IN reply says it holds beyond what `buf` got, for one re-read at a larger
+/// allocation (READ KEYS and READ FULL STATUS only); `None` when `buf` holds it all.
+pub(crate) fn pr_in_reread(action: PrInAction, buf: &[u8]) -> Option<u16> {
+    let first = usize::from(cdb::PR_IN_ALLOC_LEN);
+    let wanted = buf
+        .get(4..8)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(0, |n| n.saturating_add(8));
+    (wanted > first && matches!(action, PrInAction::ReadKeys | PrInAction::ReadFullStatus)).then(
+        || {
+            u16::try_from(wanted.min(usize::from(cdb::PR_IN_MAX_ALLOC_LEN)))
+                .unwrap_or(cdb::PR_IN_MAX_ALLOC_LEN)
+        },
+    )
+}
+
+/// Maps a transport error to the SCSI command it carried: a timeout of the ioctl becomes
+/// [`Error::Timeout`], other I/O errors name the command rather than the ioctl.
+pub(crate) fn name_command(e: Error, command: &'static str, timeout: Duration) -> Error {
+    match e {
+        Error::Io { device, source, .. } if source.raw_os_error() == Some(libc::ETIMEDOUT) => {
+            Error::Timeout {
+                device,
+                command,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }
+        }
+        Error::Io { device, source, .. } => Error::Io {
+            device,
+            command,
+            source,
+        },
+        other => other,
+    }
+}
+
+/// What to do after one attempt of a command.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Finished: this many bytes came back.
+    Done(usize),
+    /// Send it again after this long (zero: at once).
+    Retry(Duration),
+    /// Give up with this error.
+    Fail(Error),
+}
+
+/// The retry policy of one command as a state machine, without I/O: [`PrDevice`] drives it with
+/// blocking SG_IO, [`crate::batch`] with many commands in flight.
+#[derive(Debug)]
+pub(crate) struct Attempts {
+    policy: RetryPolicy,
+    report: Report,
+    ua_left: u32,
+    nr_left: u32,
+    busy_left: u32,
+    backoff: Duration,
+    /// Set once a retry follows a transport error after which the target may have carried out
+    /// the command anyway (the reply, not the command, was lost).
+    ambiguous: bool,
+}
+
+impl Attempts {
+    pub(crate) fn new(policy: &RetryPolicy) -> Attempts {
+        Attempts {
+            report: Report::default(),
+            ua_left: policy.unit_attention_retries,
+            nr_left: policy.not_ready_retries,
+            busy_left: policy.busy_retries,
+            backoff: policy.initial_backoff,
+            ambiguous: false,
+            policy: policy.clone(),
+        }
+    }
+
+    /// Counts an attempt about to be sent.
+    pub(crate) fn started(&mut self) {
+        self.report.attempts += 1;
+    }
+
+    pub(crate) fn report_mut(&mut self) -> &mut Report {
+        &mut self.report
+    }
+
+    pub(crate) fn into_report(self) -> Report {
+        self.report
+    }
+
+    fn wait(&mut self) -> Verdict {
+        let now = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.policy.max_backoff);
+        Verdict::Retry(now)
+    }
+
+    /// Judges one attempt's outcome; `len` is the data-in buffer's length.
+    pub(crate) fn judge(
+        &mut self,
+        device: &str,
+        command: &'static str,
+        timeout: Duration,
+        len: usize,
+        out: &CommandOutcome,
+    ) -> Verdict {
+        let device = || device.to_string();
+        if out.timed_out() {
+            return Verdict::Fail(Error::Timeout {
+                device: device(),
+                command,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        if out.host_status != HostStatus::OK {
+            if out.host_status.is_transient() && self.busy_left > 0 {
+                self.busy_left -= 1;
+                self.ambiguous = true;
+                tracing::debug!(device = %device(), command, host = %out.host_status, "transient host status, retrying");
+                return self.wait();
+            }
+            return Verdict::Fail(Error::Transport {
+                device: device(),
+                command,
+                host: out.host_status,
+                driver: out.driver_status,
+            });
+        }
+        match out.status {
+            ScsiStatus::GOOD | ScsiStatus::CONDITION_MET => {
+                Verdict::Done(len.saturating_sub(out.resid))
+            }
+            ScsiStatus::RESERVATION_CONFLICT => Verdict::Fail(Error::ReservationConflict {
+                device: device(),
+                command,
+                after_ambiguous_retry: self.ambiguous,
+            }),
+            ScsiStatus::BUSY | ScsiStatus::TASK_SET_FULL => {
+                if self.busy_left == 0 {
+                    return Verdict::Fail(Error::RetriesExhausted {
+                        device: device(),
+                        command,
+                        state: out.status.name().to_string(),
+                        attempts: self.report.attempts,
+                    });
+                }
+                self.busy_left -= 1;
+                self.wait()
+            }
+            ScsiStatus::CHECK_CONDITION => {
+                let Some(sense) = out.decoded_sense() else {
+                    return Verdict::Fail(Error::CheckConditionNoSense {
+                        device: device(),
+                        command,
+                    });
+                };
+                match sense.key {
+                    // The command completed; the device only reports a recovered error.
+                    SenseKey::RecoveredError => Verdict::Done(len.saturating_sub(out.resid)),
+                    SenseKey::UnitAttention => {
+                        tracing::info!(device = %device(), command, %sense, "unit attention");
+                        self.report.unit_attentions.push(sense.clone());
+                        if self.ua_left == 0 {
+                            return Verdict::Fail(Error::CheckCondition {
+                                device: device(),
+                                command,
+                                sense,
+                                hint: "; unit attentions kept arriving, retry the command",
+                            });
+                        }
+                        self.ua_left -= 1;
+                        Verdict::Retry(Duration::ZERO)
+                    }
+                    SenseKey::NotReady if is_transitional_not_ready(&sense) => {
+                        if self.nr_left == 0 {
+                            return Verdict::Fail(Error::RetriesExhausted {
+                                device: device(),
+                                command,
+                                state: format!("NOT READY ({})", sense.description()),
+                                attempts: self.report.attempts,
+                            });
+                        }
+                        self.nr_left -= 1;
+                        self.wait()
+                    }
+                    SenseKey::AbortedCommand if self.busy_left > 0 => {
+                        self.busy_left -= 1;
+                        self.wait()
+                    }
+                    _ => {
+                        let hint = hint_for(&sense);
+                        Verdict::Fail(Error::CheckCondition {
+                            device: device(),
+                            command,
+                            sense,
+                            hint,
+                        })
+                    }
+                }
+            }
+            status => Verdict::Fail(Error::UnexpectedStatus {
+                device: device(),
+                command,
+                status,
+            }),
         }
     }
 }
@@ -641,6 +720,27 @@ pub enum PrOperation {
         /// Abort the victim's outstanding commands.
         abort: bool,
     },
+}
+
+impl PrOperation {
+    /// The same operation with PREEMPT AND ABORT turned into PREEMPT (the fallback for targets
+    /// that lack it).
+    pub fn without_abort(self) -> PrOperation {
+        match self {
+            PrOperation::Preempt {
+                own,
+                victim,
+                pr_type,
+                ..
+            } => PrOperation::Preempt {
+                own,
+                victim,
+                pr_type,
+                abort: false,
+            },
+            other => other,
+        }
+    }
 }
 
 /// The reservation operations, implemented by SG_IO ([`PrDevice`]) and by the block layer

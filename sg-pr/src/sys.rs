@@ -239,6 +239,264 @@ pub(crate) fn sg_io(
     })
 }
 
+/// A command for the sg driver's asynchronous interface (`write(2)` of an `sg_io_hdr` to a
+/// `/dev/sgN` node, its completion later `read(2)` from the same fd).
+struct SgSubmit<'a> {
+    pub cdb: &'a [u8],
+    /// SG_DXFER_NONE, _TO_DEV or _FROM_DEV.
+    pub direction: i32,
+    pub data: *mut u8,
+    pub data_len: usize,
+    pub sense: *mut u8,
+    pub timeout: Duration,
+    /// Comes back in the completion (`usr_ptr`).
+    pub id: usize,
+}
+
+/// What `read(2)` of a completion returned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SgCompletion {
+    pub tag: u64,
+    /// `usr_ptr` as submitted.
+    id: usize,
+    pub status: u8,
+    pub host_status: u16,
+    pub driver_status: u16,
+    pub sense_len: usize,
+    pub resid: i32,
+    pub duration_ms: u32,
+}
+
+/// Starts one command on a `/dev/sgN` fd (sg v3 asynchronous interface).
+///
+/// # Safety
+///
+/// `data` (`data_len` bytes) and `sense` ([`SENSE_BUFFER_LEN`] bytes) must stay valid and not be
+/// moved or otherwise used until [`sg_receive`] returned this command's completion or the fd was
+/// closed: the kernel writes the reply into them when the completion is read. (A command still
+/// outstanding when its fd is closed is orphaned: the kernel finishes it in a work queue and
+/// copies nothing to user memory.)
+unsafe fn sg_submit(fd: BorrowedFd<'_>, cmd: &SgSubmit<'_>) -> io::Result<()> {
+    let cmd_len = u8::try_from(cmd.cdb.len())
+        .ok()
+        .filter(|&l| (6..=16).contains(&l))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "CDB must be 6..=16 bytes"))?;
+    let dxfer_len = u32::try_from(cmd.data_len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "data buffer over 4 GiB"))?;
+    let timeout_ms = u32::try_from(cmd.timeout.as_millis())
+        .unwrap_or(u32::MAX - 1)
+        .clamp(1, u32::MAX - 1);
+    let hdr = SgIoHdr {
+        interface_id: i32::from(b'S'),
+        dxfer_direction: cmd.direction,
+        cmd_len,
+        mx_sb_len: u8::try_from(SENSE_BUFFER_LEN).unwrap_or(u8::MAX),
+        iovec_count: 0,
+        dxfer_len,
+        dxferp: cmd.data.cast::<libc::c_void>(),
+        cmdp: cmd.cdb.as_ptr(),
+        sbp: cmd.sense,
+        timeout: timeout_ms,
+        flags: 0,
+        pack_id: 0,
+        // An id, not a pointer: the kernel hands it back untouched.
+        usr_ptr: cmd.id as *mut libc::c_void,
+        status: 0,
+        masked_status: 0,
+        msg_status: 0,
+        sb_len_wr: 0,
+        host_status: 0,
+        driver_status: 0,
+        resid: 0,
+        duration: 0,
+        info: 0,
+    };
+    let size = std::mem::size_of::<SgIoHdr>();
+    // SAFETY: `hdr` is a correctly laid out sg_io_hdr (layout pinned by tests) and `size` is its
+    // size. The kernel copies the header and the CDB during the call, and the data of a TO_DEV
+    // transfer; the data and sense pointers it keeps are valid until the completion is read or
+    // the fd closed, as this function's contract requires of the caller.
+    let rc = unsafe { libc::write(fd.as_raw_fd(), std::ptr::from_ref(&hdr).cast(), size) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if usize::try_from(rc).ok() != Some(size) {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write of sg_io_hdr",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads one completion from a `/dev/sgN` fd opened with O_NONBLOCK; `Ok(None)` when none is
+/// ready.
+pub(crate) fn sg_receive(fd: BorrowedFd<'_>) -> io::Result<Option<SgCompletion>> {
+    let mut hdr = SgIoHdr {
+        interface_id: i32::from(b'S'),
+        dxfer_direction: SG_DXFER_NONE,
+        cmd_len: 0,
+        mx_sb_len: 0,
+        iovec_count: 0,
+        dxfer_len: 0,
+        dxferp: std::ptr::null_mut(),
+        cmdp: std::ptr::null(),
+        sbp: std::ptr::null_mut(),
+        timeout: 0,
+        flags: 0,
+        pack_id: -1,
+        usr_ptr: std::ptr::null_mut(),
+        status: 0,
+        masked_status: 0,
+        msg_status: 0,
+        sb_len_wr: 0,
+        host_status: 0,
+        driver_status: 0,
+        resid: 0,
+        duration: 0,
+        info: 0,
+    };
+    let size = std::mem::size_of::<SgIoHdr>();
+    // SAFETY: `hdr` is a live, correctly laid out sg_io_hdr of `size` bytes; read(2) writes at
+    // most `size` bytes into it. The data and sense pointers the kernel writes through are the
+    // ones given at submission (see `sg_submit`'s contract), not the null ones here.
+    let rc = unsafe { libc::read(fd.as_raw_fd(), std::ptr::from_mut(&mut hdr).cast(), size) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EAGAIN) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(Some(SgCompletion {
+        tag: 0,
+        id: hdr.usr_ptr as usize,
+        status: hdr.status,
+        host_status: hdr.host_status,
+        driver_status: hdr.driver_status,
+        sense_len: usize::from(hdr.sb_len_wr).min(SENSE_BUFFER_LEN),
+        resid: hdr.resid,
+        duration_ms: hdr.duration,
+    }))
+}
+
+/// A `/dev/sgN` fd used through the asynchronous interface, owning the buffers of its commands
+/// in flight until their completions are read, or until it is dropped: the fd is closed first
+/// (field order), which orphans what is still in flight, and only then are the buffers freed.
+pub(crate) struct SgAsyncFd {
+    fd: std::os::fd::OwnedFd,
+    pending: std::collections::HashMap<usize, Pending>,
+    next_id: usize,
+}
+
+struct Pending {
+    tag: u64,
+    data: Vec<u8>,
+    sense: Box<[u8; SENSE_BUFFER_LEN]>,
+}
+
+/// One completion and its buffers.
+pub(crate) struct SgReceived {
+    pub completion: SgCompletion,
+    pub data: Vec<u8>,
+    pub sense: Vec<u8>,
+}
+
+impl SgAsyncFd {
+    /// Wraps an fd of a `/dev/sgN` node opened read-write with O_NONBLOCK.
+    pub(crate) fn new(fd: std::os::fd::OwnedFd) -> SgAsyncFd {
+        SgAsyncFd {
+            fd,
+            pending: std::collections::HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// Commands submitted and not yet received.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The tags of those commands.
+    pub(crate) fn tags(&self) -> Vec<u64> {
+        self.pending.values().map(|p| p.tag).collect()
+    }
+
+    /// Starts `cdb` with `data` (moved here until the completion is received) in `direction`.
+    pub(crate) fn submit(
+        &mut self,
+        tag: u64,
+        cdb: &[u8],
+        direction: i32,
+        mut data: Vec<u8>,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let mut sense = Box::new([0u8; SENSE_BUFFER_LEN]);
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.next_id;
+        let cmd = SgSubmit {
+            cdb,
+            direction,
+            data: data.as_mut_ptr(),
+            data_len: data.len(),
+            sense: sense.as_mut_ptr(),
+            timeout,
+            id,
+        };
+        // SAFETY: the data and sense buffers are heap allocations moved into `self.pending`
+        // below (moving a Vec or Box does not move its heap buffer), where they stay until
+        // `receive` returns this tag's completion or `self` is dropped, which closes the fd
+        // before freeing them.
+        unsafe { sg_submit(self.as_fd(), &cmd)? };
+        self.pending.insert(id, Pending { tag, data, sense });
+        Ok(())
+    }
+
+    /// The next completion, if one is ready.
+    pub(crate) fn receive(&mut self) -> io::Result<Option<SgReceived>> {
+        let Some(mut completion) = sg_receive(self.as_fd())? else {
+            return Ok(None);
+        };
+        let (data, sense) = match self.pending.remove(&completion.id) {
+            Some(p) => {
+                completion.tag = p.tag;
+                (p.data, p.sense[..completion.sense_len].to_vec())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(Some(SgReceived {
+            completion,
+            data,
+            sense,
+        }))
+    }
+}
+
+/// poll(2) for readability on `fds`, at most `timeout`; how many are ready.
+pub(crate) fn poll_readable(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    let n = libc::nfds_t::try_from(fds.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many fds"))?;
+    // SAFETY: `fds` is a live, exclusively borrowed slice of `n` pollfd structs; poll(2) only
+    // writes their `revents` fields.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINTR) {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(usize::try_from(rc).unwrap_or(0))
+}
+
 /// Probes whether the fd accepts SCSI ioctls; returns the sg driver version.
 pub(crate) fn sg_version(fd: BorrowedFd<'_>) -> io::Result<i32> {
     let mut version: libc::c_int = 0;

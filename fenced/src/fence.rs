@@ -27,16 +27,16 @@
 //! Any doubt ends in an error (fail closed). Fencing an already fenced node succeeds without
 //! changing anything but the re-verification.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sg_pr::sense::asc;
-use sg_pr::{apply_parallel, PrOperation, ReservationKey};
+use sg_pr::{PrOperation, ReservationKey};
 
 use crate::config::{Config, Member};
 use crate::luns::{AuthoritySource, Lun, FENCING_TYPE};
-use crate::storage::Storage;
+use crate::storage::{Answer, Job, Reply, Request, Runner, Step, Storage};
 use crate::vdisk::{DeadSet, Marker};
 
 /// Reads the authority and publishes this node's marker: through the running daemon's loop, or
@@ -157,19 +157,23 @@ pub fn fence(
     let own = config.me.key;
 
     // 2. The arbiter race.
+    let mut runner = storage.runner();
     let mut arbiter = None;
     let mut arbiter_done = start;
     let mut results: Vec<LunFence> = Vec::new();
     let mut errors = Vec::new();
     for lun in luns {
         let t = Instant::now();
-        match preempt_lun(&**storage, lun, own, victim.key, timeout) {
+        let deadline = t + config.timing.fence_deadline;
+        let mut run = LunRun::new(std::slice::from_ref(lun), own, victim.key, Mode::Fence);
+        run.run(&mut *runner, timeout, deadline);
+        match run.into_results().remove(0) {
             Ok(outcome) => {
                 arbiter_done = Instant::now();
                 arbiter = Some(lun.id.clone());
                 results.push(LunFence {
                     lun: lun.id.clone(),
-                    outcome,
+                    outcome: outcome.unwrap_or_default(),
                     confirmed: true,
                     ms: ms(t.elapsed()),
                 });
@@ -222,32 +226,30 @@ pub fn fence(
         Some(t0)
     };
 
-    // 4. Every other LUN, in parallel.
-    let rest: Vec<(String, Lun)> = luns
+    // 4. Every other LUN, all commands in flight at once.
+    let rest: Vec<Lun> = luns
         .iter()
         .filter(|l| Some(&l.id) != arbiter.as_ref())
-        .map(|l| (l.id.clone(), l.clone()))
+        .cloned()
         .collect();
-    let victim_key = victim.key;
-    let st = storage.clone();
-    let outcomes = apply_parallel(rest, 32, config.timing.fence_deadline, move |lun: &Lun| {
-        Ok(preempt_lun(&*st, lun, own, victim_key, timeout).map_err(|e| e.to_string()))
-    });
+    let phase = Instant::now();
+    let mut run = LunRun::new(&rest, own, victim.key, Mode::Fence);
+    run.run(&mut *runner, timeout, phase + config.timing.fence_deadline);
+    let finished = run.finished_at();
     let mut failed = 0;
-    for o in outcomes {
-        // The outer error is the deadline of the whole phase.
-        let (outcome, confirmed) = match o.result.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok(s) => (s, true),
+    for ((lun, result), done) in rest.iter().zip(run.into_results()).zip(finished) {
+        let (outcome, confirmed) = match result {
+            Ok(s) => (s.unwrap_or_default(), true),
             Err(e) => {
                 failed += 1;
-                (e, false)
+                (e.to_string(), false)
             }
         };
         results.push(LunFence {
-            lun: o.device,
+            lun: lun.id.clone(),
             outcome,
             confirmed,
-            ms: o.elapsed.map(ms).unwrap_or(0),
+            ms: done.map_or(0, |t| ms(t.saturating_duration_since(phase))),
         });
     }
     let pr_confirmed_ms = if results.len() > 1 {
@@ -271,11 +273,22 @@ pub fn fence(
             now.epoch, victim.name, victim.name
         )));
     }
-    for r in results.iter_mut().filter(|r| r.confirmed) {
-        let Some(lun) = luns.iter().find(|l| l.id == r.lun) else {
+    let confirmed: Vec<Lun> = results
+        .iter()
+        .filter(|r| r.confirmed)
+        .filter_map(|r| luns.iter().find(|l| l.id == r.lun).cloned())
+        .collect();
+    let mut run = LunRun::new(&confirmed, own, victim.key, Mode::Reverify);
+    run.run(
+        &mut *runner,
+        timeout,
+        Instant::now() + config.timing.fence_deadline,
+    );
+    for (lun, result) in confirmed.iter().zip(run.into_results()) {
+        let Some(r) = results.iter_mut().find(|r| r.lun == lun.id) else {
             continue;
         };
-        match reverify_lun(&**storage, lun, own, victim.key, timeout) {
+        match result {
             Ok(None) => {}
             Ok(Some(again)) => {
                 tracing::warn!(lun = %lun.id, "the victim's key was back after the fence: {again}");
@@ -371,126 +384,253 @@ enum LunError {
     /// A command failed.
     #[error(transparent)]
     Device(#[from] sg_pr::Error),
+    /// The chain got an answer it did not ask for (a bug).
+    #[error("{0}")]
+    Unexpected(String),
 }
 
-/// Reads the keys of `lun` again; preempts `victim` there again when its key is back. `None`
-/// when it was not.
-fn reverify_lun(
-    storage: &dyn Storage,
-    lun: &Lun,
+/// What a [`LunRun`] does on each LUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// READ KEYS (ours must be there, the victim's decides), PREEMPT AND ABORT, READ KEYS (the
+    /// victim's gone), READ RESERVATION (taken when none is held).
+    Fence,
+    /// READ KEYS; only where the victim's key is back, the whole fence again.
+    Reverify,
+}
+
+/// Where one LUN's chain is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    ReadKeys,
+    Preempt,
+    /// After a RESERVATION CONFLICT on the preempt: who is registered now?
+    ConflictKeys,
+    VerifyKeys,
+    ReadReservation,
+    Reserve,
+}
+
+/// One LUN's part of a fence as a chain of commands, tried on its paths in order: a path that
+/// fails moves the chain to the next one; a verdict about our own key ends it.
+struct LunJob {
+    /// Indexes of the LUN's paths in the run's path list.
+    paths: Vec<usize>,
+    names: Vec<PathBuf>,
+    at: usize,
+    stage: Stage,
+    mode: Mode,
     own: ReservationKey,
     victim: ReservationKey,
-    timeout: Duration,
-) -> Result<Option<String>, String> {
-    let mut last = String::from("no paths");
-    for path in &lun.paths {
-        let keys = storage
-            .open(path, timeout)
-            .and_then(|d| d.keys().map(|k| k.value));
-        match keys {
-            Ok(k) if !k.contains(victim) => return Ok(None),
-            Ok(_) => {
-                return preempt_path(storage, path, own, victim, timeout)
-                    .map(Some)
-                    .map_err(|e| e.to_string());
-            }
-            Err(e) => last = e.to_string(),
+    outcome: String,
+    /// The last path's error, reported when no path is left.
+    last: LunError,
+    result: Option<Result<Option<String>, LunError>>,
+    finished_at: Option<Instant>,
+}
+
+impl LunJob {
+    fn step(&self, request: Request) -> Option<Step> {
+        Some(Step {
+            device: self.paths[self.at],
+            request,
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.names.get(self.at).cloned().unwrap_or_default()
+    }
+
+    fn finish(&mut self, result: Result<Option<String>, LunError>) -> Option<Step> {
+        self.result = Some(result);
+        self.finished_at = Some(Instant::now());
+        None
+    }
+
+    /// This path failed: the chain starts again on the next one.
+    fn next_path(&mut self, error: LunError) -> Option<Step> {
+        self.last = error;
+        self.at += 1;
+        self.stage = Stage::ReadKeys;
+        self.outcome.clear();
+        if self.at >= self.paths.len() {
+            let e = std::mem::replace(&mut self.last, LunError::NoPaths);
+            return self.finish(Err(e));
         }
+        self.step(Request::ReadKeys)
     }
-    Err(last)
-}
 
-/// PREEMPT (AND ABORT) `victim` on `lun` through its first answering path and confirm.
-fn preempt_lun(
-    storage: &dyn Storage,
-    lun: &Lun,
-    own: ReservationKey,
-    victim: ReservationKey,
-    timeout: Duration,
-) -> Result<String, LunError> {
-    let mut last = LunError::NoPaths;
-    for path in &lun.paths {
-        match preempt_path(storage, path, own, victim, timeout) {
-            Ok(s) => return Ok(s),
-            Err(e @ (LunError::Device(_) | LunError::StillRegistered { .. })) => last = e,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last)
-}
-
-fn preempt_path(
-    storage: &dyn Storage,
-    path: &Path,
-    own: ReservationKey,
-    victim: ReservationKey,
-    timeout: Duration,
-) -> Result<String, LunError> {
-    let dev = storage.open(path, timeout)?;
-    let read = dev.keys()?;
-    let keys = read.value;
-    if !keys.contains(own) {
-        let notice = read
-            .report
-            .unit_attentions
-            .iter()
-            .any(|s| s.is(asc::REGISTRATIONS_PREEMPTED));
-        return Err(if notice {
-            LunError::Lost
-        } else {
-            LunError::NotRegistered {
-                path: path.to_path_buf(),
-            }
-        });
-    }
-    let mut outcome = if keys.contains(victim) {
-        let op = PrOperation::Preempt {
-            own,
-            victim,
+    fn preempt(&mut self) -> Option<Step> {
+        self.stage = Stage::Preempt;
+        self.step(Request::Out(PrOperation::Preempt {
+            own: self.own,
+            victim: self.victim,
             pr_type: FENCING_TYPE,
             abort: true,
+        }))
+    }
+}
+
+impl Job for LunJob {
+    fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+        let Some(answer) = last else {
+            if self.paths.is_empty() {
+                return self.finish(Err(LunError::NoPaths));
+            }
+            return self.step(Request::ReadKeys);
         };
-        match dev.apply(op) {
-            Ok(report) if report.preempt_abort_fallback => {
-                "preempted (PREEMPT AND ABORT unsupported by the target: plain PREEMPT)".to_string()
+        match (self.stage, answer) {
+            (Stage::ReadKeys, Ok(Reply::Keys(k))) => {
+                if !k.value.contains(self.own) {
+                    let notice = k
+                        .report
+                        .unit_attentions
+                        .iter()
+                        .any(|s| s.is(asc::REGISTRATIONS_PREEMPTED));
+                    if self.mode == Mode::Reverify && !k.value.contains(self.victim) {
+                        return self.finish(Ok(None));
+                    }
+                    return self.finish(Err(if notice {
+                        LunError::Lost
+                    } else {
+                        LunError::NotRegistered { path: self.path() }
+                    }));
+                }
+                if k.value.contains(self.victim) {
+                    return self.preempt();
+                }
+                if self.mode == Mode::Reverify {
+                    return self.finish(Ok(None));
+                }
+                self.outcome = "already fenced".into();
+                self.stage = Stage::ReadReservation;
+                self.step(Request::ReadReservation)
             }
-            Ok(_) => "preempted and aborted".to_string(),
-            Err(e) if e.is_reservation_conflict() => {
+            (Stage::Preempt, Ok(Reply::Out(report))) => {
+                self.outcome = if report.preempt_abort_fallback {
+                    "preempted (PREEMPT AND ABORT unsupported by the target: plain PREEMPT)"
+                } else {
+                    "preempted and aborted"
+                }
+                .into();
+                self.stage = Stage::VerifyKeys;
+                self.step(Request::ReadKeys)
+            }
+            (Stage::Preempt, Err(f)) if f.error.is_reservation_conflict() => {
                 // Either we were preempted meanwhile, or the victim vanished: look again.
-                let keys = dev.keys()?.value;
-                if !keys.contains(own) {
-                    return Err(LunError::Lost);
+                if f.report
+                    .unit_attentions
+                    .iter()
+                    .any(|s| s.is(asc::REGISTRATIONS_PREEMPTED))
+                {
+                    return self.finish(Err(LunError::Lost));
                 }
-                if keys.contains(victim) {
-                    return Err(e.into());
-                }
-                "already fenced by another node".to_string()
+                self.last = LunError::Device(f.error);
+                self.stage = Stage::ConflictKeys;
+                self.step(Request::ReadKeys)
             }
-            Err(e) => return Err(e.into()),
+            (Stage::ConflictKeys, Ok(Reply::Keys(k))) => {
+                if !k.value.contains(self.own) {
+                    return self.finish(Err(LunError::Lost));
+                }
+                if k.value.contains(self.victim) {
+                    let e = std::mem::replace(&mut self.last, LunError::NoPaths);
+                    return self.next_path(e);
+                }
+                self.outcome = "already fenced by another node".into();
+                self.stage = Stage::ReadReservation;
+                self.step(Request::ReadReservation)
+            }
+            (Stage::VerifyKeys, Ok(Reply::Keys(k))) => {
+                if k.value.contains(self.victim) {
+                    let e = LunError::StillRegistered {
+                        path: self.path(),
+                        key: self.victim.0,
+                    };
+                    return self.next_path(e);
+                }
+                self.stage = Stage::ReadReservation;
+                self.step(Request::ReadReservation)
+            }
+            (Stage::ReadReservation, Ok(Reply::Reservation(r))) => match r.value.reservation {
+                Some(r) => {
+                    let outcome = format!("{}; reservation held by 0x{:x}", self.outcome, r.key.0);
+                    self.finish(Ok(Some(outcome)))
+                }
+                None => {
+                    // The victim's release or a target reset left the LUN unreserved: take it,
+                    // so non-registrants (the victim) stay write-excluded.
+                    self.stage = Stage::Reserve;
+                    self.step(Request::Out(PrOperation::Reserve {
+                        key: self.own,
+                        pr_type: FENCING_TYPE,
+                    }))
+                }
+            },
+            (Stage::Reserve, Ok(Reply::Out(_))) => {
+                let outcome = format!("{}; reservation taken", self.outcome);
+                self.finish(Ok(Some(outcome)))
+            }
+            (_, Err(f)) => self.next_path(LunError::Device(f.error)),
+            (stage, Ok(other)) => self.next_path(LunError::Unexpected(format!(
+                "{stage:?}: unexpected reply {other:?}"
+            ))),
         }
-    } else {
-        "already fenced".to_string()
-    };
-    let after = dev.keys()?.value;
-    if after.contains(victim) {
-        return Err(LunError::StillRegistered {
-            path: path.to_path_buf(),
-            key: victim.0,
-        });
     }
-    match dev.reservation()?.value.reservation {
-        Some(r) => outcome.push_str(&format!("; reservation held by 0x{:x}", r.key.0)),
-        None => {
-            // The victim's release or a target reset left the LUN unreserved: take it, so
-            // non-registrants (the victim) stay write-excluded.
-            dev.apply(PrOperation::Reserve {
-                key: own,
-                pr_type: FENCING_TYPE,
-            })?;
-            outcome.push_str("; reservation taken");
-        }
+}
+
+/// One chain per LUN, all run at once.
+struct LunRun {
+    paths: Vec<PathBuf>,
+    jobs: Vec<LunJob>,
+}
+
+impl LunRun {
+    fn new(luns: &[Lun], own: ReservationKey, victim: ReservationKey, mode: Mode) -> LunRun {
+        let mut paths = Vec::new();
+        let jobs = luns
+            .iter()
+            .map(|lun| {
+                let first = paths.len();
+                paths.extend(lun.paths.iter().cloned());
+                LunJob {
+                    paths: (first..paths.len()).collect(),
+                    names: lun.paths.clone(),
+                    at: 0,
+                    stage: Stage::ReadKeys,
+                    mode,
+                    own,
+                    victim,
+                    outcome: String::new(),
+                    last: LunError::NoPaths,
+                    result: None,
+                    finished_at: None,
+                }
+            })
+            .collect();
+        LunRun { paths, jobs }
     }
-    Ok(outcome)
+
+    fn run(&mut self, runner: &mut dyn Runner, timeout: Duration, until: Instant) {
+        let mut refs: Vec<&mut dyn Job> = self.jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
+        runner.run(&self.paths, &mut refs, timeout, until);
+    }
+
+    fn finished_at(&self) -> Vec<Option<Instant>> {
+        self.jobs.iter().map(|j| j.finished_at).collect()
+    }
+
+    /// Per LUN: `Ok(Some(outcome))` when fenced (or, re-verifying, fenced again), `Ok(None)`
+    /// when re-verification found nothing to do.
+    fn into_results(self) -> Vec<Result<Option<String>, LunError>> {
+        self.jobs
+            .into_iter()
+            .map(|j| {
+                j.result
+                    .unwrap_or(Err(LunError::Unexpected("the chain did not finish".into())))
+            })
+            .collect()
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -500,6 +640,7 @@ fn ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use crate::luns::FreshAuthority;
     use crate::storage::sim::{PathMode, San};
 

@@ -35,7 +35,7 @@ use crate::luns::{
     identify, register_guarded, reserve_if_free, AuthoritySource, GuardedOutcome, Lun,
     Registration, FENCING_TYPE,
 };
-use crate::storage::{PathIo, Storage};
+use crate::storage::{Answer, Job, PathIo, Reply, Request, Runner, Step, Storage};
 use crate::vdisk::Marker;
 
 /// Why this node's key loss ends in a self-fence.
@@ -283,9 +283,40 @@ impl LunState {
     }
 }
 
+/// One READ KEYS.
+struct ReadKeys {
+    device: usize,
+    answer: Option<Answer>,
+}
+
+impl ReadKeys {
+    fn new(device: usize) -> ReadKeys {
+        ReadKeys {
+            device,
+            answer: None,
+        }
+    }
+}
+
+impl Job for ReadKeys {
+    fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+        match last {
+            None => Some(Step {
+                device: self.device,
+                request: Request::ReadKeys,
+            }),
+            Some(a) => {
+                self.answer = Some(a);
+                None
+            }
+        }
+    }
+}
+
 /// The key checker. [`KeyChecker::step`] is one period's work; [`spawn`] runs it on a thread.
 pub struct KeyChecker {
     storage: Arc<dyn Storage>,
+    runner: Box<dyn Runner>,
     cfg: CheckerConfig,
     luns: Vec<LunState>,
     authority: Box<dyn AuthorityView>,
@@ -326,6 +357,7 @@ impl KeyChecker {
             })
             .collect();
         KeyChecker {
+            runner: storage.runner(),
             storage,
             cfg,
             luns,
@@ -340,8 +372,9 @@ impl KeyChecker {
     /// One period: rescan the paths, check every LUN, publish the health.
     pub fn step(&mut self) {
         self.rescan();
-        for i in 0..self.luns.len() {
-            self.check(i);
+        let answers = self.read_all_keys();
+        for (i, answer) in answers.into_iter().enumerate() {
+            self.check(i, answer);
         }
         if std::mem::take(&mut self.tell_multipathd) {
             crate::storage::tell_multipathd_all(&self.cfg.patterns);
@@ -409,31 +442,49 @@ impl KeyChecker {
         self.unidentified = still_unidentified;
     }
 
-    /// Reads the keys through every due path of LUN `i`; returns the first answer and whether
-    /// any path received a registrations-preempted notice.
-    fn read_keys(&mut self, i: usize) -> (Option<Completed<RegisteredKeys>>, bool) {
+    /// Reads the keys through every due path of every LUN in one batch (every READ KEYS in
+    /// flight at once, each with its own deadline, so a hung path delays no other); per LUN, the
+    /// first answer and whether any path received a registrations-preempted notice.
+    fn read_all_keys(&mut self) -> Vec<(Option<Completed<RegisteredKeys>>, bool)> {
         let now = Instant::now();
         let (timeout, period) = (self.cfg.timeout, self.cfg.period);
-        let storage = self.storage.clone();
-        let lun = &mut self.luns[i];
-        let mut first = None;
-        let mut preempted = false;
-        for p in &mut lun.paths {
-            if !p.due(now) {
+        let mut paths = Vec::new();
+        let mut who = Vec::new();
+        for (i, lun) in self.luns.iter_mut().enumerate() {
+            if lun.lost {
                 continue;
             }
-            if p.dev.is_none() {
-                match storage.open(&p.path, timeout) {
-                    Ok(d) => p.dev = Some(d),
-                    Err(e) => {
-                        p.fail(now, period, e.to_string());
-                        continue;
+            for (j, p) in lun.paths.iter_mut().enumerate() {
+                if !p.due(now) {
+                    continue;
+                }
+                if p.dev.is_none() {
+                    match self.storage.open(&p.path, timeout) {
+                        Ok(d) => p.dev = Some(d),
+                        Err(e) => {
+                            p.fail(now, period, e.to_string());
+                            continue;
+                        }
                     }
                 }
+                paths.push(p.path.clone());
+                who.push((i, j));
             }
-            let Some(dev) = &p.dev else { continue };
-            match dev.keys() {
-                Ok(k) => {
+        }
+        let mut jobs: Vec<ReadKeys> = (0..paths.len()).map(ReadKeys::new).collect();
+        {
+            let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
+            self.runner
+                .run(&paths, &mut refs, timeout, now + timeout + period);
+        }
+        let mut out: Vec<(Option<Completed<RegisteredKeys>>, bool)> =
+            self.luns.iter().map(|_| (None, false)).collect();
+        let now = Instant::now();
+        for ((i, j), job) in who.into_iter().zip(jobs) {
+            let lun = &mut self.luns[i];
+            let p = &mut lun.paths[j];
+            match job.answer {
+                Some(Ok(Reply::Keys(k))) => {
                     if !p.up {
                         tracing::info!(lun = %lun.id, path = %p.path.display(), "path up again: verifying its registration");
                         p.registered = false;
@@ -442,26 +493,27 @@ impl KeyChecker {
                     p.fails = 0;
                     p.retry_at = None;
                     p.error = None;
-                    preempted |= k
+                    out[i].1 |= k
                         .report
                         .unit_attentions
                         .iter()
                         .any(|s| s.is(asc::REGISTRATIONS_PREEMPTED));
-                    if first.is_none() {
-                        first = Some(k);
+                    if out[i].0.is_none() {
+                        out[i].0 = Some(k);
                     }
                 }
-                Err(e) => p.fail(now, period, e.to_string()),
+                Some(Err(f)) => p.fail(now, period, f.error.to_string()),
+                Some(Ok(other)) => p.fail(now, period, format!("unexpected reply {other:?}")),
+                None => p.fail(now, period, "no answer".into()),
             }
         }
-        (first, preempted)
+        out
     }
 
-    fn check(&mut self, i: usize) {
+    fn check(&mut self, i: usize, (answer, preempted): (Option<Completed<RegisteredKeys>>, bool)) {
         if self.luns[i].lost {
             return;
         }
-        let (answer, preempted) = self.read_keys(i);
         let Some(keys) = answer else {
             let lun = &mut self.luns[i];
             if lun.reachable {

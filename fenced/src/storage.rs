@@ -3,14 +3,19 @@
 //! against a simulated SAN ([`sim`], tests only) and proven on real kernels in guests.
 //!
 //! - [`Storage`] finds the paths the configuration names and opens one;
-//! - [`PathIo`] is one path (one I_T nexus): the PR commands the daemon sends through it.
+//! - [`PathIo`] is one path (one I_T nexus): the PR commands the daemon sends through it;
+//! - [`Runner`] runs chains of commands ([`Job`]s) on many paths with every command in flight
+//!   at once: a fence, the key check's reads.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use sg_pr::batch::SgQueue;
+pub use sg_pr::batch::{Answer, Failed, Job, Reply, Request, Step};
 use sg_pr::{
     AnyDevice, Backend, Completed, PersistentReservations, PrOperation, RegisteredKeys, Report,
-    ReservationKey, ReservationStatus,
+    ReservationKey, ReservationStatus, RetryPolicy,
 };
 
 /// One path to a LUN (one I_T nexus for SCSI).
@@ -39,6 +44,194 @@ pub trait Storage: Send + Sync {
     fn paths(&self, patterns: &[String]) -> Vec<PathBuf>;
     /// Opens one path with a per-command timeout.
     fn open(&self, path: &Path, timeout: Duration) -> sg_pr::Result<Box<dyn PathIo>>;
+    /// A runner of command chains on these devices (keep it: it may hold their fds).
+    fn runner(&self) -> Box<dyn Runner>;
+}
+
+/// Runs [`Job`]s whose steps name indexes into `paths`.
+pub trait Runner: Send {
+    /// Runs every job to its end, by `until` at the latest; `timeout` is each command's own.
+    fn run(
+        &mut self,
+        paths: &[PathBuf],
+        jobs: &mut [&mut dyn Job],
+        timeout: Duration,
+        until: Instant,
+    );
+}
+
+/// A runner that sends one command at a time through [`Storage::open`]: the simulated SAN's,
+/// and the fallback for devices with no sg node (block-layer PR: NVMe namespaces).
+pub struct SequentialRunner<S> {
+    storage: S,
+}
+
+impl<S> SequentialRunner<S> {
+    /// Over `storage`.
+    pub fn new(storage: S) -> SequentialRunner<S> {
+        SequentialRunner { storage }
+    }
+}
+
+impl<S: Storage + Clone> Runner for SequentialRunner<S> {
+    fn run(
+        &mut self,
+        paths: &[PathBuf],
+        jobs: &mut [&mut dyn Job],
+        timeout: Duration,
+        until: Instant,
+    ) {
+        let mut open: Vec<Option<Box<dyn PathIo>>> = paths.iter().map(|_| None).collect();
+        for job in jobs.iter_mut() {
+            let mut answer = None;
+            while let Some(step) = job.next(answer.take()) {
+                let name = || {
+                    paths
+                        .get(step.device)
+                        .map_or_else(String::new, |p| p.display().to_string())
+                };
+                if Instant::now() >= until {
+                    answer = Some(Err(Failed {
+                        error: sg_pr::Error::DeadlineExceeded {
+                            device: name(),
+                            started: false,
+                        },
+                        report: Report::default(),
+                    }));
+                    continue;
+                }
+                let dev = match (open.get_mut(step.device), paths.get(step.device)) {
+                    (Some(slot @ None), Some(path)) => match self.storage.open(path, timeout) {
+                        Ok(d) => slot.insert(d),
+                        Err(error) => {
+                            answer = Some(Err(Failed {
+                                error,
+                                report: Report::default(),
+                            }));
+                            continue;
+                        }
+                    },
+                    (Some(Some(d)), _) => d,
+                    _ => {
+                        answer = Some(Err(Failed {
+                            error: sg_pr::Error::NotFound {
+                                device: PathBuf::from(name()),
+                            },
+                            report: Report::default(),
+                        }));
+                        continue;
+                    }
+                };
+                answer = Some(execute(&**dev, step.request));
+            }
+        }
+    }
+}
+
+/// One request through a [`PathIo`].
+fn execute(dev: &dyn PathIo, request: Request) -> Answer {
+    let failed = |error| Failed {
+        error,
+        report: Report::default(),
+    };
+    match request {
+        Request::TestUnitReady => dev.test_unit_ready().map(Reply::Ready).map_err(failed),
+        Request::ReadKeys => dev.keys().map(Reply::Keys).map_err(failed),
+        Request::ReadReservation => dev.reservation().map(Reply::Reservation).map_err(failed),
+        Request::Out(op) => dev.apply(op).map(Reply::Out).map_err(failed),
+    }
+}
+
+/// The system's runner: SCSI paths through their sg nodes with every command in flight at once
+/// (fds kept between runs, reopened after a failure); if a path has no sg node (a block-layer
+/// device, or the sg driver not loaded), the run falls back to one command at a time.
+struct SgRunner {
+    queue: SgQueue,
+    index: HashMap<PathBuf, usize>,
+    policy: RetryPolicy,
+    /// `modprobe sg` was tried (once per runner, when a path had no sg node).
+    loaded_sg: bool,
+    /// Whether the last run went through the sg nodes (logged when it changes).
+    asynchronous: Option<bool>,
+}
+
+impl Runner for SgRunner {
+    fn run(
+        &mut self,
+        paths: &[PathBuf],
+        jobs: &mut [&mut dyn Job],
+        timeout: Duration,
+        until: Instant,
+    ) {
+        let mut map = Vec::with_capacity(paths.len());
+        for path in paths {
+            let i = match self.index.get(path) {
+                Some(&i) => {
+                    self.queue.reopen_if_closed(i, path);
+                    i
+                }
+                None => {
+                    let i = self.queue.add(path);
+                    self.index.insert(path.clone(), i);
+                    i
+                }
+            };
+            map.push(i);
+        }
+        if !map.iter().all(|&i| self.queue.is_open(i)) && !self.loaded_sg {
+            self.loaded_sg = true;
+            match run_tool("modprobe", &["sg"]) {
+                Ok(_) => tracing::info!(
+                    "loaded the sg driver: PR commands go through /dev/sgN, all in flight at once"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the sg driver: PR commands are sent one at a time")
+                }
+            }
+            for (path, &i) in paths.iter().zip(&map) {
+                self.queue.reopen_if_closed(i, path);
+            }
+        }
+        if !map.iter().all(|&i| self.queue.is_open(i)) {
+            let missing: Vec<&PathBuf> = paths
+                .iter()
+                .zip(&map)
+                .filter(|(_, &i)| !self.queue.is_open(i))
+                .map(|(p, _)| p)
+                .collect();
+            tracing::debug!(
+                ?missing,
+                "paths without an open sg node: one command at a time"
+            );
+            SequentialRunner::new(SystemStorage).run(paths, jobs, timeout, until);
+            return;
+        }
+        let mut mapped: Vec<Mapped<'_>> = jobs
+            .iter_mut()
+            .map(|job| Mapped {
+                job: &mut **job,
+                map: &map,
+            })
+            .collect();
+        let mut refs: Vec<&mut dyn Job> = mapped.iter_mut().map(|m| m as &mut dyn Job).collect();
+        sg_pr::batch::run(&mut self.queue, &mut refs, &self.policy, timeout, until);
+    }
+}
+
+/// A job whose device indexes are translated into the queue's.
+struct Mapped<'a> {
+    job: &'a mut dyn Job,
+    map: &'a [usize],
+}
+
+impl Job for Mapped<'_> {
+    fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+        let step = self.job.next(last)?;
+        Some(Step {
+            device: self.map.get(step.device).copied().unwrap_or(usize::MAX),
+            request: step.request,
+        })
+    }
 }
 
 /// The machine's devices: SG_IO for SCSI disks, block-layer PR ioctls for the rest.
@@ -58,6 +251,16 @@ impl Storage for SystemStorage {
 
     fn open(&self, path: &Path, timeout: Duration) -> sg_pr::Result<Box<dyn PathIo>> {
         Ok(Box::new(AnyDevice::open(path, Backend::Auto, timeout)?))
+    }
+
+    fn runner(&self) -> Box<dyn Runner> {
+        Box::new(SgRunner {
+            queue: SgQueue::new(),
+            index: HashMap::new(),
+            policy: RetryPolicy::default(),
+            loaded_sg: false,
+            asynchronous: None,
+        })
     }
 }
 
@@ -202,9 +405,14 @@ pub fn multipathd_knows_key(name: &str) -> Result<bool, String> {
 
 /// Runs `multipathd ARGS` (a client of the daemon's socket), bounded by 5 s; its stdout.
 fn multipathd(args: &[&str]) -> Result<String, String> {
+    run_tool("multipathd", args)
+}
+
+/// Runs `program ARGS`, bounded by 5 s; its stdout.
+fn run_tool(program: &str, args: &[&str]) -> Result<String, String> {
     use std::io::Read;
-    let what = format!("multipathd {}", args.join(" "));
-    let mut child = std::process::Command::new("multipathd")
+    let what = format!("{program} {}", args.join(" "));
+    let mut child = std::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

@@ -419,6 +419,10 @@ impl Storage for San {
             .collect()
     }
 
+    fn runner(&self) -> Box<dyn super::Runner> {
+        Box::new(super::SequentialRunner::new(self.clone()))
+    }
+
     fn open(&self, path: &Path, _timeout: Duration) -> sg_pr::Result<Box<dyn PathIo>> {
         match self.lock().paths.get(path).map(|p| p.mode) {
             None | Some(PathMode::Removed) => Err(sg_pr::Error::NotFound {

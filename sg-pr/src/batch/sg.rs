@@ -76,6 +76,19 @@ fn sg_node_in(sysfs: &Path, path: &Path) -> io::Result<PathBuf> {
     Ok(Path::new("/dev").join(entry.file_name()))
 }
 
+fn open_sg(path: &Path) -> Result<SgAsyncFd, (io::ErrorKind, String)> {
+    sg_node(path)
+        .and_then(|node| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(node)
+        })
+        .map(|f| SgAsyncFd::new(OwnedFd::from(f)))
+        .map_err(|e| (e.kind(), e.to_string()))
+}
+
 impl SgQueue {
     /// An empty queue.
     pub fn new() -> SgQueue {
@@ -89,21 +102,19 @@ impl SgQueue {
     /// Adds a device (a SCSI disk node or its sg node) and returns its index. A device that
     /// cannot be opened is still added: its commands fail with the reason.
     pub fn add(&mut self, path: &Path) -> usize {
-        let fd = sg_node(path)
-            .and_then(|node| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(node)
-            })
-            .map(|f| SgAsyncFd::new(OwnedFd::from(f)))
-            .map_err(|e| (e.kind(), e.to_string()));
         self.devices.push(Device {
             name: path.display().to_string(),
-            fd,
+            fd: open_sg(path),
         });
         self.devices.len() - 1
+    }
+
+    /// Opens device `i` again from `path` when it could not be opened or was closed after a
+    /// failure (a path that returned, the sg driver loaded since).
+    pub fn reopen_if_closed(&mut self, i: usize, path: &Path) {
+        if self.devices.get(i).is_some_and(|d| d.fd.is_err()) {
+            self.devices[i].fd = open_sg(path);
+        }
     }
 
     /// Whether device `i` opened (its commands can be sent).

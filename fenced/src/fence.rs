@@ -640,9 +640,9 @@ fn ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
     use crate::luns::FreshAuthority;
     use crate::storage::sim::{PathMode, San};
+    use std::path::Path;
 
     const CONFIG: &str = r#"
 [cluster]

@@ -199,12 +199,19 @@ impl Runner for SgRunner {
                 .filter(|(_, &i)| !self.queue.is_open(i))
                 .map(|(p, _)| p)
                 .collect();
-            tracing::debug!(
-                ?missing,
-                "paths without an open sg node: one command at a time"
-            );
+            if self.asynchronous != Some(false) {
+                tracing::warn!(?missing, "paths without an open sg node (not SCSI, or the sg driver missing): PR commands are sent one at a time, so a hung path delays the others");
+                self.asynchronous = Some(false);
+            }
             SequentialRunner::new(SystemStorage).run(paths, jobs, timeout, until);
             return;
+        }
+        if self.asynchronous != Some(true) {
+            tracing::info!(
+                paths = paths.len(),
+                "PR commands go through the paths' sg nodes, all in flight at once"
+            );
+            self.asynchronous = Some(true);
         }
         let mut mapped: Vec<Mapped<'_>> = jobs
             .iter_mut()

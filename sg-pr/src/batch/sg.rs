@@ -13,9 +13,10 @@ use crate::transport::{CommandOutcome, HostStatus, ScsiStatus};
 /// The character major of the sg driver (`/dev/sgN`).
 const SG_MAJOR: u32 = 21;
 
-/// Devices reached through their `/dev/sgN` nodes, each its own fd, with every command in
-/// flight at once. A command the caller stopped waiting for keeps its buffers here until its
-/// completion is read on a later [`Queue::reap`] or the queue is dropped.
+/// Devices reached through their `/dev/sgN` nodes, each its own fd, with every device's command
+/// in flight at once, one command per device at a time. A command the caller stopped waiting
+/// for keeps its buffers here until its completion is read on a later [`Queue::reap`] (until
+/// then the device refuses new commands) or the queue is dropped.
 pub struct SgQueue {
     devices: Vec<Device>,
     pollfds: Vec<libc::pollfd>,
@@ -215,7 +216,31 @@ impl Queue for SgQueue {
             Data::In(len) => (sys::SG_DXFER_FROM_DEV, vec![0u8; len]),
             Data::Out(buf) => (sys::SG_DXFER_TO_DEV, buf),
         };
-        fd.submit(tag, cdb, direction, buf, timeout)
+        let sent = (|| {
+            // Completions of commands abandoned in an earlier run are read (and dropped) here:
+            // nothing else waits for them.
+            while fd.in_flight() > 0 && fd.receive()?.is_some() {}
+            // One command per path at a time: a command still held by the kernel past its
+            // deadline (a hung path, the SCSI error handler at work) is not joined by more,
+            // which would only lengthen the error handling that blocks the whole SCSI host.
+            if fd.in_flight() > 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "an earlier command on this path has not completed yet (a hung path)",
+                ));
+            }
+            fd.submit(tag, cdb, direction, buf, timeout)
+        })();
+        if let Err(e) = &sent {
+            if e.kind() != io::ErrorKind::ResourceBusy {
+                // A device that went away (ENODEV) is closed, so that the next run opens the
+                // path's node again: a disk that came back under the same name is a new
+                // device.
+                tracing::debug!(device = %dev.name, error = %e, "closing the sg node after an error");
+                dev.fd = Err((e.kind(), e.to_string()));
+            }
+        }
+        sent
     }
 
     fn reap(&mut self, until: Instant, done: &mut Vec<Completion>) -> io::Result<()> {

@@ -326,6 +326,18 @@ pub struct KeyChecker {
     unidentified: Vec<PathBuf>,
     /// A LUN was registered again this period: tell multipathd once, at the end of it.
     tell_multipathd: bool,
+    /// Registrations asked for this period: LUN, paths.
+    to_register: Vec<(usize, Vec<usize>)>,
+    /// What follows them, per LUN.
+    after: Vec<(usize, After)>,
+}
+
+/// What follows a LUN's registration in the period's batch.
+enum After {
+    /// Our key was listed: sweep dead nodes' keys, take the reservation when free.
+    Confirmed(RegisteredKeys),
+    /// Our key was gone (a PR-state loss): take the reservation when free.
+    Recovered,
 }
 
 impl KeyChecker {
@@ -366,6 +378,8 @@ impl KeyChecker {
             board,
             unidentified: Vec::new(),
             tell_multipathd: false,
+            to_register: Vec::new(),
+            after: Vec::new(),
         }
     }
 
@@ -375,6 +389,10 @@ impl KeyChecker {
         let answers = self.read_all_keys();
         for (i, answer) in answers.into_iter().enumerate() {
             self.check(i, answer);
+        }
+        self.register_batch();
+        for (i, after) in std::mem::take(&mut self.after) {
+            self.after_registration(i, after);
         }
         if std::mem::take(&mut self.tell_multipathd) {
             crate::storage::tell_multipathd_all(&self.cfg.patterns);
@@ -572,9 +590,18 @@ impl KeyChecker {
             .filter(|(_, p)| p.up && !p.registered)
             .map(|(j, _)| j)
             .collect();
-        if !pending.is_empty() {
-            self.register_paths(i, &pending);
+        if pending.is_empty() {
+            self.sweep_and_reserve(i, keys, false);
+        } else {
+            // Registered with every other LUN's in one batch; the sweep and the reservation
+            // follow it.
+            self.to_register.push((i, pending));
+            self.after.push((i, After::Confirmed(keys.clone())));
         }
+    }
+
+    /// Preempts dead nodes' keys and takes the reservation when free, through a registered path.
+    fn sweep_and_reserve(&mut self, i: usize, keys: &RegisteredKeys, registered_now: bool) {
         // PREEMPT and RESERVE need a registered nexus (LIO answers an unregistered one NOT
         // READY, which the retry policy would wait on).
         let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) else {
@@ -582,7 +609,7 @@ impl KeyChecker {
         };
         let swept = self.sweep_dead(i, via, keys);
         let changed = self.luns[i].generation != Some(keys.generation);
-        if changed || swept || !pending.is_empty() {
+        if changed || swept || registered_now {
             self.luns[i].generation = Some(keys.generation);
             self.reserve(i, via);
         }
@@ -607,58 +634,96 @@ impl KeyChecker {
             .filter(|(_, p)| p.up)
             .map(|(j, _)| j)
             .collect();
-        self.register_paths(i, &up);
-        if let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) {
-            self.reserve(i, via);
-            self.tell_multipathd = true;
+        self.to_register.push((i, up));
+        self.after.push((i, After::Recovered));
+    }
+
+    /// What follows the registrations of this period.
+    fn after_registration(&mut self, i: usize, after: After) {
+        if self.luns[i].lost {
+            return;
+        }
+        match after {
+            After::Confirmed(keys) => self.sweep_and_reserve(i, &keys, true),
+            After::Recovered => {
+                if let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) {
+                    self.reserve(i, via);
+                    self.tell_multipathd = true;
+                }
+            }
         }
     }
 
-    fn register_paths(&mut self, i: usize, which: &[usize]) {
-        let (reg, bound) = (self.cfg.reg, self.cfg.bound);
-        let lun = &mut self.luns[i];
-        let devs: Vec<&dyn PathIo> = which
-            .iter()
-            .filter_map(|&j| lun.paths.get(j).and_then(|p| p.dev.as_deref()))
+    /// The registrations this period asked for, every LUN's in one guarded batch.
+    fn register_batch(&mut self) {
+        let wanted: Vec<(usize, Vec<usize>)> = std::mem::take(&mut self.to_register)
+            .into_iter()
+            .map(|(i, which)| {
+                let open: Vec<usize> = which
+                    .into_iter()
+                    .filter(|&j| self.luns[i].paths.get(j).is_some_and(|p| p.dev.is_some()))
+                    .collect();
+                (i, open)
+            })
+            .filter(|(_, which)| !which.is_empty())
             .collect();
-        if devs.is_empty() {
+        if wanted.is_empty() {
             return;
         }
-        match register_guarded(&lun.id, &devs, reg, &mut *self.authority, bound) {
-            Ok((outcome, failed)) => {
-                if outcome == GuardedOutcome::Late {
-                    let why = "a registration after our key vanished completed after the bound B, so a fence may have been re-verified before it";
-                    lun.lost = true;
-                    lun.note = Some(why.into());
-                    tracing::error!(lun = %lun.id, "{why}: fencing this node");
-                    self.watch.set_lost(i, KeyLoss::RegistrationLate);
-                    return;
+        let luns: Vec<(String, Vec<PathBuf>)> = wanted
+            .iter()
+            .map(|(i, which)| {
+                let lun = &self.luns[*i];
+                let paths = which.iter().map(|&j| lun.paths[j].path.clone()).collect();
+                (lun.id.clone(), paths)
+            })
+            .collect();
+        let (reg, bound, timeout) = (self.cfg.reg, self.cfg.bound, self.cfg.timeout);
+        let results = register_guarded(
+            &*self.storage,
+            &mut *self.runner,
+            &luns,
+            reg,
+            &mut *self.authority,
+            bound,
+            timeout,
+        );
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                for (i, _) in &wanted {
+                    let lun = &mut self.luns[*i];
+                    if lun.note.as_deref() != Some(&e.to_string()) {
+                        tracing::warn!(lun = %lun.id, error = %e, "registration deferred to the next period");
+                    }
+                    lun.note = Some(e.to_string());
                 }
-                let now = Instant::now();
-                let period = self.cfg.period;
-                for &j in which {
-                    let p = &mut lun.paths[j];
-                    match failed
-                        .iter()
-                        .find(|(name, _)| p.dev.as_ref().is_some_and(|d| d.name() == name))
-                    {
-                        Some((_, e)) => p.fail(now, period, e.to_string()),
-                        None => {
-                            if p.dev.is_some() {
-                                tracing::info!(lun = %lun.id, path = %p.path.display(), "registered");
-                                p.registered = true;
-                            }
-                        }
+                return;
+            }
+        };
+        let now = Instant::now();
+        let period = self.cfg.period;
+        for ((i, which), (outcome, failed)) in wanted.into_iter().zip(results) {
+            let lun = &mut self.luns[i];
+            if outcome == GuardedOutcome::Late {
+                let why = "a registration after our key vanished completed after the bound B, so a fence may have been re-verified before it";
+                lun.lost = true;
+                lun.note = Some(why.into());
+                tracing::error!(lun = %lun.id, "{why}: fencing this node");
+                self.watch.set_lost(i, KeyLoss::RegistrationLate);
+                continue;
+            }
+            for j in which {
+                let p = &mut lun.paths[j];
+                match failed.iter().find(|(path, _)| *path == p.path) {
+                    Some((_, e)) => p.fail(now, period, e.to_string()),
+                    None => {
+                        tracing::info!(lun = %lun.id, path = %p.path.display(), "registered");
+                        p.registered = true;
                     }
                 }
-                lun.note = None;
             }
-            Err(e) => {
-                if lun.note.as_deref() != Some(&e.to_string()) {
-                    tracing::warn!(error = %e, "registration deferred to the next period");
-                }
-                lun.note = Some(e.to_string());
-            }
+            lun.note = None;
         }
     }
 

@@ -26,11 +26,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sg_pr::{
-    apply_parallel, AnyDevice, Backend, PrOperation, PrType, RegisterOptions, ReservationKey,
-};
+use sg_pr::{AnyDevice, Backend, PrOperation, PrType, RegisterOptions, ReservationKey};
 
-use crate::storage::{PathIo, Storage};
+use crate::storage::{Answer, Failed, Job, PathIo, Reply, Request, Runner, Step, Storage};
 
 /// The reservation type the stack uses: Write Exclusive – Registrants Only.
 pub const FENCING_TYPE: PrType = PrType::WriteExclusiveRegistrantsOnly;
@@ -230,67 +228,284 @@ pub fn unfence(
     timeout: Duration,
     deadline: Duration,
 ) -> Vec<(String, Result<UnfenceReport, LunError>)> {
-    let jobs: Vec<(String, Lun)> = luns.iter().map(|l| (l.id.clone(), l.clone())).collect();
-    apply_parallel(jobs, 16, deadline, move |lun: &Lun| {
-        Ok(unfence_one(&*storage, lun, reg, timeout))
-    })
-    .into_iter()
-    .map(|r| {
-        let lun = r.device;
-        let result = r.result.unwrap_or_else(|source| {
-            Err(LunError::Device {
-                lun: lun.clone(),
-                source,
-            })
-        });
-        (lun, result)
-    })
-    .collect()
+    let until = Instant::now() + deadline;
+    let mut runner = storage.runner();
+    // 1. Every path of every LUN at once: TEST UNIT READY (absorbs a power-on or re-login
+    //    UNIT ATTENTION), then REGISTER AND IGNORE EXISTING KEY.
+    let paths: Vec<PathBuf> = luns.iter().flat_map(|l| l.paths.iter().cloned()).collect();
+    let mut jobs: Vec<RegisterPath> = (0..paths.len())
+        .map(|i| RegisterPath::new(i, reg, true))
+        .collect();
+    run_jobs(&mut *runner, &paths, &mut jobs, timeout, until);
+    // 2. Per LUN, through its first registered path: the reservation (taken when free) and a
+    //    READ KEYS confirming the key.
+    let mut registered: Vec<(Vec<PathBuf>, Vec<String>)> = Vec::new();
+    let mut results = jobs.into_iter();
+    for lun in luns {
+        let mut ok = Vec::new();
+        let mut down = Vec::new();
+        for (path, job) in lun.paths.iter().zip(results.by_ref()) {
+            match job.result {
+                Some(Ok(())) => ok.push(path.clone()),
+                Some(Err(e)) => {
+                    tracing::warn!(lun = %lun.id, error = %e, "path not registered: the LUN starts degraded; the key check retries it");
+                    down.push(e.to_string());
+                }
+                None => down.push(format!("{}: no answer", path.display())),
+            }
+        }
+        registered.push((ok, down));
+    }
+    let firsts: Vec<PathBuf> = registered
+        .iter()
+        .filter_map(|(ok, _)| ok.first().cloned())
+        .collect();
+    let mut reserves: Vec<ReserveLun> = (0..firsts.len())
+        .map(|i| ReserveLun::new(i, reg.key, true))
+        .collect();
+    run_jobs(&mut *runner, &firsts, &mut reserves, timeout, until);
+    let mut reserves = reserves.into_iter();
+    luns.iter()
+        .zip(registered)
+        .map(|(lun, (ok, down))| {
+            if ok.is_empty() {
+                let e = LunError::Unreachable {
+                    lun: lun.id.clone(),
+                    detail: down.join("; "),
+                };
+                return (lun.id.clone(), Err(e));
+            }
+            let result = reserves
+                .next()
+                .map_or_else(
+                    || {
+                        Err(LunError::Unreachable {
+                            lun: lun.id.clone(),
+                            detail: "no answer".into(),
+                        })
+                    },
+                    |r| r.outcome(&lun.id),
+                )
+                .map(|(reserved, holder)| UnfenceReport {
+                    lun: lun.id.clone(),
+                    paths: ok.len(),
+                    registered: ok,
+                    paths_down: down,
+                    reserved,
+                    holder: holder.map(|k| format!("0x{:x}", k.0)),
+                });
+            (lun.id.clone(), result)
+        })
+        .collect()
 }
 
-fn unfence_one(
-    storage: &dyn Storage,
-    lun: &Lun,
-    reg: Registration,
+/// Runs `jobs` on `paths` through `runner`.
+pub(crate) fn run_jobs<J: Job>(
+    runner: &mut dyn Runner,
+    paths: &[PathBuf],
+    jobs: &mut [J],
     timeout: Duration,
-) -> Result<UnfenceReport, LunError> {
-    let mut registered: Vec<Box<dyn PathIo>> = Vec::new();
-    let mut registered_paths = Vec::new();
-    let mut down = Vec::new();
-    for path in &lun.paths {
-        let attempt = storage.open(path, timeout).and_then(|dev| {
-            // Absorbs a pending UNIT ATTENTION (power-on, re-login) before the PR commands.
-            let _ = dev.test_unit_ready();
-            reg.register_on(&*dev)?;
-            Ok(dev)
-        });
-        match attempt {
-            Ok(dev) => {
-                registered.push(dev);
-                registered_paths.push(path.clone());
+    until: Instant,
+) {
+    let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
+    runner.run(paths, &mut refs, timeout, until);
+}
+
+/// REGISTER AND IGNORE EXISTING KEY on one path (after a TEST UNIT READY when asked), again
+/// without APTPL when the target refuses it.
+pub(crate) struct RegisterPath {
+    device: usize,
+    reg: Registration,
+    test_unit_ready: bool,
+    /// The REGISTER was sent again with APTPL cleared after a refusal.
+    without_aptpl: bool,
+    /// Registered, or why not.
+    pub result: Option<sg_pr::Result<()>>,
+}
+
+impl RegisterPath {
+    pub(crate) fn new(device: usize, reg: Registration, test_unit_ready: bool) -> RegisterPath {
+        RegisterPath {
+            device,
+            reg,
+            test_unit_ready,
+            without_aptpl: false,
+            result: None,
+        }
+    }
+
+    fn register(&self, reg: Registration) -> Option<Step> {
+        Some(Step {
+            device: self.device,
+            request: Request::Out(reg.op()),
+        })
+    }
+
+    fn finish(&mut self, result: sg_pr::Result<()>) -> Option<Step> {
+        self.result = Some(result);
+        None
+    }
+}
+
+impl Job for RegisterPath {
+    fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+        let Some(answer) = last else {
+            if self.test_unit_ready {
+                return Some(Step {
+                    device: self.device,
+                    request: Request::TestUnitReady,
+                });
             }
-            Err(e) => {
-                tracing::warn!(lun = %lun.id, error = %e, "path not registered: the LUN starts degraded; the key check retries it");
-                down.push(e.to_string());
+            return self.register(self.reg);
+        };
+        if std::mem::take(&mut self.test_unit_ready) {
+            // The TEST UNIT READY only absorbs what is pending; its outcome does not matter
+            // (the REGISTER says what matters).
+            return self.register(self.reg);
+        }
+        match answer {
+            Ok(Reply::Out(_)) => self.finish(Ok(())),
+            Err(Failed {
+                error: sg_pr::Error::CheckCondition { sense, .. },
+                ..
+            }) if self.reg.aptpl
+                && !self.without_aptpl
+                && sense.key == sg_pr::SenseKey::IllegalRequest =>
+            {
+                tracing::warn!(device = self.device, %sense, "the target refuses APTPL: registered without it (its reservations do not survive a power loss)");
+                self.without_aptpl = true;
+                self.register(Registration {
+                    aptpl: false,
+                    ..self.reg
+                })
+            }
+            Err(f) => self.finish(Err(f.error)),
+            Ok(other) => self.finish(Err(unexpected(&other))),
+        }
+    }
+}
+
+/// An answer a chain did not ask for (a bug), as an error.
+fn unexpected(reply: &Reply) -> sg_pr::Error {
+    sg_pr::Error::Io {
+        device: String::new(),
+        command: "PR chain",
+        source: std::io::Error::other(format!("unexpected reply {reply:?}")),
+    }
+}
+
+/// The reservation of one LUN through one registered path: READ RESERVATION, RESERVE when
+/// nobody holds it (a RESERVATION CONFLICT there means another node took it first: read it
+/// again), and, when asked, a READ KEYS confirming our key.
+pub(crate) struct ReserveLun {
+    device: usize,
+    key: ReservationKey,
+    confirm: bool,
+    stage: ReserveStage,
+    reserved: bool,
+    holder: Option<ReservationKey>,
+    listed: Option<bool>,
+    error: Option<sg_pr::Error>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReserveStage {
+    Read,
+    Reserve,
+    ReadAgain,
+    Confirm,
+}
+
+impl ReserveLun {
+    pub(crate) fn new(device: usize, key: ReservationKey, confirm: bool) -> ReserveLun {
+        ReserveLun {
+            device,
+            key,
+            confirm,
+            stage: ReserveStage::Read,
+            reserved: false,
+            holder: None,
+            listed: None,
+            error: None,
+        }
+    }
+
+    fn step(&self, request: Request) -> Option<Step> {
+        Some(Step {
+            device: self.device,
+            request,
+        })
+    }
+
+    fn held(&mut self, holder: Option<ReservationKey>) -> Option<Step> {
+        self.holder = holder;
+        if self.confirm {
+            self.stage = ReserveStage::Confirm;
+            return self.step(Request::ReadKeys);
+        }
+        None
+    }
+
+    /// Whether we took the reservation and who holds it.
+    pub(crate) fn outcome(self, lun: &str) -> Result<(bool, Option<ReservationKey>), LunError> {
+        if let Some(source) = self.error {
+            return Err(LunError::Device {
+                lun: lun.to_string(),
+                source,
+            });
+        }
+        if self.confirm && self.listed != Some(true) {
+            return Err(LunError::NotListed {
+                lun: lun.to_string(),
+                key: self.key.0,
+            });
+        }
+        Ok((self.reserved, self.holder))
+    }
+}
+
+impl Job for ReserveLun {
+    fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+        let Some(answer) = last else {
+            return self.step(Request::ReadReservation);
+        };
+        match (self.stage, answer) {
+            (ReserveStage::Read, Ok(Reply::Reservation(r))) => match r.value.reservation {
+                Some(r) => self.held(Some(r.key)),
+                None => {
+                    self.stage = ReserveStage::Reserve;
+                    self.step(Request::Out(PrOperation::Reserve {
+                        key: self.key,
+                        pr_type: FENCING_TYPE,
+                    }))
+                }
+            },
+            (ReserveStage::ReadAgain, Ok(Reply::Reservation(r))) => {
+                self.held(r.value.reservation.map(|r| r.key))
+            }
+            (ReserveStage::Reserve, Ok(Reply::Out(_))) => {
+                self.reserved = true;
+                self.held(Some(self.key))
+            }
+            // Another node reserved it between our read and our reserve: fine, a holder exists.
+            (ReserveStage::Reserve, Err(f)) if f.error.is_reservation_conflict() => {
+                self.stage = ReserveStage::ReadAgain;
+                self.step(Request::ReadReservation)
+            }
+            (ReserveStage::Confirm, Ok(Reply::Keys(k))) => {
+                self.listed = Some(k.value.contains(self.key));
+                None
+            }
+            (_, Err(f)) => {
+                self.error = Some(f.error);
+                None
+            }
+            (_, Ok(other)) => {
+                self.error = Some(unexpected(&other));
+                None
             }
         }
     }
-    let Some(dev) = registered.first() else {
-        return Err(LunError::Unreachable {
-            lun: lun.id.clone(),
-            detail: down.join("; "),
-        });
-    };
-    let (reserved, holder) = reserve_if_free(&**dev, &lun.id, reg.key)?;
-    confirm_listed(&**dev, &lun.id, reg.key)?;
-    Ok(UnfenceReport {
-        lun: lun.id.clone(),
-        paths: registered.len(),
-        registered: registered_paths,
-        paths_down: down,
-        reserved,
-        holder: holder.map(|k| format!("0x{:x}", k.0)),
-    })
 }
 
 /// Takes the reservation (type 5) when nobody holds one; returns whether we took it and who
@@ -322,21 +537,6 @@ pub fn reserve_if_free(
                 .map(|r| r.key),
         )),
         Err(e) => Err(err(e)),
-    }
-}
-
-fn confirm_listed(dev: &dyn PathIo, lun: &str, key: ReservationKey) -> Result<(), LunError> {
-    let keys = dev.keys().map_err(|source| LunError::Device {
-        lun: lun.to_string(),
-        source,
-    })?;
-    if keys.value.contains(key) {
-        Ok(())
-    } else {
-        Err(LunError::NotListed {
-            lun: lun.to_string(),
-            key: key.0,
-        })
     }
 }
 
@@ -372,18 +572,26 @@ pub enum GuardedOutcome {
     Late,
 }
 
-/// Registers `reg` on `paths` of LUN `lun` under the guard described in the module docs.
-/// `Err(Refused)` when the fresh read has no majority or marks this node dead (nothing was
-/// sent); device errors on a path are returned per path in the second element.
+/// One LUN's part of a guarded registration: the outcome and the paths that failed.
+pub type Guarded = (GuardedOutcome, Vec<(PathBuf, sg_pr::Error)>);
+
+/// Registers `reg` on the given paths of several LUNs at once (one batch, every REGISTER in
+/// flight together) under the guard described in the module docs: one fresh authority read,
+/// and the whole batch judged against B from that round's start. Per LUN, in order: the
+/// outcome and the paths that failed. `Err(Refused)` when the fresh read has no majority or
+/// marks this node dead (nothing was sent).
 pub fn register_guarded(
-    lun: &str,
-    paths: &[&dyn PathIo],
+    storage: &dyn Storage,
+    runner: &mut dyn Runner,
+    luns: &[(String, Vec<PathBuf>)],
     reg: Registration,
     authority: &mut dyn AuthoritySource,
     bound: Duration,
-) -> Result<(GuardedOutcome, Vec<(String, sg_pr::Error)>), LunError> {
+    timeout: Duration,
+) -> Result<Vec<Guarded>, LunError> {
+    let names: Vec<&str> = luns.iter().map(|(id, _)| id.as_str()).collect();
     let refused = |why: String| LunError::Refused {
-        lun: lun.to_string(),
+        lun: names.join(", "),
         why,
     };
     let fresh = authority
@@ -397,25 +605,50 @@ pub fn register_guarded(
             "the voting-disk authority marks this node dead".into(),
         ));
     }
-    let mut failed = Vec::new();
-    let mut done = 0usize;
-    for dev in paths {
-        match reg.register_on(*dev) {
-            Ok(_) => done += 1,
-            Err(e) => failed.push((dev.name().to_string(), e)),
+    let paths: Vec<PathBuf> = luns.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+    let mut jobs: Vec<RegisterPath> = (0..paths.len())
+        .map(|i| RegisterPath::new(i, reg, false))
+        .collect();
+    run_jobs(runner, &paths, &mut jobs, timeout, Instant::now() + timeout);
+    let late = fresh.round_started.elapsed() >= bound;
+    let mut jobs = jobs.into_iter();
+    let mut out = Vec::with_capacity(luns.len());
+    for (_, lun_paths) in luns {
+        let mut failed = Vec::new();
+        let mut done = 0usize;
+        for (path, job) in lun_paths.iter().zip(jobs.by_ref()) {
+            match job.result {
+                Some(Ok(())) => done += 1,
+                Some(Err(e)) => failed.push((path.clone(), e)),
+                None => failed.push((
+                    path.clone(),
+                    sg_pr::Error::DeadlineExceeded {
+                        device: path.display().to_string(),
+                        started: false,
+                    },
+                )),
+            }
         }
+        if !late || done == 0 {
+            out.push((GuardedOutcome::Registered, failed));
+            continue;
+        }
+        // Late. A key held on more nexuses than we just registered proves no preemption between.
+        let held = lun_paths.iter().find_map(|p| {
+            storage
+                .open(p, timeout)
+                .ok()?
+                .registrations_of(reg.key)
+                .ok()
+                .flatten()
+        });
+        let outcome = match held {
+            Some(n) if n > done => GuardedOutcome::RegisteredKeyHeldElsewhere,
+            _ => GuardedOutcome::Late,
+        };
+        out.push((outcome, failed));
     }
-    if fresh.round_started.elapsed() < bound || done == 0 {
-        return Ok((GuardedOutcome::Registered, failed));
-    }
-    // Late. A key held on more nexuses than we just registered proves no preemption between.
-    let held = paths
-        .iter()
-        .find_map(|d| d.registrations_of(reg.key).ok().flatten());
-    match held {
-        Some(n) if n > done => Ok((GuardedOutcome::RegisteredKeyHeldElsewhere, failed)),
-        _ => Ok((GuardedOutcome::Late, failed)),
-    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -548,16 +781,36 @@ mod tests {
             .unwrap()
     }
 
+    fn guarded(
+        san: &San,
+        luns: &[(&str, &[&str])],
+        a: &mut dyn AuthoritySource,
+    ) -> Result<Vec<Guarded>, LunError> {
+        let luns: Vec<(String, Vec<PathBuf>)> = luns
+            .iter()
+            .map(|(id, p)| (id.to_string(), paths(p)))
+            .collect();
+        let mut runner = san.runner();
+        register_guarded(
+            san,
+            &mut *runner,
+            &luns,
+            REG,
+            a,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+    }
+
     #[test]
     fn a_guarded_registration_is_refused_without_majority_or_when_marked_dead() {
         let san = two_luns();
-        let dev = open(&san, "/dev/sdb");
         for mut a in [
             fresh(Duration::ZERO, false, false),
             fresh(Duration::ZERO, true, true),
         ] {
             let before = san.commands();
-            let r = register_guarded("a", &[&*dev], REG, &mut a, Duration::from_secs(1));
+            let r = guarded(&san, &[("a", &["/dev/sdb"])], &mut a);
             assert!(matches!(r, Err(LunError::Refused { .. })), "{r:?}");
             assert_eq!(san.commands(), before, "nothing sent");
             assert_eq!(a.1, 1, "the authority was read");
@@ -565,34 +818,37 @@ mod tests {
     }
 
     #[test]
-    fn a_guarded_registration_within_the_bound_registers() {
+    fn a_guarded_registration_of_several_luns_within_the_bound_registers_on_one_read() {
         let san = two_luns();
-        let (b, d) = (open(&san, "/dev/sdb"), open(&san, "/dev/sdd"));
         let mut a = fresh(Duration::ZERO, true, false);
-        let (outcome, failed) =
-            register_guarded("a", &[&*b, &*d], REG, &mut a, Duration::from_secs(1)).unwrap();
-        assert_eq!(outcome, GuardedOutcome::Registered);
-        assert!(failed.is_empty());
-        assert!(san.registered("/dev/sdb", ME.0) && san.registered("/dev/sdd", ME.0));
+        let r = guarded(
+            &san,
+            &[("a", &["/dev/sdb", "/dev/sdd"]), ("b", &["/dev/sda"])],
+            &mut a,
+        )
+        .unwrap();
+        assert_eq!(a.1, 1, "one authority read for every LUN");
+        assert!(r
+            .iter()
+            .all(|(o, failed)| *o == GuardedOutcome::Registered && failed.is_empty()));
+        assert!(["/dev/sdb", "/dev/sdd", "/dev/sda"]
+            .iter()
+            .all(|p| san.registered(p, ME.0)));
     }
 
     #[test]
     fn a_late_registration_is_kept_only_when_the_key_never_left_another_nexus() {
         let san = two_luns();
-        let (b, d) = (open(&san, "/dev/sdb"), open(&san, "/dev/sdd"));
         // sdb already holds our key: registering sdd late is provably safe.
-        REG.register_on(&*b).unwrap();
+        REG.register_on(&*open(&san, "/dev/sdb")).unwrap();
         let mut a = fresh(Duration::from_secs(5), true, false);
-        let (outcome, _) =
-            register_guarded("a", &[&*d], REG, &mut a, Duration::from_secs(1)).unwrap();
-        assert_eq!(outcome, GuardedOutcome::RegisteredKeyHeldElsewhere);
+        let r = guarded(&san, &[("a", &["/dev/sdd"])], &mut a).unwrap();
+        assert_eq!(r[0].0, GuardedOutcome::RegisteredKeyHeldElsewhere);
         // Our key was preempted meanwhile (nothing holds it): a late registration of sdd
         // proves nothing, the node must fence itself.
         let san2 = two_luns();
-        let d2 = open(&san2, "/dev/sdd");
         let mut a = fresh(Duration::from_secs(5), true, false);
-        let (outcome, _) =
-            register_guarded("a", &[&*d2], REG, &mut a, Duration::from_secs(1)).unwrap();
-        assert_eq!(outcome, GuardedOutcome::Late);
+        let r = guarded(&san2, &[("a", &["/dev/sdd"])], &mut a).unwrap();
+        assert_eq!(r[0].0, GuardedOutcome::Late);
     }
 }

@@ -1,0 +1,98 @@
+//! The floor of a fence, for the benchmarks (issue 14): on every given LUN at once (one sg-pr
+//! batch, one thread), the verified chain a fence needs per LUN and nothing else: PREEMPT AND
+//! ABORT of the victim's key, READ KEYS, READ RESERVATION. Prints one JSON line with the time
+//! from the first command to the last completion. Not shipped: it preempts without any of the
+//! fence's checks.
+//!
+//! ```text
+//! pr-floor OWN_KEY VICTIM_KEY DEVICE...
+//! ```
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sg_pr::batch::{run, Answer, Job, Reply, Request, SgQueue, Step};
+use sg_pr::{PrOperation, PrType, ReservationKey, RetryPolicy};
+
+/// PREEMPT AND ABORT, READ KEYS, READ RESERVATION on one device.
+struct Chain {
+    device: usize,
+    own: ReservationKey,
+    victim: ReservationKey,
+    sent: usize,
+    error: Option<String>,
+    victim_gone: bool,
+}
+
+impl Job for Chain {
+    fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+        match last {
+            Some(Err(f)) => {
+                self.error = Some(f.error.to_string());
+                return None;
+            }
+            Some(Ok(Reply::Keys(k))) => self.victim_gone = !k.value.contains(self.victim),
+            _ => {}
+        }
+        let request = match self.sent {
+            0 => Request::Out(PrOperation::Preempt {
+                own: self.own,
+                victim: self.victim,
+                pr_type: PrType::WriteExclusiveRegistrantsOnly,
+                abort: true,
+            }),
+            1 => Request::ReadKeys,
+            2 => Request::ReadReservation,
+            _ => return None,
+        };
+        self.sent += 1;
+        Some(Step {
+            device: self.device,
+            request,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let key = |s: Option<&String>| s.and_then(|s| ReservationKey::parse_nonzero(s).ok());
+    let (Some(own), Some(victim)) = (key(args.first()), key(args.get(1))) else {
+        println!("{}", json!({ "error": "usage: pr-floor OWN_KEY VICTIM_KEY DEVICE..." }));
+        return ExitCode::FAILURE;
+    };
+    let mut queue = SgQueue::new();
+    let mut chains: Vec<Chain> = args[2..]
+        .iter()
+        .map(|d| Chain {
+            device: queue.add(Path::new(d)),
+            own,
+            victim,
+            sent: 0,
+            error: None,
+            victim_gone: false,
+        })
+        .collect();
+    let mut jobs: Vec<&mut dyn Job> = chains.iter_mut().map(|c| c as &mut dyn Job).collect();
+    let start = Instant::now();
+    run(
+        &mut queue,
+        &mut jobs,
+        &RetryPolicy::default(),
+        Duration::from_secs(10),
+        start + Duration::from_secs(60),
+    );
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let errors: Vec<&String> = chains.iter().filter_map(|c| c.error.as_ref()).collect();
+    let gone = chains.iter().filter(|c| c.victim_gone).count();
+    println!(
+        "{}",
+        json!({ "luns": chains.len(), "ms": ms, "victim_gone": gone, "errors": errors })
+    );
+    if errors.is_empty() && gone == chains.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

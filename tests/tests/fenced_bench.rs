@@ -358,6 +358,35 @@ fn fenced_runs(c: &Cluster, runs: usize) -> (Vec<f64>, Vec<f64>) {
     (wall, confirmed)
 }
 
+/// The floor (issue 14): `runs` x `pr-floor` on node1, the bare batch of the chain a fence
+/// verifies per LUN (PREEMPT AND ABORT of node2's key, READ KEYS, READ RESERVATION) on every
+/// LUN at once, timed inside the process as `pr_confirmed_ms` is; node2 registers again
+/// (`fenced unfence`) between runs. Returns the ms per run.
+fn pr_floor_runs(c: &Cluster, runs: usize) -> Vec<f64> {
+    let floor = project_binary("pr-floor");
+    let fenced = project_binary("fenced");
+    let (own, victim) = (tests::cluster::node_key(0), tests::cluster::node_key(1));
+    let mut out = Vec::new();
+    for r in 0..runs {
+        std::thread::sleep(Duration::from_millis(u64::from(c.timing.poll)));
+        let o = ok(
+            &c.nodes[0],
+            &format!(
+                "{} 0x{own:x} 0x{victim:x} {}",
+                floor.display(),
+                c.lun_devices[0].join(" ")
+            ),
+            LONG,
+        );
+        let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("pr-floor JSON");
+        let ms = v["ms"].as_f64().expect("ms");
+        println!("BENCH pr-floor run {r}: {ms:.1} ms on {} LUNs", v["luns"]);
+        out.push(ms);
+        ok(&c.nodes[1], &format!("{} unfence", fenced.display()), LONG);
+    }
+    out
+}
+
 /// `fenced clear node2` on node1 until it really clears. Through a running daemon, a clear
 /// issued right after a fence reads the authority the daemon's loop computed *before* the fence's
 /// marker (channel.rs, `DaemonChannel::authority`), finds node2 not dead, and answers "node2 may
@@ -686,6 +715,16 @@ fn fence_latency(name: &str, luns: usize, scsi_runs: usize, floor_and_idle: bool
     let (wall, pr) = fenced_runs(&c, runs);
     table.push(row("fenced fence node2, in-guest wall", &wall, "ms"));
     table.push(row("fenced fence node2, report pr_confirmed_ms", &pr, "ms"));
+    let floor = pr_floor_runs(&c, runs);
+    table.push(row(
+        "floor: pr-floor (PREEMPT AND ABORT, READ KEYS, READ RESERVATION per LUN, all at once)",
+        &floor,
+        "ms",
+    ));
+    println!(
+        "BENCH ratio fenced pr_confirmed_ms / floor (medians): {:.2}x",
+        median(&pr) / median(&floor)
+    );
     println!(
         "BENCH ratio fence_scsi off / fenced fence (medians): {:.1}x",
         median(&off) / median(&wall)
@@ -735,6 +774,14 @@ fn fence_latency_1_lun_floor_and_idle() {
 fn fence_latency_64_luns() {
     let scsi_runs = env_usize("FENCED_BENCH_SCSI_RUNS_64", 3);
     fence_latency("bench-64lun", 64, scsi_runs, false);
+}
+
+/// The same fences and floor on 256 LUNs (no fence_scsi: minutes per run under TCG), and
+/// fenced's footprint with 256 LUNs over 60 s.
+#[test]
+#[ignore = "benchmark: minutes of VM time; run by tests/bench/fenced.sh"]
+fn fence_latency_256_luns() {
+    fence_latency("bench-256lun", 256, 0, false);
 }
 
 /// sbd 1.5.2 watching one shared disk with the i6300esb: the same RSS and idle-CPU readings.

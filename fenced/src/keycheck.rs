@@ -903,6 +903,8 @@ mod tests {
         round_age: Arc<Mutex<Duration>>,
         /// What the loop last read, when it lags behind the disks.
         stale: Arc<Mutex<Option<Marker>>>,
+        /// Fresh reads asked for, by every node.
+        fresh_reads: Arc<Mutex<usize>>,
     }
 
     impl Votes {
@@ -926,6 +928,7 @@ mod tests {
 
     impl AuthoritySource for NodeView {
         fn fresh(&mut self) -> Result<FreshAuthority, String> {
+            *self.votes.fresh_reads.lock().unwrap() += 1;
             let m = *self.votes.marker.lock().unwrap();
             Ok(FreshAuthority {
                 round_started: Instant::now() - *self.votes.round_age.lock().unwrap(),
@@ -1112,6 +1115,36 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(keys, vec![0xa1, 0xa1, 0xa2, 0xa2, 0xa3, 0xa3]);
         assert!(san.holder(lun).is_some(), "a reservation is held again");
+    }
+
+    #[test]
+    fn a_pr_state_loss_on_many_luns_is_recovered_in_one_period_on_one_fresh_read() {
+        let san = San::new();
+        let luns: Vec<usize> = (0..16)
+            .map(|i| {
+                let lun = san.add_lun(&format!("naa.{i:02}"));
+                san.add_path(lun, &format!("/dev/n0-{i:02}a"));
+                san.add_path(lun, &format!("/dev/n0-{i:02}b"));
+                lun
+            })
+            .collect();
+        let votes = Votes::default();
+        let mut nodes = started_nodes(&san, &votes, 1);
+        for &lun in &luns {
+            san.lose_pr_state(lun);
+        }
+        let before = *votes.fresh_reads.lock().unwrap();
+        nodes[0].checker.step();
+        assert_eq!(
+            *votes.fresh_reads.lock().unwrap() - before,
+            1,
+            "every LUN registered under one fresh authority read"
+        );
+        assert_eq!(nodes[0].watch.lost(), None);
+        for &lun in &luns {
+            assert_eq!(san.keys(lun), vec![0xa1, 0xa1], "both paths registered again");
+            assert_eq!(san.holder(lun), Some(0xa1), "the reservation taken again");
+        }
     }
 
     #[test]

@@ -1142,7 +1142,11 @@ mod tests {
         );
         assert_eq!(nodes[0].watch.lost(), None);
         for &lun in &luns {
-            assert_eq!(san.keys(lun), vec![0xa1, 0xa1], "both paths registered again");
+            assert_eq!(
+                san.keys(lun),
+                vec![0xa1, 0xa1],
+                "both paths registered again"
+            );
             assert_eq!(san.holder(lun), Some(0xa1), "the reservation taken again");
         }
     }

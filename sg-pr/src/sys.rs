@@ -45,6 +45,36 @@ pub(crate) struct SgIoHdr {
     pub info: u32,
 }
 
+impl SgIoHdr {
+    /// A version-3 header with no command, no data and every reply field zero.
+    fn empty() -> SgIoHdr {
+        SgIoHdr {
+            interface_id: i32::from(b'S'),
+            dxfer_direction: SG_DXFER_NONE,
+            cmd_len: 0,
+            mx_sb_len: 0,
+            iovec_count: 0,
+            dxfer_len: 0,
+            dxferp: std::ptr::null_mut(),
+            cmdp: std::ptr::null(),
+            sbp: std::ptr::null_mut(),
+            timeout: 0,
+            flags: 0,
+            pack_id: 0,
+            usr_ptr: std::ptr::null_mut(),
+            status: 0,
+            masked_status: 0,
+            msg_status: 0,
+            sb_len_wr: 0,
+            host_status: 0,
+            driver_status: 0,
+            resid: 0,
+            duration: 0,
+            info: 0,
+        }
+    }
+}
+
 /// Linux `_IOC` encoding (asm-generic/ioctl.h; x86, arm, riscv share it).
 pub(crate) const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
     // The size field is 14 bits; every struct used here is under 64 bytes.
@@ -190,28 +220,15 @@ pub(crate) fn sg_io(
         .clamp(1, u32::MAX - 1);
     let mut sense = [0u8; SENSE_BUFFER_LEN];
     let mut hdr = SgIoHdr {
-        interface_id: i32::from(b'S'),
         dxfer_direction: direction,
         cmd_len,
         mx_sb_len: u8::try_from(SENSE_BUFFER_LEN).unwrap_or(u8::MAX),
-        iovec_count: 0,
         dxfer_len,
         dxferp: ptr,
         cmdp: cdb.as_ptr(),
         sbp: sense.as_mut_ptr(),
         timeout: timeout_ms,
-        flags: 0,
-        pack_id: 0,
-        usr_ptr: std::ptr::null_mut(),
-        status: 0,
-        masked_status: 0,
-        msg_status: 0,
-        sb_len_wr: 0,
-        host_status: 0,
-        driver_status: 0,
-        resid: 0,
-        duration: 0,
-        info: 0,
+        ..SgIoHdr::empty()
     };
     // SAFETY: `hdr` is a correctly laid out sg_io_hdr (layout pinned by tests). Every pointer
     // in it (cdb, data buffer, sense buffer) points to memory that outlives this synchronous
@@ -287,29 +304,17 @@ unsafe fn sg_submit(fd: BorrowedFd<'_>, cmd: &SgSubmit<'_>) -> io::Result<()> {
         .unwrap_or(u32::MAX - 1)
         .clamp(1, u32::MAX - 1);
     let hdr = SgIoHdr {
-        interface_id: i32::from(b'S'),
         dxfer_direction: cmd.direction,
         cmd_len,
         mx_sb_len: u8::try_from(SENSE_BUFFER_LEN).unwrap_or(u8::MAX),
-        iovec_count: 0,
         dxfer_len,
         dxferp: cmd.data.cast::<libc::c_void>(),
         cmdp: cmd.cdb.as_ptr(),
         sbp: cmd.sense,
         timeout: timeout_ms,
-        flags: 0,
-        pack_id: 0,
         // An id, not a pointer: the kernel hands it back untouched.
         usr_ptr: cmd.id as *mut libc::c_void,
-        status: 0,
-        masked_status: 0,
-        msg_status: 0,
-        sb_len_wr: 0,
-        host_status: 0,
-        driver_status: 0,
-        resid: 0,
-        duration: 0,
-        info: 0,
+        ..SgIoHdr::empty()
     };
     let size = std::mem::size_of::<SgIoHdr>();
     // SAFETY: `hdr` is a correctly laid out sg_io_hdr (layout pinned by tests) and `size` is its
@@ -333,28 +338,8 @@ unsafe fn sg_submit(fd: BorrowedFd<'_>, cmd: &SgSubmit<'_>) -> io::Result<()> {
 /// ready.
 pub(crate) fn sg_receive(fd: BorrowedFd<'_>) -> io::Result<Option<SgCompletion>> {
     let mut hdr = SgIoHdr {
-        interface_id: i32::from(b'S'),
-        dxfer_direction: SG_DXFER_NONE,
-        cmd_len: 0,
-        mx_sb_len: 0,
-        iovec_count: 0,
-        dxfer_len: 0,
-        dxferp: std::ptr::null_mut(),
-        cmdp: std::ptr::null(),
-        sbp: std::ptr::null_mut(),
-        timeout: 0,
-        flags: 0,
         pack_id: -1,
-        usr_ptr: std::ptr::null_mut(),
-        status: 0,
-        masked_status: 0,
-        msg_status: 0,
-        sb_len_wr: 0,
-        host_status: 0,
-        driver_status: 0,
-        resid: 0,
-        duration: 0,
-        info: 0,
+        ..SgIoHdr::empty()
     };
     let size = std::mem::size_of::<SgIoHdr>();
     // SAFETY: `hdr` is a live, correctly laid out sg_io_hdr of `size` bytes; read(2) writes at

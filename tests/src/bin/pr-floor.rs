@@ -59,7 +59,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let key = |s: Option<&String>| s.and_then(|s| ReservationKey::parse_nonzero(s).ok());
     let (Some(own), Some(victim)) = (key(args.first()), key(args.get(1))) else {
-        println!("{}", json!({ "error": "usage: pr-floor OWN_KEY VICTIM_KEY DEVICE..." }));
+        println!(
+            "{}",
+            json!({ "error": "usage: pr-floor OWN_KEY VICTIM_KEY DEVICE..." })
+        );
         return ExitCode::FAILURE;
     };
     let mut queue = SgQueue::new();

@@ -21,8 +21,10 @@ pub struct GuestSpec {
     pub(crate) cpus: u32,
     pub(crate) i6300esb: bool,
     pub(crate) initiator: Option<String>,
-    /// Per LUN, the URL of each of its paths.
-    pub(crate) iscsi_luns: Vec<Vec<String>>,
+    /// Per LUN, its controller group and the URL of each of its paths.
+    pub(crate) iscsi_luns: Vec<(usize, Vec<String>)>,
+    /// The controller group of the LUNs added next ([`GuestSpec::separate_scsi_controller`]).
+    pub(crate) scsi_group: usize,
     pub(crate) shared_disks: Vec<(PathBuf, String)>,
     pub(crate) forwards: Vec<(u16, u16)>,
     pub(crate) boot_timeout: Duration,
@@ -43,6 +45,7 @@ impl GuestSpec {
             i6300esb: true,
             initiator: None,
             iscsi_luns: Vec::new(),
+            scsi_group: 0,
             shared_disks: Vec::new(),
             forwards: Vec::new(),
             boot_timeout: Duration::from_secs(boot_secs),
@@ -72,7 +75,8 @@ impl GuestSpec {
     /// (scsi-block): SCSI commands, PR included, reach the target unchanged. LUNs appear in the
     /// guest in the order given (see [`Guest::scsi_disks`]).
     pub fn iscsi_lun(mut self, url: &str) -> Self {
-        self.iscsi_luns.push(vec![url.to_string()]);
+        self.iscsi_luns
+            .push((self.scsi_group, vec![url.to_string()]));
         self
     }
 
@@ -82,7 +86,20 @@ impl GuestSpec {
     /// counting [`GuestSpec::iscsi_lun`] ones, and of `urls`) is QEMU device `lun<i>-p<j>`
     /// ([`Guest::scsi_paths`], [`Guest::lun_paths`], [`Guest::detach_path`]).
     pub fn iscsi_lun_paths(mut self, urls: &[String]) -> Self {
-        self.iscsi_luns.push(urls.to_vec());
+        self.iscsi_luns.push((self.scsi_group, urls.to_vec()));
+        self
+    }
+
+    /// The iSCSI LUNs added after this call go on virtio-scsi controllers of their own: a SCSI
+    /// host in the guest that no earlier LUN shares. The guest kernel's SCSI error handling
+    /// (after a command times out: abort, then device, target, bus and host reset) blocks every
+    /// device of its host until it ends, so LUNs that a test hangs (a paused target) must not
+    /// share a controller with the LUNs that must keep answering. Without this call LUNs still
+    /// spread over several controllers, [`PATHS_PER_CONTROLLER`] paths each.
+    pub fn separate_scsi_controller(mut self) -> Self {
+        if self.iscsi_luns.iter().any(|(g, _)| *g == self.scsi_group) {
+            self.scsi_group += 1;
+        }
         self
     }
 
@@ -112,21 +129,50 @@ impl GuestSpec {
         self
     }
 
-    /// The scsi-block devices of the spec: LUN by LUN, path by path, SCSI target ids 0, 1, ...
-    /// in that order (so ordering the disks by SCSI address groups them by LUN).
+    /// The scsi-block devices of the spec: LUN by LUN, path by path, on controller 0 with SCSI
+    /// target ids 0, 1, ... in that order, the next controller after [`PATHS_PER_CONTROLLER`]
+    /// paths or at a [`GuestSpec::separate_scsi_controller`] (so ordering the disks by SCSI
+    /// address groups them by LUN).
     fn scsi_paths(&self) -> Vec<ScsiPath> {
-        let mut out = Vec::new();
-        for (lun, urls) in self.iscsi_luns.iter().enumerate() {
+        let mut out: Vec<ScsiPath> = Vec::new();
+        let (mut controller, mut on_it, mut group) = (0, 0u32, 0);
+        for (lun, (g, urls)) in self.iscsi_luns.iter().enumerate() {
             for (path, url) in urls.iter().enumerate() {
+                if on_it > 0 && (*g != group || on_it as usize >= PATHS_PER_CONTROLLER) {
+                    controller += 1;
+                    on_it = 0;
+                }
+                group = *g;
                 out.push(ScsiPath {
                     lun,
                     path,
-                    scsi_id: u32::try_from(out.len()).unwrap_or(u32::MAX),
+                    controller,
+                    scsi_id: on_it,
                     url: url.clone(),
                 });
+                on_it += 1;
             }
         }
         out
+    }
+
+    /// How long the guest may take to answer after QEMU starts: [`GuestSpec::new`]'s 120 s
+    /// (`FENCED_BOOT_TIMEOUT`), plus 1 s per iSCSI path. QEMU logs in to every iSCSI drive and
+    /// reads it (a dozen commands) one after another before the guest starts, then the guest
+    /// scans them: with 256 LUNs on a LIO storage guest, 33 s of drive opening and 40 s of boot
+    /// for one node alone, several times that for three nodes at once on 2 cores.
+    pub(crate) fn boot_deadline(&self) -> Duration {
+        let paths: usize = self.iscsi_luns.iter().map(|(_, urls)| urls.len()).sum();
+        self.boot_timeout + Duration::from_secs(u64::try_from(paths).unwrap_or(u64::MAX / 2))
+    }
+
+    /// Number of virtio-scsi controllers the guest gets.
+    fn scsi_controllers(&self) -> usize {
+        self.scsi_paths()
+            .iter()
+            .map(|p| p.controller + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     fn qemu_command(&self, kernel: &Kernel, dir: &Path, initrd: &Path) -> Command {
@@ -188,8 +234,11 @@ impl GuestSpec {
         if let Some(iqn) = &self.initiator {
             c.arg("-iscsi").arg(format!("initiator-name={iqn}"));
         }
-        if !self.iscsi_luns.is_empty() {
-            c.args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        for n in 0..self.scsi_controllers() {
+            c.arg("-device").arg(format!(
+                "virtio-scsi-pci,id=scsi{n},addr=0x{:x}",
+                scsi_controller_slot(n)
+            ));
         }
         for p in self.scsi_paths() {
             c.arg("-drive").arg(format!(
@@ -228,8 +277,26 @@ impl GuestSpec {
     }
 }
 
+/// Most iSCSI paths (SCSI targets) one virtio-scsi controller gets at boot; a guest with more
+/// gets several controllers. QEMU's virtio-scsi takes target ids up to 255, and the guest's SCSI
+/// error handling stops a whole host (controller) while it runs.
+pub const PATHS_PER_CONTROLLER: usize = 64;
+
+/// The PCI slot of virtio-scsi controller `n` (`scsi<n>`): fixed, so that the guest's sysfs path
+/// of a disk (`/sys/bus/pci/devices/0000:00:<slot>.0/virtio*/host*/...`) names its controller.
+/// QEMU places the other devices in the free slots from 2 up.
+fn scsi_controller_slot(n: usize) -> usize {
+    0x10 + n
+}
+
+/// The controller whose PCI slot is `slot`, if it is one.
+fn scsi_controller_of_slot(slot: usize) -> Option<usize> {
+    slot.checked_sub(0x10).filter(|n| *n < 0x10)
+}
+
 /// One path of an iSCSI LUN in a guest: a scsi-block device on its own iSCSI session (its own
-/// I_T nexus), seen in the guest as SCSI address `H:0:<scsi_id>:0` of the virtio-scsi host.
+/// I_T nexus), seen in the guest as SCSI address `H:0:<scsi_id>:0` of the SCSI host of
+/// virtio-scsi controller `controller`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScsiPath {
     /// The LUN's index in the guest (0-based, the order of [`GuestSpec::iscsi_lun`] and
@@ -238,7 +305,10 @@ pub struct ScsiPath {
     /// The path's index within its LUN: 0, 1, ... at boot, then one more for each
     /// [`Guest::attach_path`] (indices of detached paths are not reused).
     pub path: usize,
-    /// The SCSI target id in the guest (unique in the guest, never reused).
+    /// The virtio-scsi controller (QEMU device `scsi<controller>`, 0-based; one SCSI host in the
+    /// guest each, in this order).
+    pub controller: usize,
+    /// The SCSI target id on its controller (unique there, never reused).
     pub scsi_id: u32,
     /// The `iscsi://` URL QEMU logged in to.
     pub url: String,
@@ -257,10 +327,19 @@ impl ScsiPath {
 
     fn device_arg(&self) -> String {
         format!(
-            "scsi-block,id={},drive={},bus=scsi0.0,channel=0,scsi-id={},lun=0",
+            "scsi-block,id={},drive={},bus=scsi{}.0,channel=0,scsi-id={},lun=0",
             self.device_id(),
             self.drive_id(),
+            self.controller,
             self.scsi_id
+        )
+    }
+
+    /// The guest's sysfs directory of the path's controller (a PCI device).
+    fn controller_sysfs(&self) -> String {
+        format!(
+            "/sys/bus/pci/devices/0000:00:{:02x}.0",
+            scsi_controller_slot(self.controller)
         )
     }
 }
@@ -269,7 +348,8 @@ impl ScsiPath {
 #[derive(Debug, Default)]
 struct PathBook {
     attached: Vec<ScsiPath>,
-    next_scsi_id: u32,
+    /// Per controller, the next SCSI target id.
+    next_scsi_id: Vec<u32>,
     /// Per LUN, the next path index.
     next_path: Vec<usize>,
 }
@@ -278,7 +358,10 @@ impl PathBook {
     fn new(paths: Vec<ScsiPath>) -> PathBook {
         let mut book = PathBook::default();
         for p in &paths {
-            book.next_scsi_id = book.next_scsi_id.max(p.scsi_id + 1);
+            if book.next_scsi_id.len() <= p.controller {
+                book.next_scsi_id.resize(p.controller + 1, 0);
+            }
+            book.next_scsi_id[p.controller] = book.next_scsi_id[p.controller].max(p.scsi_id + 1);
             if book.next_path.len() <= p.lun {
                 book.next_path.resize(p.lun + 1, 0);
             }
@@ -378,6 +461,13 @@ pub struct Guest {
     qmp_lock: Mutex<()>,
     paths: Mutex<PathBook>,
 }
+
+/// A first line for a guest script that runs many small commands: it runs again under busybox's
+/// sh, whose `mkdir`, `ln`, `rm`, `grep`, `seq`, ... are applets run without an `exec` of the
+/// host's binary (each of those, dynamically linked and read over 9p, costs ~250 ms under TCG:
+/// 50 `mkdir` took 12 s under the host's dash, 50 `mkdir` + `ln` + `echo` 1.7 s under busybox).
+pub(crate) const BUSYBOX_SH: &str =
+    "[ -n \"$KMOD_TESTING_BUSYBOX\" ] || KMOD_TESTING_BUSYBOX=1 exec busybox sh \"$0\"\n";
 
 /// Default deadline of [`Guest::run`].
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -607,19 +697,21 @@ impl Guest {
     }
 
     /// The SCSI disks of the guest, ordered by SCSI address (for iSCSI LUNs: the order of
-    /// [`GuestSpec::iscsi_lun`]), after waiting for `expected` of them to appear: up to 30 s,
+    /// [`GuestSpec::iscsi_lun`], controller by controller: the guest numbers its SCSI hosts in
+    /// the order of their PCI slots), after waiting for `expected` of them to appear: up to 30 s,
     /// plus 2 s per disk (dozens of LUNs take minutes to scan under TCG).
     pub fn scsi_disks(&self, expected: usize) -> Result<Vec<String>> {
         let polls = 300 + 20 * expected;
-        // Two processes per poll, whatever the number of disks (a fork per disk takes long
-        // under TCG with dozens of LUNs); the listing is parsed and ordered here.
+        // Shell builtins only (a process started under TCG over 9p costs ~250 ms): the glob
+        // lists the disks, `$#` counts them; the listing is parsed and ordered here.
         let script = format!(
-            r#"list() {{ ls -d /sys/class/scsi_disk/*/device/block/* 2>/dev/null; }}
+            r#"list() {{ set -- /sys/class/scsi_disk/*/device/block/*; [ -e "$1" ] && printf '%s\n' "$@"; }}
+n() {{ set -- /sys/class/scsi_disk/*/device/block/*; [ -e "$1" ] && echo $# || echo 0; }}
 i=0
-while [ "$(list | wc -l)" -lt {expected} ] && [ $i -lt {polls} ]; do sleep 0.1; i=$((i+1)); done
+while [ "$(n)" -lt {expected} ] && [ $i -lt {polls} ]; do sleep 0.1; i=$((i+1)); done
 list"#
         );
-        let out = self.run_ok(&script)?;
+        let out = self.run_ok_within(&script, poll_budget(polls))?;
         let disks = order_scsi_disks(&out);
         if disks.len() != expected {
             return Err(Error::Setup(format!(
@@ -629,6 +721,22 @@ list"#
             )));
         }
         Ok(disks)
+    }
+
+    /// [`Guest::run_ok`] with a deadline of its own.
+    fn run_ok_within(&self, script: &str, timeout: Duration) -> Result<String> {
+        let out = self.run_with_timeout(script, timeout)?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(Error::CommandFailed {
+                guest: self.name.clone(),
+                command: script.to_string(),
+                code: out.code,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        }
     }
 
     /// Runs a QMP command (`{"execute": ..., "arguments": {...}}`) on the guest's QEMU monitor and
@@ -659,35 +767,61 @@ list"#
         self.paths.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until the guest has a disk for each of `targets` (SCSI target ids on the
-    /// virtio-scsi host, up to 30 s plus 2 s per disk) and returns target id -> `/dev/sdX`.
-    fn wait_virtio_scsi_disks(&self, targets: &[u32]) -> Result<HashMap<u32, String>> {
-        let polls = 300 + 20 * targets.len();
-        let want: Vec<String> = targets.iter().map(|t| format!(":0:{t}:0/")).collect();
-        // One process per poll: the listing is matched here, not in the guest.
+    /// Waits until the guest has a disk for each of `paths` (by controller and SCSI target id,
+    /// up to 30 s plus 2 s per disk) and returns (controller, target id) -> `/dev/sdX`.
+    fn wait_virtio_scsi_disks(&self, paths: &[&ScsiPath]) -> Result<HashMap<(usize, u32), String>> {
+        let polls = 300 + 20 * paths.len();
+        // Per line (one disk), a pattern naming its controller's PCI address and its target:
+        // the disks are there when as many lines match as paths are awaited. Builtins and one
+        // busybox grep per poll (a process started under TCG over 9p costs ~250 ms).
+        let mut by_controller: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+        for p in paths {
+            by_controller
+                .entry(p.controller)
+                .or_default()
+                .push(p.scsi_id);
+        }
+        let pattern: Vec<String> = by_controller
+            .iter()
+            .map(|(c, ts)| {
+                let ts: Vec<String> = ts.iter().map(u32::to_string).collect();
+                format!(
+                    "0000:00:{:02x}\\.0/virtio[0-9]+/host[0-9]+/target[0-9:]+/[0-9]+:0:({}):0/block/",
+                    scsi_controller_slot(*c),
+                    ts.join("|")
+                )
+            })
+            .collect();
         let script = format!(
-            r#"list() {{ ls -d /sys/bus/virtio/drivers/virtio_scsi/virtio*/host*/target*/*/block/* 2>/dev/null; }}
+            r#"{BUSYBOX_SH}list() {{ set -- /sys/bus/pci/devices/*/virtio*/host*/target*/*/block/*; [ -e "$1" ] && printf '%s\n' "$@"; }}
 i=0
 while [ $i -lt {polls} ]; do
-    l=$(list); ok=1
-    for w in {want}; do case "$l" in *"$w"*) ;; *) ok=0 ;; esac; done
-    [ $ok = 1 ] && break
+    [ "$(list | grep -cE '{pattern}')" -ge {want} ] && break
     sleep 0.1; i=$((i+1))
 done
 list"#,
-            want = want.join(" ")
+            pattern = pattern.join("|"),
+            want = paths.len(),
         );
-        let out = self.run_ok(&script)?;
+        let out = self.run_ok_within(&script, poll_budget(polls))?;
         let found = virtio_scsi_disks(&out);
-        let missing: Vec<u32> = targets
+        let missing: Vec<String> = paths
             .iter()
-            .copied()
-            .filter(|t| !found.contains_key(t))
+            .filter(|p| !found.contains_key(&(p.controller, p.scsi_id)))
+            .map(|p| {
+                format!(
+                    "{} (controller {}, target {})",
+                    p.device_id(),
+                    p.controller,
+                    p.scsi_id
+                )
+            })
             .collect();
         if !missing.is_empty() {
             return Err(Error::Setup(format!(
-                "guest {}: no disk for SCSI target(s) {missing:?} on the virtio-scsi host: {out}",
-                self.name
+                "guest {}: no disk for {} on the virtio-scsi controllers: {out}",
+                self.name,
+                missing.join(", ")
             )));
         }
         Ok(found)
@@ -696,15 +830,15 @@ list"#,
     /// The disks of every attached iSCSI path, grouped by LUN: `[lun][k]` is the `/dev/sdX` of
     /// that LUN's k-th attached path in path order ([`Guest::scsi_paths`]; after a detach the
     /// indices shift). Waits for every one to appear. Found by SCSI address, not by order of
-    /// discovery: path `(lun, path)` is SCSI target [`ScsiPath::scsi_id`] of the virtio-scsi host.
+    /// discovery: path `(lun, path)` is SCSI target [`ScsiPath::scsi_id`] of the SCSI host of
+    /// virtio-scsi controller [`ScsiPath::controller`].
     pub fn lun_paths(&self) -> Result<Vec<Vec<String>>> {
         let paths = self.scsi_paths();
-        let targets: Vec<u32> = paths.iter().map(|p| p.scsi_id).collect();
-        let disks = self.wait_virtio_scsi_disks(&targets)?;
+        let disks = self.wait_virtio_scsi_disks(&paths.iter().collect::<Vec<_>>())?;
         let luns = paths.iter().map(|p| p.lun + 1).max().unwrap_or(0);
         let mut out = vec![Vec::new(); luns];
         for p in &paths {
-            out[p.lun].push(disks[&p.scsi_id].clone());
+            out[p.lun].push(disks[&(p.controller, p.scsi_id)].clone());
         }
         Ok(out)
     }
@@ -712,8 +846,8 @@ list"#,
     /// The `/dev/sdX` of LUN `lun` through path `path`, waiting for it to appear.
     pub fn path_device(&self, lun: usize, path: usize) -> Result<String> {
         let p = self.attached_path(lun, path)?;
-        let mut disks = self.wait_virtio_scsi_disks(&[p.scsi_id])?;
-        Ok(disks.remove(&p.scsi_id).unwrap_or_default())
+        let mut disks = self.wait_virtio_scsi_disks(&[&p])?;
+        Ok(disks.remove(&(p.controller, p.scsi_id)).unwrap_or_default())
     }
 
     fn attached_path(&self, lun: usize, path: usize) -> Result<ScsiPath> {
@@ -743,10 +877,11 @@ list"#,
         let gone = self.run_with_timeout(
             &format!(
                 r#"i=0
-while ls -d /sys/bus/virtio/drivers/virtio_scsi/virtio*/host*/target*/*:0:{t}:0 >/dev/null 2>&1; do
+while ls -d {host}/virtio*/host*/target*/*:0:{t}:0 >/dev/null 2>&1; do
     [ $i -lt 300 ] || exit 1
     sleep 0.05; i=$((i+1))
 done"#,
+                host = p.controller_sysfs(),
                 t = p.scsi_id
             ),
             Duration::from_secs(60),
@@ -754,9 +889,10 @@ done"#,
         let took = t.elapsed();
         if !gone.success() {
             return Err(Error::Setup(format!(
-                "guest {}: SCSI target {} ({}) still present 15 s after device_del",
+                "guest {}: SCSI target {} of controller {} ({}) still present 15 s after device_del",
                 self.name,
                 p.scsi_id,
+                p.controller,
                 p.device_id()
             )));
         }
@@ -768,24 +904,34 @@ done"#,
 
     /// Adds a new path to LUN `lun` at runtime: an iSCSI drive for `url` (HMP `drive_add`; QEMU
     /// logs in a new session with a fresh ISID, so a new I_T nexus with no registration) and a
-    /// scsi-block device on it (`device_add`); the guest kernel scans the new SCSI target and
-    /// devtmpfs creates its `/dev/sdY` (about 1.5 s under TCG). The guest needs a virtio-scsi controller (at least one
-    /// iSCSI LUN at boot). Returns the new path (its index, [`ScsiPath::path`], names it for
-    /// [`Guest::detach_path`]) and its disk, once the disk is there.
+    /// scsi-block device on it (`device_add`), on the controller of the LUN's other paths
+    /// (controller 0 if it has none); the guest kernel scans the new SCSI target and devtmpfs
+    /// creates its `/dev/sdY` (about 1.5 s under TCG). The guest needs a virtio-scsi controller
+    /// (at least one iSCSI LUN at boot). Returns the new path (its index, [`ScsiPath::path`],
+    /// names it for [`Guest::detach_path`]) and its disk, once the disk is there.
     pub fn attach_path(&self, lun: usize, url: &str) -> Result<(ScsiPath, String)> {
         let p = {
             let mut book = self.path_book();
             if book.next_path.len() <= lun {
                 book.next_path.resize(lun + 1, 0);
             }
+            let controller = book
+                .attached
+                .iter()
+                .find(|a| a.lun == lun)
+                .map_or(0, |a| a.controller);
+            if book.next_scsi_id.len() <= controller {
+                book.next_scsi_id.resize(controller + 1, 0);
+            }
             let p = ScsiPath {
                 lun,
                 path: book.next_path[lun],
-                scsi_id: book.next_scsi_id,
+                controller,
+                scsi_id: book.next_scsi_id[controller],
                 url: url.to_string(),
             };
             book.next_path[lun] += 1;
-            book.next_scsi_id += 1;
+            book.next_scsi_id[controller] += 1;
             p
         };
         let out = self.hmp(&format!(
@@ -805,7 +951,7 @@ done"#,
                 "driver": "scsi-block",
                 "id": p.device_id(),
                 "drive": p.drive_id(),
-                "bus": "scsi0.0",
+                "bus": format!("scsi{}.0", p.controller),
                 "channel": 0,
                 "scsi-id": p.scsi_id,
                 "lun": 0
@@ -823,7 +969,7 @@ done"#,
     /// The /dev path of the virtio disk whose serial is `serial` ([`GuestSpec::shared_disk`]).
     pub fn disk_by_serial(&self, serial: &str) -> Result<String> {
         let out = self.run_ok(&format!(
-            r#"for d in /sys/block/vd*; do if [ "$(cat $d/serial 2>/dev/null)" = "{serial}" ]; then echo /dev/$(basename $d); fi; done"#
+            r#"{BUSYBOX_SH}for d in /sys/block/vd*; do if [ "$(cat $d/serial 2>/dev/null)" = "{serial}" ]; then echo /dev/${{d##*/}}; fi; done"#
         ))?;
         out.lines().next().map(String::from).ok_or_else(|| {
             Error::Setup(format!("guest {}: no disk with serial {serial}", self.name))
@@ -905,8 +1051,10 @@ fn read_control(stream: UnixStream, control: Arc<Control>) {
     control.changed.notify_all();
 }
 
-/// SCSI target id -> `/dev/sdX` for each `.../H:0:T:0/block/sdX` line (LUN 0, channel 0).
-fn virtio_scsi_disks(listing: &str) -> HashMap<u32, String> {
+/// (controller, SCSI target id) -> `/dev/sdX` for each
+/// `/sys/bus/pci/devices/0000:00:<slot>.0/virtioN/hostH/targetH:0:T/H:0:T:0/block/sdX` line (LUN
+/// 0, channel 0) whose PCI slot is a virtio-scsi controller's ([`scsi_controller_slot`]).
+fn virtio_scsi_disks(listing: &str) -> HashMap<(usize, u32), String> {
     listing
         .lines()
         .filter_map(|l| {
@@ -914,13 +1062,29 @@ fn virtio_scsi_disks(listing: &str) -> HashMap<u32, String> {
             let [.., addr, "block", name] = parts.as_slice() else {
                 return None;
             };
+            let pci = parts
+                .windows(2)
+                .find(|w| w[1].starts_with("virtio"))
+                .map(|w| w[0])?;
+            let slot = pci.strip_prefix("0000:00:")?.strip_suffix(".0")?;
+            let controller = scsi_controller_of_slot(usize::from_str_radix(slot, 16).ok()?)?;
             let hctl: Vec<&str> = addr.split(':').collect();
             match hctl.as_slice() {
-                [_, "0", t, "0"] => Some((t.parse().ok()?, format!("/dev/{name}"))),
+                [_, "0", t, "0"] => Some(((controller, t.parse().ok()?), format!("/dev/{name}"))),
                 _ => None,
             }
         })
         .collect()
+}
+
+/// How long a guest script that polls `polls` times, 0.1 s apart, may take: its sleeps, the
+/// commands between them, and a margin.
+fn poll_budget(polls: usize) -> Duration {
+    Duration::from_millis(
+        u64::try_from(polls)
+            .unwrap_or(u64::MAX / 400)
+            .saturating_mul(200),
+    ) + Duration::from_secs(60)
 }
 
 /// `/dev/sdX` for each `/sys/class/scsi_disk/H:C:T:L/device/block/sdX` line, ordered by SCSI
@@ -949,15 +1113,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn virtio_scsi_disks_are_keyed_by_target_id() {
-        let listing = "/sys/bus/virtio/drivers/virtio_scsi/virtio1/host2/target2:0:3/2:0:3:0/block/sdd\n\
-                       /sys/bus/virtio/drivers/virtio_scsi/virtio1/host2/target2:0:10/2:0:10:0/block/sdb\n\
-                       /sys/bus/virtio/drivers/virtio_scsi/virtio1/host2/target2:0:4/2:0:4:1/block/sdq\n\
+    fn virtio_scsi_disks_are_keyed_by_controller_and_target_id() {
+        let listing = "/sys/bus/pci/devices/0000:00:10.0/virtio1/host2/target2:0:3/2:0:3:0/block/sdd\n\
+                       /sys/bus/pci/devices/0000:00:10.0/virtio1/host2/target2:0:10/2:0:10:0/block/sdb\n\
+                       /sys/bus/pci/devices/0000:00:11.0/virtio2/host3/target3:0:3/3:0:3:0/block/sdz\n\
+                       /sys/bus/pci/devices/0000:00:10.0/virtio1/host2/target2:0:4/2:0:4:1/block/sdq\n\
+                       /sys/bus/pci/devices/0000:00:05.0/virtio4/host5/target5:0:0/5:0:0:0/block/sdx\n\
                        garbage\n";
         let d = virtio_scsi_disks(listing);
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[&3], "/dev/sdd");
-        assert_eq!(d[&10], "/dev/sdb");
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[&(0, 3)], "/dev/sdd");
+        assert_eq!(d[&(0, 10)], "/dev/sdb");
+        assert_eq!(d[&(1, 3)], "/dev/sdz");
+    }
+
+    #[test]
+    fn luns_spread_over_controllers_by_count_and_by_group() {
+        let mut s = GuestSpec::new("x");
+        for i in 0..PATHS_PER_CONTROLLER + 2 {
+            s = s.iscsi_lun(&format!("m{i}"));
+        }
+        s = s.separate_scsi_controller().separate_scsi_controller();
+        s = s.iscsi_lun("h0").iscsi_lun("h1");
+        let p = s.scsi_paths();
+        let at = |i: usize| (p[i].controller, p[i].scsi_id);
+        assert_eq!(at(0), (0, 0));
+        assert_eq!(at(PATHS_PER_CONTROLLER - 1), (0, 63));
+        assert_eq!(at(PATHS_PER_CONTROLLER), (1, 0));
+        assert_eq!(at(PATHS_PER_CONTROLLER + 1), (1, 1));
+        assert_eq!(at(PATHS_PER_CONTROLLER + 2), (2, 0), "its own controller");
+        assert_eq!(at(PATHS_PER_CONTROLLER + 3), (2, 1));
+        assert_eq!(s.scsi_controllers(), 3);
+        let book = PathBook::new(p);
+        assert_eq!(book.next_scsi_id, vec![64, 2, 2]);
+        assert_eq!(GuestSpec::new("y").scsi_controllers(), 0);
     }
 
     #[test]
@@ -966,24 +1155,24 @@ mod tests {
             .iscsi_lun("a")
             .iscsi_lun_paths(&["b0".into(), "b1".into()])
             .iscsi_lun("c");
-        let ids: Vec<(String, u32)> = s
+        let ids: Vec<(String, usize, u32)> = s
             .scsi_paths()
             .iter()
-            .map(|p| (p.device_id(), p.scsi_id))
+            .map(|p| (p.device_id(), p.controller, p.scsi_id))
             .collect();
         assert_eq!(
             ids,
             [
-                ("lun0-p0".to_string(), 0),
-                ("lun1-p0".to_string(), 1),
-                ("lun1-p1".to_string(), 2),
-                ("lun2-p0".to_string(), 3)
+                ("lun0-p0".to_string(), 0, 0),
+                ("lun1-p0".to_string(), 0, 1),
+                ("lun1-p1".to_string(), 0, 2),
+                ("lun2-p0".to_string(), 0, 3)
             ]
         );
         let book = PathBook::new(s.scsi_paths());
         assert_eq!(
             (book.next_scsi_id, book.next_path.clone()),
-            (4, vec![1, 2, 1])
+            (vec![4], vec![1, 2, 1])
         );
     }
 

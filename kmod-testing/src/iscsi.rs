@@ -20,7 +20,7 @@
 //! same identity and data.
 
 use crate::error::{Error, IoContext, Result};
-use crate::guest::{Guest, GuestSpec};
+use crate::guest::{Guest, GuestSpec, BUSYBOX_SH};
 use crate::lab::Lab;
 use crate::process::ChildGuard;
 use nix::sys::signal::Signal;
@@ -55,6 +55,8 @@ pub enum Target {
         ports: Vec<u16>,
         /// Size of each LUN in MiB.
         size_mb: u64,
+        /// LUN `i`'s unit serial is [`unit_serial`]`(serial_base + i)`.
+        serial_base: usize,
     },
     /// tgtd on 127.0.0.1.
     Tgt {
@@ -127,10 +129,30 @@ impl Target {
                 let ports = (0..paths)
                     .map(|_| Lab::free_port())
                     .collect::<Result<Vec<_>>>()?;
-                start_lio(lab, ports, luns, size_mb)
+                start_lio(lab, "storage", 512, ports, luns, size_mb, 0)
             }
             TargetKind::Tgt => start_tgt(lab, Lab::free_port()?, luns, size_mb),
         }
+    }
+
+    /// A second LIO target, beside the one [`Target::start`] makes, for faults that must hit
+    /// some LUNs only: its own storage guest `storage-extra` (256 MiB), so that pausing it
+    /// ([`Target::pause`]) hangs exactly its `luns` LUNs while the other target answers. Its
+    /// LUNs' unit serials, hence NAA ids (VPD 0x83), sort after those of any main target of up
+    /// to 2^31 LUNs: software that orders LUNs by identity (fenced does) meets them last.
+    /// Attach them in a node on a controller of their own
+    /// ([`GuestSpec::separate_scsi_controller`]), or the guest's SCSI error handling for the
+    /// hung LUNs stalls the others too.
+    pub fn start_extra(lab: &Lab, luns: usize, size_mb: u64) -> Result<Target> {
+        start_lio(
+            lab,
+            "storage-extra",
+            256,
+            vec![Lab::free_port()?],
+            luns,
+            size_mb,
+            EXTRA_SERIAL_BASE,
+        )
     }
 
     /// The URL of LUN `index` (0-based) for [`GuestSpec::iscsi_lun`] (through path 0).
@@ -228,9 +250,12 @@ impl Target {
     /// once), every LUN unmapped and its backstore removed, the APTPL files deleted, all rebuilt
     /// identically and enabled again. The nodes' QEMU iSCSI initiators reconnect on their own,
     /// each with its old ISID (same I_T nexus, now unregistered). Meanwhile the nodes' commands
-    /// wait in QEMU: no error, no UNIT ATTENTION reaches the guest. Measured under TCG (the
-    /// spread is the host's load): the target is down 2.3-6.6 s and a command issued meanwhile
-    /// completes 0.9-2.4 s after the target is back (libiscsi's reconnect). A node learns of
+    /// wait in QEMU: no error, no UNIT ATTENTION reaches the guest. The target stays down at
+    /// least 2 s (the script waits that long before rebuilding; the rebuild itself takes well
+    /// under a second per dozen LUNs), as a real array's restart takes a while; before the
+    /// storage guest's scripts ran under busybox the rebuild alone took 2.3-6.6 s under TCG. A
+    /// command issued meanwhile completes 0.9-2.4 s after the target is back (libiscsi's
+    /// reconnect). A node learns of
     /// the loss only by reading the keys. Returns how long the target was down (from disabling to enabling the portal
     /// groups, as the storage guest timed it).
     pub fn restart_dropping_pr_state(&self) -> Result<Duration> {
@@ -264,6 +289,7 @@ impl Target {
             luns,
             ports,
             size_mb,
+            serial_base,
             ..
         } = self
         else {
@@ -273,7 +299,7 @@ impl Target {
         };
         let paths = ports.len();
         let mut script = format!(
-            r#"set -e
+            r#"{BUSYBOX_SH}set -e
 T=/sys/kernel/config/target
 now() {{ cut -d' ' -f1 /proc/uptime; }}
 down=$(now)
@@ -281,6 +307,7 @@ for j in $(seq 1 {paths}); do echo 0 > $T/iscsi/{TARGET_IQN}/tpgt_$j/enable; don
 for j in $(seq 1 {paths}); do
     for l in $T/iscsi/{TARGET_IQN}/tpgt_$j/lun/lun_*; do rm $l/lun; rmdir $l; done
 done
+sleep 2
 "#
         );
         for i in 0..*luns {
@@ -296,7 +323,13 @@ done
                 aptpl_dirs("/aptpl_*")
             ));
         }
-        script.push_str(&lio_luns_script(*luns, *size_mb, paths, keep_aptpl));
+        script.push_str(&lio_luns_script(
+            *luns,
+            *size_mb,
+            paths,
+            *serial_base,
+            keep_aptpl,
+        ));
         script.push_str(&lio_enable_script(paths));
         script.push_str("up=$(now)\necho \"$down $up\"\n");
         let out = guest.run_ok(&script)?;
@@ -320,14 +353,21 @@ fn aptpl_dirs(file: &str) -> String {
     format!("/var/target/pr{file} /proc/1/root/var/target/pr{file}")
 }
 
-/// Creates LUN backstores 0..luns (fileio over `/var/tmp/lun<i>.img`, kept across rebuilds),
-/// their unit serials, and maps each in the portal groups 1..=paths. With `restore_aptpl`, the
+/// Creates LUN backstores 0..luns (fileio over `/var/tmp/lun<i>.img`, sparse files on the
+/// guest's tmpfs, kept across rebuilds), their unit serials ([`unit_serial`] of `serial_base +
+/// i`), and maps each in the portal groups 1..=paths. With `restore_aptpl`, the
 /// registrations of each LUN's APTPL file are fed to its backstore before it is mapped (as
 /// rtslib does: the kernel refuses APTPL metadata once the LUN is exported).
-fn lio_luns_script(luns: usize, size_mb: u64, paths: usize, restore_aptpl: bool) -> String {
+fn lio_luns_script(
+    luns: usize,
+    size_mb: u64,
+    paths: usize,
+    serial_base: usize,
+    restore_aptpl: bool,
+) -> String {
     let mut script = String::new();
     for i in 0..luns {
-        let serial = unit_serial(i);
+        let serial = unit_serial(serial_base + i);
         script.push_str(&format!(
             r#"mkdir -p $T/core/fileio_{i}/lun{i}
 echo "fd_dev_name=/var/tmp/lun{i}.img,fd_dev_size={bytes}" > $T/core/fileio_{i}/lun{i}/control
@@ -370,14 +410,23 @@ fn lio_enable_script(paths: usize) -> String {
         .collect()
 }
 
-fn start_lio(lab: &Lab, ports: Vec<u16>, luns: usize, size_mb: u64) -> Result<Target> {
+fn start_lio(
+    lab: &Lab,
+    name: &str,
+    memory_mb: u32,
+    ports: Vec<u16>,
+    luns: usize,
+    size_mb: u64,
+    serial_base: usize,
+) -> Result<Target> {
     let paths = ports.len();
-    let mut spec = GuestSpec::new("storage").i6300esb(false);
+    let mut spec = GuestSpec::new(name).i6300esb(false).memory_mb(memory_mb);
     for (j, port) in ports.iter().enumerate() {
         spec = spec.forward_port(*port, guest_port(j));
     }
     let guest = lab.boot(spec)?;
-    let mut script = String::from(
+    let mut script = String::from(BUSYBOX_SH);
+    script.push_str(
         r#"set -e
 modprobe -a target_core_mod target_core_file iscsi_target_mod crc32c_generic virtio_net
 ip link set lo up
@@ -400,9 +449,23 @@ echo 0 > $I/attrib/authentication
             port = guest_port(j),
         ));
     }
-    script.push_str(&lio_luns_script(luns, size_mb, paths, false));
+    script.push_str(&lio_luns_script(luns, size_mb, paths, serial_base, false));
     script.push_str(&lio_enable_script(paths));
-    guest.run_ok(&script)?;
+    guest
+        .run_with_timeout(
+            &script,
+            Duration::from_secs(120 + 2 * luns as u64 * paths as u64),
+        )
+        .and_then(|out| {
+            if out.success() {
+                Ok(())
+            } else {
+                Err(Error::Setup(format!(
+                    "{name}: the LIO set-up script exited {}: {}{}",
+                    out.code, out.stdout, out.stderr
+                )))
+            }
+        })?;
     for port in &ports {
         wait_for_iscsi(*port, luns.saturating_sub(1))?;
     }
@@ -412,6 +475,7 @@ echo 0 > $I/attrib/authentication
         luns,
         ports,
         size_mb,
+        serial_base,
     })
 }
 
@@ -419,6 +483,9 @@ echo 0 > $I/attrib/authentication
 fn guest_port(j: usize) -> u16 {
     3260 + u16::try_from(j).unwrap_or(0)
 }
+
+/// The first [`unit_serial`] index of a [`Target::start_extra`] target.
+const EXTRA_SERIAL_BASE: usize = 0x8000_0000;
 
 /// The VPD 0x80 unit serial number the harness gives LIO backstore `index`. LIO reports no VPD
 /// pages (0x00 lists none, 0x83 has no NAA designator) until one is set, as targetcli always

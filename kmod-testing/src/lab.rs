@@ -56,7 +56,7 @@ impl Lab {
         }
         let mut guests = Vec::new();
         for (spec, first) in specs.iter().zip(started) {
-            let first = first.and_then(|mut g| g.wait_ready(spec.boot_timeout).map(|()| g));
+            let first = first.and_then(|mut g| g.wait_ready(spec.boot_deadline()).map(|()| g));
             let guest = match first {
                 Ok(g) => g,
                 Err(e) => {
@@ -67,7 +67,7 @@ impl Lab {
                     let failed = self.dir.join(format!("{}.failed-boot", spec.name));
                     let _ = std::fs::rename(self.dir.join(&spec.name), &failed);
                     let mut g = Guest::start(&self.kernel, spec, &self.dir.join(&spec.name))?;
-                    g.wait_ready(spec.boot_timeout)?;
+                    g.wait_ready(spec.boot_deadline())?;
                     g
                 }
             };

@@ -81,6 +81,15 @@ pub struct ClusterSpec {
     /// devices found at boot (or `/dev/sd*` with several paths), e.g. a dm-multipath map
     /// (`/dev/mapper/mpatha`). [`Cluster::lun_devices`] still lists the SCSI devices.
     pub configured_luns: Option<Vec<String>>,
+    /// LUNs served by a separate LIO target ([`Target::start_extra`], its own storage guest,
+    /// one path each) beside the `luns` of the main target, for faults that must hang a few LUNs
+    /// while the others answer: pause it with [`Cluster::extra_target`]'s [`Target::pause`].
+    /// Each node attaches them on a virtio-scsi controller of their own, so the guest's SCSI
+    /// error handling on them (a whole SCSI host stops while it runs) does not stall the main
+    /// LUNs. They are shared LUNs like the others: in [`Cluster::lun_devices`] after the main
+    /// ones, in fenced.toml, registered at unfence; their NAA ids sort after the main LUNs', so
+    /// fenced meets them last (its fence race is on the first LUN that answers).
+    pub extra_luns: usize,
 }
 
 impl ClusterSpec {
@@ -98,6 +107,7 @@ impl ClusterSpec {
             systemd: false,
             node_setup: None,
             configured_luns: None,
+            extra_luns: 0,
         }
     }
 }
@@ -107,16 +117,60 @@ pub struct Cluster {
     /// Node guests, `node1`..`nodeN` (node ids 0..N-1).
     pub nodes: Vec<Guest>,
     /// Each node's LUN devices, in LUN order; with several paths per LUN, every path of every
-    /// LUN (LUN by LUN, path by path; grouped: [`Cluster::lun_paths`]), as they were at start.
+    /// LUN (LUN by LUN, path by path; grouped: [`Cluster::lun_paths`]), as they were at start;
+    /// then the [`ClusterSpec::extra_luns`] ([`Cluster::extra_lun_devices`]).
     pub lun_devices: Vec<Vec<String>>,
     /// Each node's running `fenced run`.
     pub daemons: Vec<Option<Pending>>,
     /// The target.
     pub target: Target,
+    /// The separate target of the [`ClusterSpec::extra_luns`], if any.
+    pub extra_target: Option<Target>,
     /// The lab.
     pub lab: Lab,
     /// The timing.
     pub timing: Timing,
+    /// Number of [`ClusterSpec::extra_luns`].
+    pub extra_luns: usize,
+}
+
+/// Where [`Cluster::start`] writes each node's configuration without LUNs, for
+/// [`Cluster::daemon_status`].
+pub const DAEMON_STATUS_CONFIG: &str = "/etc/fenced/status-only.toml";
+
+/// `base`, plus 250 ms per LUN path beyond 32: the harness's waits on commands that read every
+/// LUN in turn (a few SCSI commands each, tens of ms apiece under TCG) grow with the LUNs.
+fn scaled(base: Duration, paths: usize) -> Duration {
+    base + Duration::from_millis(250) * u32::try_from(paths.saturating_sub(32)).unwrap_or(u32::MAX)
+}
+
+/// Node `g`'s LUN devices (by SCSI address: LUN by LUN, path by path, extra LUNs last) and its
+/// voting-disk devices (through device-mapper with [`ClusterSpec::voting_via_dm`]).
+fn node_devices(g: &Guest, spec: &ClusterSpec) -> Result<(Vec<String>, Vec<String>)> {
+    let paths = g.lun_paths()?;
+    if paths.len() != spec.luns + spec.extra_luns
+        || paths[..spec.luns].iter().any(|l| l.len() != spec.paths)
+    {
+        return Err(Error::Setup(format!(
+            "{}: expected {} LUNs of {} paths and {} extra LUN(s), found {paths:?}",
+            g.name(),
+            spec.luns,
+            spec.paths,
+            spec.extra_luns
+        )));
+    }
+    let mut vote_devs: Vec<String> = (0..3)
+        .map(|v| g.disk_by_serial(&format!("vote{v}")))
+        .collect::<Result<_>>()?;
+    if spec.voting_via_dm {
+        for (v, dev) in vote_devs.iter_mut().enumerate() {
+            g.run_ok(&format!(
+                "dmsetup --noudevsync create vote{v} --table \"0 $(blockdev --getsz {dev}) linear {dev} 0\" && dmsetup --noudevsync mknodes vote{v}"
+            ))?;
+            *dev = format!("/dev/mapper/vote{v}");
+        }
+    }
+    Ok((paths.concat(), vote_devs))
 }
 
 /// The name of node `i` (0-based).
@@ -190,14 +244,37 @@ impl Cluster {
     /// /etc/fenced/fenced.toml, starts `fenced run` everywhere, and waits until every node is
     /// registered on every LUN and heartbeating.
     pub fn start(say: Narrator<'_>, spec: &ClusterSpec) -> Result<Cluster> {
+        let started = Instant::now();
         let lab = Lab::new(&spec.name)?;
-        let target = Target::start_with_paths(&lab, spec.target, spec.luns, 16, spec.paths)?;
+        let (target, extra_target) = if spec.extra_luns > 0 {
+            // Both storage guests boot at once.
+            std::thread::scope(|s| {
+                let extra = s.spawn(|| Target::start_extra(&lab, spec.extra_luns, 16));
+                let main = Target::start_with_paths(&lab, spec.target, spec.luns, 16, spec.paths);
+                let extra = extra
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+                Ok::<_, Error>((main?, Some(extra?)))
+            })?
+        } else {
+            (
+                Target::start_with_paths(&lab, spec.target, spec.luns, 16, spec.paths)?,
+                None,
+            )
+        };
+        let target_up = started.elapsed();
         let votes: Vec<_> = (0..3)
             .map(|i| lab.shared_disk(&format!("vote{i}"), 4))
             .collect::<Result<_>>()?;
         let specs = (0..spec.nodes)
             .map(|i| {
                 let mut s = target.node_spec(&node_name(i)).systemd(spec.systemd);
+                if let Some(extra) = &extra_target {
+                    s = s.separate_scsi_controller();
+                    for k in 0..extra.luns() {
+                        s = s.iscsi_lun(&extra.lun_url(k));
+                    }
+                }
                 for (v, img) in votes.iter().enumerate() {
                     s = s.shared_disk(img, &format!("vote{v}"));
                 }
@@ -206,7 +283,7 @@ impl Cluster {
             .collect();
         let nodes = lab.boot_all(specs)?;
         say(&format!(
-            "{} node guests up{}, {} shared {:?} iSCSI LUN(s){}, 3 shared voting disks, an i6300esb in each",
+            "{} node guests up{}, {} shared {:?} iSCSI LUN(s){}{}, 3 shared voting disks, an i6300esb in each (target {:.1} s, nodes {:.1} s)",
             spec.nodes,
             if spec.systemd { " (systemd as PID 1)" } else { "" },
             spec.luns,
@@ -215,7 +292,17 @@ impl Cluster {
                 format!(" through {} paths each", spec.paths)
             } else {
                 String::new()
-            }
+            },
+            if spec.extra_luns > 0 {
+                format!(
+                    " + {} LUN(s) of a separate LIO target on their own controller",
+                    spec.extra_luns
+                )
+            } else {
+                String::new()
+            },
+            target_up.as_secs_f64(),
+            (started.elapsed() - target_up).as_secs_f64(),
         ));
         if let Some(script) = &spec.node_setup {
             let t = Instant::now();
@@ -249,62 +336,58 @@ impl Cluster {
         }
         let fenced = project_binary("fenced");
         let mut lun_devices = Vec::new();
-        for (i, g) in nodes.iter().enumerate() {
-            let paths = if spec.paths > 1 {
-                let p = g.lun_paths()?;
-                if p.len() != spec.luns || p.iter().any(|l| l.len() != spec.paths) {
-                    return Err(Error::Setup(format!(
-                        "{}: expected {} LUNs of {} paths, found {p:?}",
-                        g.name(),
-                        spec.luns,
-                        spec.paths
-                    )));
-                }
-                p
-            } else {
-                g.scsi_disks(spec.luns)?
-                    .into_iter()
-                    .map(|d| vec![d])
-                    .collect()
-            };
-            let luns: Vec<String> = paths.concat();
-            let mut vote_devs: Vec<String> = (0..3)
-                .map(|v| g.disk_by_serial(&format!("vote{v}")))
-                .collect::<Result<_>>()?;
-            if spec.voting_via_dm {
-                for (v, dev) in vote_devs.iter_mut().enumerate() {
-                    g.run_ok(&format!(
-                        "dmsetup --noudevsync create vote{v} --table \"0 $(blockdev --getsz {dev}) linear {dev} 0\" && dmsetup --noudevsync mknodes vote{v}"
-                    ))?;
-                    *dev = format!("/dev/mapper/vote{v}");
-                }
-            }
-            if i == 0 {
-                let t = spec.timing;
-                g.run_ok(&format!(
-                    "{} disk format --cluster {CLUSTER_UUID} --slots {} --poll-ms {} --io-deadline-ms {} --lease-ms {} --watchdog-ms {} {}",
-                    fenced.display(),
-                    spec.nodes,
-                    t.poll,
-                    t.io_deadline,
-                    t.lease,
-                    t.watchdog,
-                    vote_devs.join(" ")
-                ))?;
-            }
+        let disks_from = Instant::now();
+        // Every node at once (reading sysfs and creating dm devices in one guest does not touch
+        // the others); then the voting disks are formatted once, from node1.
+        let found: Vec<Result<(Vec<String>, Vec<String>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|g| s.spawn(move || node_devices(g, spec)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let found: Vec<(Vec<String>, Vec<String>)> = found.into_iter().collect::<Result<_>>()?;
+        {
+            let t = spec.timing;
+            nodes[0].run_ok(&format!(
+                "{} disk format --cluster {CLUSTER_UUID} --slots {} --poll-ms {} --io-deadline-ms {} --lease-ms {} --watchdog-ms {} {}",
+                fenced.display(),
+                spec.nodes,
+                t.poll,
+                t.io_deadline,
+                t.lease,
+                t.watchdog,
+                found[0].1.join(" ")
+            ))?;
+        }
+        for (i, (g, (luns, vote_devs))) in nodes.iter().zip(found).enumerate() {
             let configured = if let Some(luns) = &spec.configured_luns {
                 luns.clone()
             } else if spec.paths > 1 {
+                // The extra LUNs are `/dev/sd*` too.
                 vec!["/dev/sd*".to_string()]
             } else {
                 luns.clone()
             };
             let text = config_text(spec.nodes, i, &configured, &vote_devs, spec.timing);
+            // The same configuration without LUNs, for `fenced status` to report the voting
+            // disks and the running daemon's own view without reading every LUN (which takes
+            // seconds per dozen LUNs under TCG): [`Cluster::daemon_status`].
+            let no_luns = config_text(spec.nodes, i, &[], &vote_devs, spec.timing);
             g.run_ok(&format!(
-                "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\nchmod 600 /etc/fenced/fenced.toml"
+                "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\n\
+                 cat > {DAEMON_STATUS_CONFIG} <<'EOF'\n{no_luns}EOF\n\
+                 chmod 600 /etc/fenced/fenced.toml {DAEMON_STATUS_CONFIG}"
             ))?;
             lun_devices.push(luns);
         }
+        say(&format!(
+            "LUN devices found, voting disks formatted, fenced.toml written on every node ({:.1} s)",
+            disks_from.elapsed().as_secs_f64()
+        ));
         let mut daemons = Vec::new();
         for g in &nodes {
             if spec.daemons {
@@ -322,11 +405,19 @@ impl Cluster {
             lun_devices,
             daemons,
             target,
+            extra_target,
             lab,
             timing: spec.timing,
+            extra_luns: spec.extra_luns,
         };
         let t = Instant::now();
-        cluster.wait_until(Duration::from_secs(60), |st| {
+        let all_luns = spec.luns * spec.paths + spec.extra_luns;
+        if spec.daemons {
+            // The daemons' own reports first (cheap), then one read of every LUN's keys.
+            let all: Vec<usize> = (0..spec.nodes).collect();
+            cluster.wait_daemons_healthy(&all, scaled(Duration::from_secs(60), all_luns))?;
+        }
+        cluster.wait_until(scaled(Duration::from_secs(60), all_luns), |st| {
             let all_keys = st["luns"].as_array().is_some_and(|l| {
                 l.iter()
                     .all(|l| l["keys"].as_array().is_some_and(|k| k.len() >= spec.nodes))
@@ -337,12 +428,8 @@ impl Cluster {
                     .is_some_and(|n| n.iter().all(|n| n["heartbeat_advancing"] == true));
             all_keys && all_beating
         })?;
-        if spec.daemons {
-            let all: Vec<usize> = (0..spec.nodes).collect();
-            cluster.wait_daemons_healthy(&all, Duration::from_secs(60))?;
-        }
         say(&format!(
-            "{}: all keys registered{} ({:.1} s after start)",
+            "{}: all keys registered{} ({:.1} s after start; the whole cluster {:.1} s)",
             if spec.daemons {
                 "fenced runs on every node"
             } else {
@@ -353,30 +440,78 @@ impl Cluster {
             } else {
                 ""
             },
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
         ));
         Ok(cluster)
     }
 
     /// Each node's devices per LUN and path (`[node][lun][path]`) as they were at start:
-    /// [`Cluster::lun_devices`] in groups of the target's paths per LUN. Paths attached or
-    /// detached since: [`kmod_testing::Guest::lun_paths`].
+    /// [`Cluster::lun_devices`] in groups of the target's paths per LUN (the extra LUNs, one
+    /// path each, last). Paths attached or detached since: [`kmod_testing::Guest::lun_paths`].
     pub fn lun_paths(&self) -> Vec<Vec<Vec<String>>> {
         let paths = self.target.paths().max(1);
         self.lun_devices
             .iter()
-            .map(|devs| devs.chunks(paths).map(<[String]>::to_vec).collect())
+            .map(|devs| {
+                let (main, extra) = devs.split_at(devs.len() - self.extra_luns);
+                main.chunks(paths)
+                    .map(<[String]>::to_vec)
+                    .chain(extra.iter().map(|d| vec![d.clone()]))
+                    .collect()
+            })
             .collect()
+    }
+
+    /// Node `i`'s devices of the main target's LUNs (every path), as at start.
+    pub fn main_lun_devices(&self, i: usize) -> &[String] {
+        let devs = &self.lun_devices[i];
+        &devs[..devs.len() - self.extra_luns]
+    }
+
+    /// Node `i`'s devices of the [`ClusterSpec::extra_luns`], as at start.
+    pub fn extra_lun_devices(&self, i: usize) -> &[String] {
+        let devs = &self.lun_devices[i];
+        &devs[devs.len() - self.extra_luns..]
     }
 
     /// `fenced status --json` as node `i` sees it.
     pub fn status(&self, i: usize) -> Result<Value> {
-        let out = self.nodes[i].run_ok(&format!(
-            "{} status --json",
+        self.status_with(i, "")
+    }
+
+    /// `fenced status --json` on node `i` without reading the LUNs (a configuration that lists
+    /// none, [`DAEMON_STATUS_CONFIG`]): the voting disks, the nodes' heartbeats, the authority,
+    /// the watchdogs, and the running daemon's own report (`daemon`: its verdict and its key
+    /// check's `luns[]`, each with `state` and `confirmed_ms_ago`). Takes about a second
+    /// whatever the number of LUNs; the full [`Cluster::status`] reads every LUN.
+    pub fn daemon_status(&self, i: usize) -> Result<Value> {
+        self.status_with(i, &format!("--config {DAEMON_STATUS_CONFIG}"))
+    }
+
+    fn status_with(&self, i: usize, args: &str) -> Result<Value> {
+        let cmd = format!(
+            "{} status --json {args}",
             project_binary("fenced").display()
-        ))?;
-        serde_json::from_str(out.trim())
-            .map_err(|e| Error::Setup(format!("status is not JSON ({e}): {out}")))
+        );
+        let out = self.nodes[i].run_with_timeout(&cmd, self.status_timeout())?;
+        if !out.success() {
+            return Err(Error::CommandFailed {
+                guest: self.nodes[i].name().to_string(),
+                command: cmd,
+                code: out.code,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            });
+        }
+        serde_json::from_str(out.stdout.trim())
+            .map_err(|e| Error::Setup(format!("status is not JSON ({e}): {}", out.stdout)))
+    }
+
+    /// How long a full `fenced status` may take: it reads every LUN one after another.
+    fn status_timeout(&self) -> Duration {
+        let paths = self.lun_devices.iter().map(Vec::len).max().unwrap_or(0);
+        scaled(Duration::from_secs(120), paths)
     }
 
     /// Waits until `pred` holds for node 1's status.
@@ -408,14 +543,14 @@ impl Cluster {
     }
 
     /// Waits until the daemons of `nodes` report themselves healthy (`fenced status`, daemon
-    /// verdict), i.e. it feeds its watchdog.
+    /// verdict, read through [`Cluster::daemon_status`]), i.e. it feeds its watchdog.
     pub fn wait_daemons_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         for &i in nodes {
             loop {
                 // A status command can fail while a daemon starts (voting disks busy, LUN
                 // discovery racing the unfence): that is not the verdict, look again.
-                let st = self.status(i);
+                let st = self.daemon_status(i);
                 if st
                     .as_ref()
                     .is_ok_and(|st| st["daemon"]["verdict"] == "Healthy")

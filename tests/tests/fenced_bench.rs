@@ -199,8 +199,10 @@ fn boot(name: &str, luns: usize) -> Cluster {
         nodes,
         lun_devices,
         target,
+        extra_target: None,
         lab,
         timing,
+        extra_luns: 0,
     }
 }
 

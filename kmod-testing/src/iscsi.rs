@@ -129,7 +129,8 @@ impl Target {
                 let ports = (0..paths)
                     .map(|_| Lab::free_port())
                     .collect::<Result<Vec<_>>>()?;
-                start_lio(lab, "storage", 512, ports, luns, size_mb, 0)
+                let plan = LioPlan::main(ports, luns, size_mb);
+                Ok(start_lio(lab, vec![plan])?.remove(0))
             }
             TargetKind::Tgt => start_tgt(lab, Lab::free_port()?, luns, size_mb),
         }
@@ -144,15 +145,38 @@ impl Target {
     /// ([`GuestSpec::separate_scsi_controller`]), or the guest's SCSI error handling for the
     /// hung LUNs stalls the others too.
     pub fn start_extra(lab: &Lab, luns: usize, size_mb: u64) -> Result<Target> {
-        start_lio(
+        Ok(start_lio(lab, vec![LioPlan::extra(luns, size_mb)?])?.remove(0))
+    }
+
+    /// [`Target::start_with_paths`] and [`Target::start_extra`] (with `extra_luns` of
+    /// `size_mb`) together: with LIO, both storage guests boot and are set up at once.
+    pub fn start_with_extra(
+        lab: &Lab,
+        kind: TargetKind,
+        luns: usize,
+        size_mb: u64,
+        paths: usize,
+        extra_luns: usize,
+    ) -> Result<(Target, Target)> {
+        if kind != TargetKind::Lio {
+            let main = Target::start_with_paths(lab, kind, luns, size_mb, paths)?;
+            return Ok((main, Target::start_extra(lab, extra_luns, size_mb)?));
+        }
+        if paths == 0 {
+            return Err(Error::Setup("0 paths per LUN".into()));
+        }
+        let ports = (0..paths)
+            .map(|_| Lab::free_port())
+            .collect::<Result<Vec<_>>>()?;
+        let mut both = start_lio(
             lab,
-            "storage-extra",
-            256,
-            vec![Lab::free_port()?],
-            luns,
-            size_mb,
-            EXTRA_SERIAL_BASE,
-        )
+            vec![
+                LioPlan::main(ports, luns, size_mb),
+                LioPlan::extra(extra_luns, size_mb)?,
+            ],
+        )?;
+        let extra = both.remove(1);
+        Ok((both.remove(0), extra))
     }
 
     /// The URL of LUN `index` (0-based) for [`GuestSpec::iscsi_lun`] (through path 0).
@@ -410,21 +434,72 @@ fn lio_enable_script(paths: usize) -> String {
         .collect()
 }
 
-fn start_lio(
-    lab: &Lab,
-    name: &str,
+/// One LIO storage guest to start: its guest name and memory, the host port of each path, and
+/// its LUNs (count, size, first unit serial index).
+struct LioPlan {
+    name: &'static str,
     memory_mb: u32,
     ports: Vec<u16>,
     luns: usize,
     size_mb: u64,
     serial_base: usize,
-) -> Result<Target> {
-    let paths = ports.len();
-    let mut spec = GuestSpec::new(name).i6300esb(false).memory_mb(memory_mb);
-    for (j, port) in ports.iter().enumerate() {
-        spec = spec.forward_port(*port, guest_port(j));
+}
+
+/// Boots the storage guests of `plans` at once and sets up their LIO targets at once. Guests
+/// are started and waited for from the calling thread: QEMU dies with the thread that started
+/// it (PR_SET_PDEATHSIG follows the parent thread, not the process).
+fn start_lio(lab: &Lab, plans: Vec<LioPlan>) -> Result<Vec<Target>> {
+    let specs = plans
+        .iter()
+        .map(|plan| {
+            let mut spec = GuestSpec::new(plan.name)
+                .i6300esb(false)
+                .memory_mb(plan.memory_mb);
+            for (j, port) in plan.ports.iter().enumerate() {
+                spec = spec.forward_port(*port, guest_port(j));
+            }
+            spec
+        })
+        .collect();
+    let guests = lab.boot_all(specs)?;
+    let pending = guests
+        .iter()
+        .zip(&plans)
+        .map(|(guest, plan)| guest.spawn(&lio_setup_script(plan)))
+        .collect::<Result<Vec<_>>>()?;
+    for ((guest, plan), p) in guests.iter().zip(&plans).zip(pending) {
+        let limit = 120 + 2 * plan.luns * plan.ports.len();
+        let out = guest.wait(
+            p,
+            Duration::from_secs(u64::try_from(limit).unwrap_or(u64::MAX)),
+        )?;
+        if !out.success() {
+            return Err(Error::Setup(format!(
+                "{}: the LIO set-up script exited {}: {}{}",
+                plan.name, out.code, out.stdout, out.stderr
+            )));
+        }
     }
-    let guest = lab.boot(spec)?;
+    let mut targets = Vec::new();
+    for (guest, plan) in guests.into_iter().zip(plans) {
+        for port in &plan.ports {
+            wait_for_iscsi(*port, plan.luns.saturating_sub(1))?;
+        }
+        targets.push(Target::Lio {
+            guest,
+            port: plan.ports[0],
+            luns: plan.luns,
+            ports: plan.ports,
+            size_mb: plan.size_mb,
+            serial_base: plan.serial_base,
+        });
+    }
+    Ok(targets)
+}
+
+/// The configfs script that builds a plan's target in its freshly booted storage guest.
+fn lio_setup_script(plan: &LioPlan) -> String {
+    let paths = plan.ports.len();
     let mut script = String::from(BUSYBOX_SH);
     script.push_str(
         r#"set -e
@@ -449,34 +524,41 @@ echo 0 > $I/attrib/authentication
             port = guest_port(j),
         ));
     }
-    script.push_str(&lio_luns_script(luns, size_mb, paths, serial_base, false));
+    script.push_str(&lio_luns_script(
+        plan.luns,
+        plan.size_mb,
+        paths,
+        plan.serial_base,
+        false,
+    ));
     script.push_str(&lio_enable_script(paths));
-    guest
-        .run_with_timeout(
-            &script,
-            Duration::from_secs(120 + 2 * luns as u64 * paths as u64),
-        )
-        .and_then(|out| {
-            if out.success() {
-                Ok(())
-            } else {
-                Err(Error::Setup(format!(
-                    "{name}: the LIO set-up script exited {}: {}{}",
-                    out.code, out.stdout, out.stderr
-                )))
-            }
-        })?;
-    for port in &ports {
-        wait_for_iscsi(*port, luns.saturating_sub(1))?;
+    script
+}
+
+impl LioPlan {
+    /// The main target: guest `storage`, 512 MiB, LUN serials from 0.
+    fn main(ports: Vec<u16>, luns: usize, size_mb: u64) -> LioPlan {
+        LioPlan {
+            name: "storage",
+            memory_mb: 512,
+            ports,
+            luns,
+            size_mb,
+            serial_base: 0,
+        }
     }
-    Ok(Target::Lio {
-        guest,
-        port: ports[0],
-        luns,
-        ports,
-        size_mb,
-        serial_base,
-    })
+
+    /// The extra target ([`Target::start_extra`]).
+    fn extra(luns: usize, size_mb: u64) -> Result<LioPlan> {
+        Ok(LioPlan {
+            name: "storage-extra",
+            memory_mb: 256,
+            ports: vec![Lab::free_port()?],
+            luns,
+            size_mb,
+            serial_base: EXTRA_SERIAL_BASE,
+        })
+    }
 }
 
 /// The storage guest's iSCSI port of path `j` (target portal group `tpgt_<j+1>`).

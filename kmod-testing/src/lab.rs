@@ -11,6 +11,11 @@ use std::sync::Once;
 /// log, QEMU command line, exchanged files). Kept after the test (the test command clears
 /// `target/vm-runs` when it starts); when the test thread panics, the tail of every console of
 /// its guests is printed (see [`Lab::new`]).
+///
+/// Start guests and targets from a thread that outlives them (the test's own): every process
+/// the harness starts gets SIGKILL when the *thread* that started it ends (PR_SET_PDEATHSIG
+/// follows the parent thread, not the process), so a storage guest booted in a scoped thread
+/// dies as soon as that thread returns. Waiting on guests from other threads is fine.
 pub struct Lab {
     dir: PathBuf,
     kernel: Kernel,

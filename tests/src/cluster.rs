@@ -247,15 +247,15 @@ impl Cluster {
         let started = Instant::now();
         let lab = Lab::new(&spec.name)?;
         let (target, extra_target) = if spec.extra_luns > 0 {
-            // Both storage guests boot at once.
-            std::thread::scope(|s| {
-                let extra = s.spawn(|| Target::start_extra(&lab, spec.extra_luns, 16));
-                let main = Target::start_with_paths(&lab, spec.target, spec.luns, 16, spec.paths);
-                let extra = extra
-                    .join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e));
-                Ok::<_, Error>((main?, Some(extra?)))
-            })?
+            let (main, extra) = Target::start_with_extra(
+                &lab,
+                spec.target,
+                spec.luns,
+                16,
+                spec.paths,
+                spec.extra_luns,
+            )?;
+            (main, Some(extra))
         } else {
             (
                 Target::start_with_paths(&lab, spec.target, spec.luns, 16, spec.paths)?,
@@ -483,7 +483,7 @@ impl Cluster {
     /// `fenced status --json` on node `i` without reading the LUNs (a configuration that lists
     /// none, [`DAEMON_STATUS_CONFIG`]): the voting disks, the nodes' heartbeats, the authority,
     /// the watchdogs, and the running daemon's own report (`daemon`: its verdict and its key
-    /// check's `luns[]`, each with `state` and `confirmed_ms_ago`). Takes about a second
+    /// check's `luns[]`, each with `state` and `confirmed_ms_ago`). Takes a few seconds
     /// whatever the number of LUNs; the full [`Cluster::status`] reads every LUN.
     pub fn daemon_status(&self, i: usize) -> Result<Value> {
         self.status_with(i, &format!("--config {DAEMON_STATUS_CONFIG}"))

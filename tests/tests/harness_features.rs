@@ -1,6 +1,6 @@
 //! Self-tests of the harness' own building blocks that later scenarios rely on: shared voting-disk
-//! images, device-mapper faults, K nexuses, pausing a target, guests with systemd as PID 1, and
-//! multipath LUNs with path and target PR-state faults.
+//! images, device-mapper faults, K nexuses, pausing a target, hanging some LUNs while the others
+//! answer, guests with systemd as PID 1, and multipath LUNs with path and target PR-state faults.
 
 use kmod_testing::iscsi::{Target, TargetKind, TARGET_IQN};
 use kmod_testing::{faults, tcm_loop, GuestSpec, Lab};
@@ -98,6 +98,158 @@ fn paused_target_hangs_io_until_resumed() {
         )
         .unwrap();
     assert!(read.success(), "{}", read.stderr);
+}
+
+/// Seconds of the guest's uptime around a shell command, and its exit code: `read` from
+/// /proc/uptime is a builtin, so only the command itself (its process start included) is timed.
+fn timed(command: &str) -> String {
+    format!(
+        "read a _ < /proc/uptime; {command} >/dev/null 2>&1; rc=$?; read b _ < /proc/uptime; echo \"$a $b $rc\""
+    )
+}
+
+/// (seconds, exit code) of a [`timed`] command's output.
+fn took(out: &str) -> (f64, i32) {
+    let f: Vec<&str> = out.split_whitespace().collect();
+    match f.as_slice() {
+        [a, b, rc] => (
+            b.parse::<f64>().unwrap_or(f64::NAN) - a.parse::<f64>().unwrap_or(f64::NAN),
+            rc.parse().unwrap_or(-1),
+        ),
+        _ => panic!("not a timed output: {out:?}"),
+    }
+}
+
+/// Fault: the second LIO target of a node (`Target::start_extra`, its own storage guest, its LUN
+/// on a virtio-scsi controller of its own in the node) paused with SIGSTOP, as one array of a
+/// SAN that froze, for ~20 s, while the main target's two LUNs keep answering. The pause spans
+/// QEMU's NOP-Out timeout on the hung iSCSI session (3 NOPs 5 s apart: at ~15 s it reconnects).
+/// Must: the hung LUN is on another SCSI host than the main LUNs; READ KEYS
+/// (`sg_persist --in -k`) on a main LUN answers within 1 s every time it is asked (timed in the
+/// guest, process start included), right after the pause, after 5 s and after ~20 s; one on the
+/// hung LUN does not answer within 5 s; nor does one with a 2 s SG_IO timeout (`sg-pr --timeout
+/// 2`): virtio-scsi never times a command out in the guest (its `eh_timed_out` resets the
+/// timer; the host is trusted to answer), so neither a command's SG_IO timeout nor the SCSI
+/// error handling ever ends a hung command there. After the resume both pending commands
+/// complete and a new READ KEYS on the hung LUN answers.
+#[test]
+fn a_paused_extra_target_hangs_its_lun_while_the_others_answer() {
+    let t0 = Instant::now();
+    let lab = Lab::new("hung-lun").unwrap();
+    let (main, extra) = Target::start_with_extra(&lab, TargetKind::Lio, 2, 16, 1, 1).unwrap();
+    let spec = main
+        .node_spec("node1")
+        .separate_scsi_controller()
+        .iscsi_lun(&extra.lun_url(0));
+    let g = lab.boot(spec).unwrap();
+    println!(
+        "MEASURED: two storage guests and the node up in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let luns = g.lun_paths().unwrap();
+    let (m0, m1, hung) = (luns[0][0].clone(), luns[1][0].clone(), luns[2][0].clone());
+    let controllers: Vec<usize> = g.scsi_paths().iter().map(|p| p.controller).collect();
+    assert_eq!(
+        controllers,
+        [0, 0, 1],
+        "the extra LUN on a controller of its own"
+    );
+    let host = |dev: &str| {
+        let name = dev.trim_start_matches("/dev/");
+        g.run_ok(&format!("ls /sys/block/{name}/device/scsi_device"))
+            .unwrap()
+            .trim()
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(host(&m0), host(&hung), "another SCSI host in the guest");
+    for dev in [&m0, &m1, &hung] {
+        assert!(g
+            .run(&timed(&format!("sg_persist -n -i -k {dev}")))
+            .unwrap()
+            .success());
+    }
+    let xchg = lab.dir().join("node1/xchg");
+    let sg_pr = kmod_testing::project_binary("sg-pr");
+
+    extra.pause().unwrap();
+    let paused = Instant::now();
+    let hung_keys = g
+        .spawn(&format!(
+            "{} > /xchg/hung-keys.done",
+            timed(&format!("sg_persist -n -i -k {hung}"))
+        ))
+        .unwrap();
+    let hung_short = g
+        .spawn(&format!(
+            "{} > /xchg/hung-short.done",
+            timed(&format!("{} --timeout 2 keys {hung}", sg_pr.display()))
+        ))
+        .unwrap();
+    let mut worst: f64 = 0.0;
+    let mut probe = |when: &str| {
+        for dev in [&m0, &m1] {
+            let (secs, rc) = took(
+                &g.run_ok(&timed(&format!("sg_persist -n -i -k {dev}")))
+                    .unwrap(),
+            );
+            println!("MEASURED: READ KEYS on main LUN {dev} {when}: {secs:.2} s (exit {rc})");
+            assert_eq!(rc, 0, "{dev} {when}");
+            assert!(secs < 1.0, "{dev} {when}: {secs:.2} s");
+            worst = worst.max(secs);
+        }
+    };
+    probe("just after the pause");
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(paused.elapsed()));
+    assert!(
+        !xchg.join("hung-keys.done").exists(),
+        "READ KEYS on the hung LUN answered within 5 s"
+    );
+    assert!(
+        !xchg.join("hung-short.done").exists(),
+        "a 2 s SG_IO timeout ended a command on a hung virtio-scsi LUN"
+    );
+    probe("5 s into the pause");
+    while paused.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_secs(5));
+        probe(&format!(
+            "{:.0} s into the pause",
+            paused.elapsed().as_secs_f64()
+        ));
+    }
+    assert!(!xchg.join("hung-keys.done").exists(), "still hung");
+    let hung_for = paused.elapsed();
+    extra.resume().unwrap();
+    let resumed = Instant::now();
+    for (name, p) in [("sg_persist", hung_keys), ("sg-pr --timeout 2", hung_short)] {
+        let out = g.wait(p, Duration::from_secs(90)).unwrap();
+        let done = std::fs::read_to_string(xchg.join(format!(
+            "hung-{}.done",
+            if name == "sg_persist" {
+                "keys"
+            } else {
+                "short"
+            }
+        )))
+        .unwrap();
+        let (secs, rc) = took(&done);
+        println!(
+            "MEASURED: {name} READ KEYS on the hung LUN: exit {rc} after {secs:.1} s in the guest, {:.1} s after the resume",
+            out.finished_at.saturating_duration_since(resumed).as_secs_f64()
+        );
+    }
+    let (secs, rc) = took(
+        &g.run_ok(&timed(&format!("sg_persist -n -i -k {hung}")))
+            .unwrap(),
+    );
+    println!("MEASURED: READ KEYS on the resumed LUN: {secs:.2} s (exit {rc}); main LUNs answered in at most {worst:.2} s during the {:.0} s pause", hung_for.as_secs_f64());
+    assert_eq!(rc, 0, "the resumed LUN answers");
+    println!(
+        "MEASURED: hung-LUN self-test took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 /// A guest booted with systemd as PID 1 (`GuestSpec::systemd`), beside a plain one.

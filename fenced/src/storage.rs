@@ -147,7 +147,8 @@ fn execute(dev: &dyn PathIo, request: Request) -> Answer {
 /// device, or the sg driver not loaded), the run falls back to one command at a time.
 struct SgRunner {
     queue: SgQueue,
-    index: HashMap<PathBuf, usize>,
+    /// Per path: its device in the queue and when a run last used it.
+    index: HashMap<PathBuf, (usize, Instant)>,
     policy: RetryPolicy,
     /// `modprobe sg` was tried (once per runner, when a path had no sg node).
     loaded_sg: bool,
@@ -163,20 +164,28 @@ impl Runner for SgRunner {
         timeout: Duration,
         until: Instant,
     ) {
+        let now = Instant::now();
         let mut map = Vec::with_capacity(paths.len());
         for path in paths {
-            let i = match self.index.get(path) {
-                Some(&i) => {
-                    self.queue.reopen_if_closed(i, path);
-                    i
+            let i = match self.index.get_mut(path) {
+                Some((i, used)) => {
+                    self.queue.reopen_if_closed(*i, path);
+                    *used = now;
+                    *i
                 }
                 None => {
                     let i = self.queue.add(path);
-                    self.index.insert(path.clone(), i);
+                    self.index.insert(path.clone(), (i, now));
                     i
                 }
             };
             map.push(i);
+        }
+        // A path no run has used for a while (removed, renamed) does not keep its device open.
+        for (i, used) in self.index.values() {
+            if now.duration_since(*used) > IDLE_CLOSE {
+                self.queue.close(*i);
+            }
         }
         if !map.iter().all(|&i| self.queue.is_open(i)) && !self.loaded_sg {
             self.loaded_sg = true;
@@ -224,6 +233,9 @@ impl Runner for SgRunner {
         sg_pr::batch::run(&mut self.queue, &mut refs, &self.policy, timeout, until);
     }
 }
+
+/// How long an sg node stays open unused.
+const IDLE_CLOSE: Duration = Duration::from_secs(600);
 
 /// A job whose device indexes are translated into the queue's.
 struct Mapped<'a> {

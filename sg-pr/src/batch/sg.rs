@@ -118,6 +118,14 @@ impl SgQueue {
         }
     }
 
+    /// Closes device `i`'s fd (it is opened again by [`SgQueue::reopen_if_closed`]); what is
+    /// still in flight on it is orphaned.
+    pub fn close(&mut self, i: usize) {
+        if let Some(d) = self.devices.get_mut(i) {
+            d.fd = Err((io::ErrorKind::NotConnected, "closed while unused".into()));
+        }
+    }
+
     /// Whether device `i` opened (its commands can be sent).
     pub fn is_open(&self, i: usize) -> bool {
         self.devices.get(i).is_some_and(|d| d.fd.is_ok())

@@ -89,9 +89,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SelfFenceAction {
-    /// reboot(2) at once, without syncing.
+    /// Reset at once, without syncing or shutting devices down (sysrq `b`; reboot(2) where
+    /// sysrq is missing).
     Reboot,
-    /// Power off at once.
+    /// Power off at once (sysrq `o`; reboot(2) where sysrq is missing).
     Off,
     /// Crash the kernel (sysrq 'c'): a kdump kernel, if loaded, saves a dump.
     Crashdump,

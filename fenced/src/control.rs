@@ -6,12 +6,17 @@
 //! `{"v":1,"ok":true,"report":{...}}` or `{"v":1,"ok":false,"error":"..."}`. Only root may
 //! connect: the daemon checks the peer's credentials (SO_PEERCRED) and the socket is 0600 in a
 //! 0700 directory. Requests are bounded (4 KiB, 10 s to arrive).
+//!
+//! Two threads serve it, both started with the daemon: the acceptor reads each request and
+//! answers `ping` itself, so `fenced status` answers while a fence runs; fences and clears go,
+//! in the order they came, to the worker (one at a time: they write this node's slot).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +31,8 @@ use crate::storage::Storage;
 /// The protocol version this build speaks.
 pub const VERSION: u64 = 1;
 const MAX_REQUEST: u64 = 4096;
+/// Fences and clears waiting behind the one running; more are refused at once.
+const QUEUE: usize = 8;
 
 /// The daemon's instance lock beside the socket: held (exclusively) for the daemon's whole life,
 /// from before it touches any disk. A CLI that finds it held knows a daemon owns this node's
@@ -78,7 +85,7 @@ pub struct Context {
     pub shared: Arc<Shared>,
 }
 
-/// Binds the control socket (replacing a stale one) and serves it on a thread.
+/// Binds the control socket (replacing a stale one) and serves it on two threads.
 pub fn serve(ctx: Context) -> std::io::Result<()> {
     let path = ctx.config.control_socket.clone();
     if let Some(dir) = path.parent() {
@@ -88,12 +95,22 @@ pub fn serve(ctx: Context) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let ctx = Arc::new(ctx);
+    let (queue, jobs) = mpsc::sync_channel::<(UnixStream, Value)>(QUEUE);
+    let worker = ctx.clone();
+    std::thread::Builder::new()
+        .name("control-fence".into())
+        .spawn(move || {
+            for (stream, req) in jobs {
+                answer(stream, &act(&req, &worker));
+            }
+        })?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(stream) => handle(stream, &ctx),
+                    Ok(stream) => accept(stream, &ctx, &queue),
                     Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
                 }
             }
@@ -101,45 +118,78 @@ pub fn serve(ctx: Context) -> std::io::Result<()> {
     Ok(())
 }
 
-fn handle(mut stream: UnixStream, ctx: &Context) {
-    let reply =
-        match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
-            Ok(cred) if cred.uid() == 0 => {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut line = String::new();
-                match BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line) {
-                    Ok(_) => dispatch(&line, ctx),
-                    Err(e) => error(format!("reading the request: {e}")),
-                }
-            }
-            Ok(cred) => {
-                tracing::warn!(
-                    uid = cred.uid(),
-                    pid = cred.pid(),
-                    "control socket: refused a non-root peer"
-                );
-                error("only root may control fenced".into())
-            }
-            Err(e) => error(format!("cannot read peer credentials: {e}")),
-        };
+fn answer(mut stream: UnixStream, reply: &Value) {
     let _ = writeln!(stream, "{reply}");
+}
+
+/// Reads one request: answers it (a ping, or an error) or queues it for the worker.
+fn accept(stream: UnixStream, ctx: &Context, queue: &SyncSender<(UnixStream, Value)>) {
+    let req = match read_request(&stream) {
+        Ok(req) => req,
+        Err(e) => return answer(stream, &error(e)),
+    };
+    if req["op"].as_str() == Some("ping") {
+        return answer(stream, &ping(ctx));
+    }
+    match queue.try_send((stream, req)) {
+        Ok(()) => {}
+        Err(TrySendError::Full((stream, _)) | TrySendError::Disconnected((stream, _))) => answer(
+            stream,
+            &error(format!(
+                "{QUEUE} fences or clears already wait on this node's daemon; retry when they end"
+            )),
+        ),
+    }
+}
+
+/// The request, once its peer is root and it is one JSON line of this protocol version.
+fn read_request(stream: &UnixStream) -> Result<Value, String> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    if cred.uid() != 0 {
+        tracing::warn!(
+            uid = cred.uid(),
+            pid = cred.pid(),
+            "control socket: refused a non-root peer"
+        );
+        return Err("only root may control fenced".into());
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the request: {e}"))?;
+    let req = serde_json::from_str::<Value>(line.trim())
+        .map_err(|_| "the request is not one JSON line".to_string())?;
+    if req["v"].as_u64() != Some(VERSION) {
+        return Err(format!(
+            "unsupported protocol version {}; this daemon speaks {VERSION}",
+            req["v"]
+        ));
+    }
+    Ok(req)
 }
 
 fn error(message: String) -> Value {
     json!({ "v": VERSION, "ok": false, "error": message })
 }
 
-fn dispatch(line: &str, ctx: &Context) -> Value {
+fn ping(ctx: &Context) -> Value {
+    let luns = ctx.board.health();
+    json!({
+        "v": VERSION,
+        "ok": true,
+        "node": ctx.config.me.name,
+        "verdict": ctx.shared.verdict().map(|v| format!("{v:?}")),
+        "degraded": luns.iter().filter(|l| l.state != "confirmed").count(),
+        "checked_ms_ago": ctx.board.checked_ms_ago(),
+        "luns": luns,
+    })
+}
+
+/// Performs a fence or a clear.
+fn act(req: &Value, ctx: &Context) -> Value {
     let (config, shared) = (&ctx.config, &ctx.shared);
-    let Ok(req) = serde_json::from_str::<Value>(line.trim()) else {
-        return error("the request is not one JSON line".into());
-    };
-    if req["v"].as_u64() != Some(VERSION) {
-        return error(format!(
-            "unsupported protocol version {}; this daemon speaks {VERSION}",
-            req["v"]
-        ));
-    }
     let node = |name: &str| {
         config
             .member(name)
@@ -148,17 +198,6 @@ fn dispatch(line: &str, ctx: &Context) -> Value {
     };
     let mut channel = DaemonChannel::new(shared.clone(), config.me.id);
     match (req["op"].as_str(), req["node"].as_str()) {
-        (Some("ping"), _) => {
-            let luns = ctx.board.health();
-            json!({
-                "v": VERSION,
-                "ok": true,
-                "node": config.me.name,
-                "verdict": shared.verdict().map(|v| format!("{v:?}")),
-                "degraded": luns.iter().filter(|l| l.state != "confirmed").count(),
-                "luns": luns,
-            })
-        }
         (Some("fence"), Some(name)) => match node(name) {
             Ok(victim) => {
                 tracing::warn!(victim = %victim.name, "fence requested");
@@ -180,7 +219,7 @@ fn dispatch(line: &str, ctx: &Context) -> Value {
             },
             Err(e) => error(e),
         },
-        _ => error(format!("unknown request: {}", line.trim())),
+        _ => error(format!("unknown request: {req}")),
     }
 }
 
@@ -223,4 +262,126 @@ pub fn request(socket: &Path, request: &Value, timeout: Duration) -> Result<Opti
     serde_json::from_str(line.trim())
         .map(Some)
         .map_err(|e| format!("the daemon's answer is not JSON ({e}): {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::Shared;
+    use crate::storage::sim::San;
+    use crate::vdisk::Marker;
+    use std::time::Instant;
+
+    fn config(socket: &Path) -> Config {
+        let text = format!(
+            r#"
+[cluster]
+name = "lab"
+uuid = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10"
+nodes = [ {{ id = 0, name = "node1", key = "0xa1" }}, {{ id = 1, name = "node2", key = "0xa2" }}, {{ id = 2, name = "node3", key = "0xa3" }} ]
+[node]
+id = 0
+[storage]
+luns = ["/dev/n0-*"]
+voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
+[timeouts]
+poll = 100
+io_deadline = 50
+lease = 300
+watchdog = 1000
+[control]
+socket = "{}"
+"#,
+            socket.display()
+        );
+        Config::parse(Path::new("/etc/fenced/fenced.toml"), &text).unwrap()
+    }
+
+    /// A fence waits for a voting-disk round no loop runs; a ping sent after it is answered
+    /// meanwhile, and the fence gets its own answer once rounds come.
+    #[test]
+    fn a_ping_is_answered_while_a_fence_waits_and_the_fence_is_answered_after() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the control socket serves root peers only");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let shared = Shared::new();
+        serve(Context {
+            config: config(&socket),
+            storage: Arc::new(San::new()),
+            board: LunBoard::new(&[]),
+            shared: shared.clone(),
+        })
+        .unwrap();
+        // Connected before the ping, so the acceptor takes it first.
+        let mut fence = UnixStream::connect(&socket).unwrap();
+        writeln!(fence, r#"{{"v":1,"op":"fence","node":"node2"}}"#).unwrap();
+        let ping = request(
+            &socket,
+            &json!({"v": 1, "op": "ping"}),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ping["ok"], true, "{ping}");
+        assert_eq!(ping["node"], "node1");
+        fence.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            fence.read(&mut byte).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the fence is still waiting for a round"
+        );
+        fence.set_nonblocking(false).unwrap();
+        fence
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut reply = String::new();
+        let mut reader = BufReader::new(fence);
+        for _ in 0..500 {
+            // Rounds without a read-majority: the fence must refuse.
+            shared.loop_record_authority(Marker::default(), Instant::now(), false);
+            if reader.read_line(&mut reply).is_ok_and(|n| n > 0) {
+                break;
+            }
+        }
+        let reply: Value = serde_json::from_str(reply.trim()).unwrap();
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("majority"),
+            "{reply}"
+        );
+    }
+
+    /// A request of another protocol version, or not JSON, is refused with the reason.
+    #[test]
+    fn a_request_of_another_version_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the control socket serves root peers only");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        serve(Context {
+            config: config(&socket),
+            storage: Arc::new(San::new()),
+            board: LunBoard::new(&[]),
+            shared: Shared::new(),
+        })
+        .unwrap();
+        let reply = request(
+            &socket,
+            &json!({"v": 9, "op": "ping"}),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(reply["ok"], false);
+        assert!(reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported protocol version 9"));
+    }
 }

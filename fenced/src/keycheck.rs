@@ -142,7 +142,8 @@ pub struct LunHealth {
     /// through fewer paths), `unreachable` (no path answered), `recovering` (our key is gone
     /// without a preemption notice; registering again), `lost` (this node is fenced).
     pub state: String,
-    /// Milliseconds since our key was last seen on it.
+    /// Milliseconds since our key was last seen on it, as of the moment the health was read
+    /// (a checker stuck on a hung command shows its confirmations ageing).
     pub confirmed_ms_ago: Option<u64>,
     /// Its paths.
     pub paths: Vec<PathHealth>,
@@ -153,7 +154,8 @@ pub struct LunHealth {
 /// The checker's view for the control socket and fences: LUN health and the current paths.
 #[derive(Debug, Default)]
 pub struct LunBoard {
-    health: Mutex<Vec<LunHealth>>,
+    /// The health as of the last period, and when that period published it.
+    health: Mutex<(Vec<LunHealth>, Option<Instant>)>,
     luns: Mutex<Vec<Lun>>,
 }
 
@@ -161,17 +163,31 @@ impl LunBoard {
     /// A board listing `luns` before the first check.
     pub fn new(luns: &[Lun]) -> Arc<LunBoard> {
         Arc::new(LunBoard {
-            health: Mutex::new(Vec::new()),
+            health: Mutex::new((Vec::new(), None)),
             luns: Mutex::new(luns.to_vec()),
         })
     }
 
-    /// Every LUN's health as of the last period.
+    /// Every LUN's health as of the last period, its ages counted to now.
     pub fn health(&self) -> Vec<LunHealth> {
-        self.health
+        let (mut health, published) = self
+            .health
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        let since = published.map_or(0, |t| {
+            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        for l in &mut health {
+            l.confirmed_ms_ago = l.confirmed_ms_ago.map(|ms| ms.saturating_add(since));
+        }
+        health
+    }
+
+    /// Milliseconds since the checker last finished a period; `None` before its first.
+    pub fn checked_ms_ago(&self) -> Option<u64> {
+        let published = self.health.lock().unwrap_or_else(|e| e.into_inner()).1;
+        published.map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 
     /// The LUNs and their present paths (up ones first), sorted by id.
@@ -862,7 +878,7 @@ impl KeyChecker {
                 }
             })
             .collect();
-        *self.board.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+        *self.board.health.lock().unwrap_or_else(|e| e.into_inner()) = (health, Some(now));
         *self.board.luns.lock().unwrap_or_else(|e| e.into_inner()) = luns;
     }
 }
@@ -1042,6 +1058,22 @@ mod tests {
         for n in nodes.iter_mut() {
             n.checker.step();
         }
+    }
+
+    /// A checker that stops finishing periods (stuck on a hung command) must not look fresh:
+    /// the ages are counted when the health is read, not when it was published.
+    #[test]
+    fn the_health_ages_between_periods() {
+        let (san, _) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        assert_eq!(n.board.checked_ms_ago(), None, "no period yet");
+        n.checker.step();
+        let pause = Duration::from_millis(30);
+        std::thread::sleep(pause);
+        let ms = u64::try_from(pause.as_millis()).unwrap();
+        assert!(n.lun("naa.1").confirmed_ms_ago.unwrap() >= ms);
+        assert!(n.board.checked_ms_ago().unwrap() >= ms);
     }
 
     #[test]

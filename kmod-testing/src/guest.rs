@@ -220,6 +220,13 @@ impl GuestSpec {
             "unix:{},server=on,wait=off",
             dir.join("qmp.sock").display()
         ));
+        // A second monitor only for events: the guest's reset is its SHUTDOWN event. QEMU
+        // itself may take long to exit after it: it drains the guest's in-flight I/O first,
+        // and an iSCSI LUN whose target is paused never answers.
+        c.arg("-qmp").arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join("events.sock").display()
+        ));
         c.args([
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
@@ -529,6 +536,27 @@ impl Guest {
             .name(format!("ctl-{}", spec.name))
             .spawn(move || read_control(reader, c))
             .ctx(|| "starting the control reader".to_string())?;
+        // QEMU opens its monitors with the control socket, before it runs the guest.
+        let events = loop {
+            match UnixStream::connect(dir.join("events.sock")) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline && !qemu.exited() => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    return Err(Error::Boot {
+                        guest: spec.name.clone(),
+                        reason: format!("QEMU did not open its event monitor: {e}"),
+                        log: dir.join("console.log"),
+                    })
+                }
+            }
+        };
+        let c = control.clone();
+        std::thread::Builder::new()
+            .name(format!("qmp-events-{}", spec.name))
+            .spawn(move || watch_events(events, c))
+            .ctx(|| "starting the event reader".to_string())?;
         Ok(Guest {
             name: spec.name.clone(),
             dir: dir.to_path_buf(),
@@ -996,7 +1024,8 @@ done"#,
     }
 
     /// Waits up to `timeout` for the guest to reset (QEMU exits under `-no-reboot`). Returns
-    /// when QEMU's control socket closed, which is when the reset happened.
+    /// when the reset happened: QEMU's SHUTDOWN event, or its control socket closing if that
+    /// came first. QEMU may still run a while after (draining I/O on a hung LUN).
     pub fn wait_exit(&self, timeout: Duration) -> Option<Instant> {
         let at = self
             .control
@@ -1047,8 +1076,33 @@ fn read_control(stream: UnixStream, control: Arc<Control>) {
         drop(st);
         control.changed.notify_all();
     }
-    control.lock().closed_at = Some(Instant::now());
+    control.lock().closed_at.get_or_insert_with(Instant::now);
     control.changed.notify_all();
+}
+
+/// Marks the guest gone at QEMU's SHUTDOWN event (under `-no-reboot`, a guest reset, watchdog
+/// or panic is one), which comes before QEMU drains the guest's I/O and exits.
+fn watch_events(stream: UnixStream, control: Arc<Control>) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    // Events come only once the capabilities are negotiated.
+    if writer
+        .write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+        .is_err()
+    {
+        return;
+    }
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["event"] == "SHUTDOWN" {
+            control.lock().closed_at.get_or_insert_with(Instant::now);
+            control.changed.notify_all();
+        }
+    }
 }
 
 /// (controller, SCSI target id) -> `/dev/sdX` for each

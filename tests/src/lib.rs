@@ -17,3 +17,11 @@ pub mod vdisk;
 /// Where a scenario tells what it is doing (the demo prints it; tests print it too, and the test
 /// runner shows it when a test fails).
 pub type Narrator<'a> = &'a mut dyn FnMut(&str);
+
+/// The kernel-log timestamp (seconds since boot) of the first console line containing `text`,
+/// as the guest's console prints it (`[   12.345678] ...`).
+pub fn kernel_time(console: &str, text: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(text))?;
+    let stamp = line.strip_prefix('[')?.split(']').next()?;
+    stamp.trim().parse().ok()
+}

@@ -759,6 +759,14 @@ fn fence_latency(name: &str, luns: usize, scsi_runs: usize, floor_and_idle: bool
             assert!(g.is_running(), "{} stayed up", g.name());
         }
     }
+    // The fencer's loop stayed on time through every fence (its lateness check logs "ran late"
+    // and fences the node).
+    let log = c.daemon_log(&c.nodes[0]);
+    assert!(
+        !log.contains("ran late") && !log.contains("fencing this node"),
+        "node1's loop kept its deadline through the fences:\n{log}"
+    );
+    println!("BENCH node1's loop kept its deadline through {runs} fences of {luns} LUN(s)");
 }
 
 /// `fenced fence` vs `fence_scsi -o off` on one LUN, the SG_IO floor, and fenced's idle

@@ -401,6 +401,7 @@ pub fn status(args: &LocalArgs) -> Exit {
                 "running": true,
                 "verdict": reply["verdict"],
                 "degraded": reply["degraded"],
+                "key_check_ms_ago": reply["checked_ms_ago"],
                 "luns": reply["luns"],
             }),
             Ok(None) => json!({ "running": false }),

@@ -77,6 +77,32 @@ impl Action {
         }
     }
 
+    /// Every action, in the order fence_fenced(8) lists them.
+    pub const ALL: [Action; 8] = [
+        Action::Off,
+        Action::On,
+        Action::Reboot,
+        Action::Status,
+        Action::Monitor,
+        Action::List,
+        Action::Metadata,
+        Action::ValidateAll,
+    ];
+
+    /// What the action does, for fence_fenced(8).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Action::On => "Let the node back in: clear its dead mark on the voting disks (as `fenced clear`); its key is registered again when its fenced daemon starts. Run it on a live node, not on the fenced one.",
+            Action::Off => "Fence the node: preempt its key on every shared LUN (verified with READ KEYS) and mark it dead on a majority of the voting disks (as `fenced fence`). The default action.",
+            Action::Reboot => "Same as off: storage fencing cannot power-cycle a node (not advertised in the metadata; Pacemaker sends off instead).",
+            Action::Status => "Exit 0 when the node is not fenced (its key is on every LUN and it is not marked dead: \"ON\"), 2 when it is (\"OFF\"), 1 when that cannot be read.",
+            Action::Monitor => "Check that the agent can work here: configuration, voting disks, LUNs.",
+            Action::List => "Print one line per cluster member, `name,`.",
+            Action::Metadata => "Print the agent's XML description (what Pacemaker reads).",
+            Action::ValidateAll => "Check the options and the configuration without touching any device.",
+        }
+    }
+
     /// Whether the action names a node (`plug`).
     pub fn needs_plug(self) -> bool {
         matches!(
@@ -542,20 +568,9 @@ fn xml_escape(s: &str) -> String {
     out
 }
 
-/// The agent's metadata (fence-agents' `resource-agent` XML, valid against their
-/// `metadata.rng`).
-pub fn metadata() -> String {
-    let mut x = String::new();
-    let _ = writeln!(x, "<?xml version=\"1.0\" ?>");
-    let _ = writeln!(
-        x,
-        "<resource-agent name=\"{AGENT_NAME}\" shortdesc=\"Fence agent for fenced: SCSI-3 persistent reservations, voting-disk markers and watchdog self-fencing\" >"
-    );
-    let _ = writeln!(
-        x,
-        "<longdesc>{}</longdesc>",
-        xml_escape(
-            "fence_fenced fences a node through the fenced daemon of the node it runs on. \
+/// What the agent does: the metadata's `longdesc` and the DESCRIPTION of fence_fenced(8).
+pub const LONG_DESCRIPTION: &str =
+    "fence_fenced fences a node through the fenced daemon of the node it runs on. \
 off preempts the node's reservation key on every shared LUN (target-enforced: its writes are \
 refused from that moment, verified with READ KEYS) and marks it dead on a majority of the voting \
 disks; the fenced node fences itself on its next poll or is reset by its hardware watchdog. \
@@ -567,9 +582,67 @@ for instance with stonith_admin --unfence); the node's key is registered again w
 daemon starts, which is when status reports it on again. \
 status exits 0 when the node's key is registered on every LUN and it is not marked dead, \
 2 otherwise. Pacemaker's stonith-timeout must cover timeouts.fence_deadline of the fenced \
-configuration."
-        )
+configuration.";
+
+/// One option as fence_fenced(8) documents it, from the same table as parsing and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionDoc {
+    /// The `name=value` name on stdin.
+    pub name: &'static str,
+    /// The getopt spellings, e.g. `-o, --action=[action]`.
+    pub getopt: String,
+    /// The default, if any.
+    pub default: Option<&'static str>,
+    /// Whether the metadata marks it required.
+    pub required: bool,
+    /// Whether it is a deprecated alias.
+    pub deprecated: bool,
+    /// What it does.
+    pub description: &'static str,
+}
+
+/// Every option, in metadata order (the man page's OPTIONS).
+pub fn option_docs() -> Vec<OptionDoc> {
+    params()
+        .into_iter()
+        .map(|p| OptionDoc {
+            name: p.name,
+            getopt: getopt_spelling(&p),
+            default: p.default,
+            required: p.required,
+            deprecated: p.deprecated,
+            description: p.desc,
+        })
+        .collect()
+}
+
+fn getopt_spelling(p: &Param) -> String {
+    let mut getopt = String::new();
+    if let Some(s) = p.short {
+        let _ = write!(getopt, "-{s}, ");
+    }
+    let _ = write!(getopt, "--{}", p.long);
+    if let Some(v) = p.value {
+        let _ = write!(getopt, "=[{v}]");
+    }
+    getopt
+}
+
+/// Standard fence-agents option names accepted with a warning and otherwise ignored.
+pub fn ignored_standard_options() -> &'static [&'static str] {
+    IGNORED_STANDARD
+}
+
+/// The agent's metadata (fence-agents' `resource-agent` XML, valid against their
+/// `metadata.rng`).
+pub fn metadata() -> String {
+    let mut x = String::new();
+    let _ = writeln!(x, "<?xml version=\"1.0\" ?>");
+    let _ = writeln!(
+        x,
+        "<resource-agent name=\"{AGENT_NAME}\" shortdesc=\"Fence agent for fenced: SCSI-3 persistent reservations, voting-disk markers and watchdog self-fencing\" >"
     );
+    let _ = writeln!(x, "<longdesc>{}</longdesc>", xml_escape(LONG_DESCRIPTION));
     let _ = writeln!(x, "<vendor-url></vendor-url>");
     let _ = writeln!(x, "<parameters>");
     for p in params() {
@@ -584,14 +657,7 @@ configuration."
         if let Some(o) = p.obsoletes {
             let _ = write!(attrs, " obsoletes=\"{o}\"");
         }
-        let mut getopt = String::new();
-        if let Some(s) = p.short {
-            let _ = write!(getopt, "-{s}, ");
-        }
-        let _ = write!(getopt, "--{}", p.long);
-        if let Some(v) = p.value {
-            let _ = write!(getopt, "=[{v}]");
-        }
+        let getopt = getopt_spelling(&p);
         let default = p
             .default
             .map(|d| format!(" default=\"{}\"", xml_escape(d)))
@@ -632,14 +698,7 @@ pub fn usage() -> String {
         "Usage:\n\t{AGENT_NAME} [options]\n\t(or name=value lines on stdin when there are no arguments)\nOptions:\n"
     );
     for p in params().iter().filter(|p| !p.deprecated) {
-        let mut getopt = String::new();
-        if let Some(s) = p.short {
-            let _ = write!(getopt, "-{s}, ");
-        }
-        let _ = write!(getopt, "--{}", p.long);
-        if let Some(v) = p.value {
-            let _ = write!(getopt, "=[{v}]");
-        }
+        let getopt = getopt_spelling(p);
         let _ = writeln!(u, "   {getopt:<32} {}", p.desc);
     }
     u

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod args;
 pub mod channel;
 pub mod config;
 pub mod control;

@@ -45,6 +45,7 @@
 #![deny(missing_docs)]
 
 mod any;
+pub mod args;
 pub mod batch;
 pub mod blk;
 pub mod cdb;

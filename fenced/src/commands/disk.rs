@@ -1,72 +1,14 @@
 //! `fenced disk format|dump` (`watch` is in `disk_watch.rs`).
 
-use std::path::PathBuf;
-
-use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use fenced::args::{DiskCommand, DumpArgs, FormatArgs};
 use fenced::vdisk::admin::{self, AdminError, DiskDump};
 use fenced::vdisk::{
     compute_authority, BlockError, ClusterId, Header, Marker, Observation, SlotBlock, Timeouts,
 };
 
 use super::Exit;
-
-/// Voting-disk commands.
-#[derive(Debug, Subcommand)]
-pub enum DiskCommand {
-    /// Format voting disks: write the header and clear every slot.
-    Format(FormatArgs),
-    /// Print the header, every written slot with its CRC verdict, and the authority.
-    Dump(DumpArgs),
-    /// Poll the disks every period as the daemon does (read-only) and print each round: disks
-    /// answering, read majority, authority, every live slot's heartbeat and its age; with
-    /// `--for` or `--rounds`, a summary with the worst round time at the end.
-    Watch(super::disk_watch::WatchArgs),
-}
-
-/// `fenced disk format`.
-#[derive(Debug, Args)]
-pub struct FormatArgs {
-    /// Cluster UUID (8-4-4-4-12 hex); every voting disk of a cluster carries the same one.
-    #[arg(long, value_name = "UUID")]
-    cluster: ClusterId,
-    /// Number of node slots (1-255); node slot numbers are 0..N-1.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=255))]
-    slots: u8,
-    /// Overwrite disks that already hold a voting-disk header or other data.
-    #[arg(long)]
-    force: bool,
-    /// Poll period P in ms.
-    #[arg(long, default_value_t = Timeouts::default().poll_ms)]
-    poll_ms: u32,
-    /// I/O deadline D of a round in ms (D < P).
-    #[arg(long, default_value_t = Timeouts::default().io_deadline_ms)]
-    io_deadline_ms: u32,
-    /// Lease L in ms (L >= 2P + D).
-    #[arg(long, default_value_t = Timeouts::default().lease_ms)]
-    lease_ms: u32,
-    /// Watchdog timeout W in ms (W >= 2P).
-    #[arg(long, default_value_t = Timeouts::default().watchdog_ms)]
-    watchdog_ms: u32,
-    /// Voting disks (block devices or files).
-    #[arg(required = true, value_name = "DEV")]
-    devices: Vec<PathBuf>,
-}
-
-/// `fenced disk dump`.
-#[derive(Debug, Args)]
-pub struct DumpArgs {
-    /// Expect this cluster; by default the cluster most disks carry.
-    #[arg(long, value_name = "UUID")]
-    cluster: Option<ClusterId>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Voting disks (block devices or files).
-    #[arg(required = true, value_name = "DEV")]
-    devices: Vec<PathBuf>,
-}
 
 /// Runs a voting-disk command.
 pub fn run(cmd: DiskCommand) -> Exit {

@@ -6,51 +6,13 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Args;
-
+use fenced::args::WatchArgs;
 use fenced::vdisk::report::{self, LINE_CAPACITY};
-use fenced::vdisk::{ClusterId, DiskStatus, OpenOptions, QuorumView, VotingDisks};
+use fenced::vdisk::{DiskStatus, OpenOptions, QuorumView, VotingDisks};
 
 use super::Exit;
-
-/// `fenced disk watch`.
-#[derive(Debug, Args)]
-pub struct WatchArgs {
-    /// Stop after this many seconds (default: run until interrupted; then no summary is printed).
-    #[arg(long = "for", value_name = "SECS", conflicts_with = "rounds", value_parser = parse_secs)]
-    duration: Option<Duration>,
-    /// Stop after this many rounds.
-    #[arg(long, value_name = "N")]
-    rounds: Option<u64>,
-    /// Poll period in ms, 1-3600000 (default: the period the disks were formatted with).
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    period: Option<u64>,
-    /// Deadline of each round's I/O in ms, 1-60000 (default: the one the disks were formatted
-    /// with).
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    io_deadline: Option<u64>,
-    /// Time a round may take past the I/O deadline (to decode what it read) before it counts as
-    /// overrunning, in ms (default: a tenth of the I/O deadline).
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
-    grace: Option<u64>,
-    /// Expect this cluster; by default the cluster most disks carry.
-    #[arg(long, value_name = "UUID")]
-    cluster: Option<ClusterId>,
-    /// Print one JSON object per line (rounds, then a final `{"summary": ...}`).
-    #[arg(long)]
-    json: bool,
-    /// Voting disks (block devices or files).
-    #[arg(required = true, value_name = "DEV")]
-    devices: Vec<PathBuf>,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{e}"))
-}
 
 /// Figures over the whole watch.
 #[derive(Debug, Default)]

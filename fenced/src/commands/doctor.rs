@@ -1,19 +1,8 @@
 //! `fenced doctor`: preflight checks (see `fenced::doctor`).
 
-use clap::Args;
+use fenced::args::DoctorArgs;
 
-use super::node::ConfigArg;
 use super::Exit;
-
-/// `fenced doctor`.
-#[derive(Debug, Args)]
-pub struct DoctorArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Print the checks as JSON.
-    #[arg(long)]
-    json: bool,
-}
 
 /// Runs every check; exit 0 when none failed, 1 otherwise.
 pub fn run(args: &DoctorArgs) -> Exit {

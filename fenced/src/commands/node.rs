@@ -1,63 +1,24 @@
 //! `fenced run|fence|clear|unfence|status`: the daemon and the clusterware's entry points.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use serde_json::{json, Value};
 
+use fenced::args::{ConfigArg, LocalArgs, NodeArgs, RunArgs};
 use fenced::channel::DiskChannel;
-use fenced::config::{self, Config};
+use fenced::config::Config;
 use fenced::fence::{self, FenceReport};
 use fenced::luns;
 use fenced::vdisk::{OpenOptions, QuorumView, SlotState, VotingDisks};
 
 use super::Exit;
 
-/// The configuration file option every node command takes.
-#[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// Configuration file.
-    #[arg(long, short = 'c', default_value = config::DEFAULT_PATH, value_name = "FILE")]
-    pub config: PathBuf,
-}
-
-impl ConfigArg {
-    fn load(&self) -> Result<Config, Exit> {
-        Config::load(&self.config, true).map_err(|e| {
-            complain!("{e}");
-            Exit::Failure
-        })
-    }
-}
-
-/// `fenced run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-}
-
-/// `fenced fence NODE` / `fenced clear NODE`.
-#[derive(Debug, Args)]
-pub struct NodeArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// The node (name or id).
-    node: String,
-}
-
-/// `fenced unfence` / `fenced status`.
-#[derive(Debug, Args)]
-pub struct LocalArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+/// Loads and checks the configuration `--config` names; complains when it cannot.
+fn load_config(arg: &ConfigArg) -> Result<Config, Exit> {
+    Config::load(&arg.config, true).map_err(|e| {
+        complain!("{e}");
+        Exit::Failure
+    })
 }
 
 /// Runs the daemon in the foreground (systemd: Type=notify).
@@ -66,7 +27,7 @@ pub fn run(args: &RunArgs) -> Exit {
     if let Some(e) = fenced::rt::reexec_with_lean_tunables() {
         tracing::warn!(error = %e, "cannot re-execute with one malloc arena: memory locked by the daemon grows with every thread it starts");
     }
-    let config = match args.config.load() {
+    let config = match load_config(&args.config) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -132,7 +93,7 @@ fn print_report(report: &FenceReport, json: bool) {
 
 /// `fenced fence NODE`: exit 0 only when the node is cut off every LUN (verified).
 pub fn fence(args: &NodeArgs) -> Exit {
-    let config = match args.config.load() {
+    let config = match load_config(&args.config) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -173,7 +134,7 @@ pub fn fence(args: &NodeArgs) -> Exit {
 
 /// `fenced clear NODE`.
 pub fn clear(args: &NodeArgs) -> Exit {
-    let config = match args.config.load() {
+    let config = match load_config(&args.config) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -196,7 +157,7 @@ pub fn clear(args: &NodeArgs) -> Exit {
 /// `fenced unfence`: register this node's key on every path again (after a reboot, or after
 /// `fenced clear`). Refused while the authority marks this node dead.
 pub fn unfence(args: &LocalArgs) -> Exit {
-    let config = match args.config.load() {
+    let config = match load_config(&args.config) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -261,7 +222,7 @@ pub fn unfence(args: &LocalArgs) -> Exit {
 
 /// `fenced status`: what the voting disks, the LUNs and the watchdogs say now.
 pub fn status(args: &LocalArgs) -> Exit {
-    let config = match args.config.load() {
+    let config = match load_config(&args.config) {
         Ok(c) => c,
         Err(e) => return e,
     };

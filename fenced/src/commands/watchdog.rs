@@ -1,91 +1,14 @@
 //! `fenced watchdog list|test`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use watchdog::{
-    choose, discover, select, test_watchdog, Decision, Modprobe, Policy, Roots, WatchdogTable,
-};
+use watchdog::{choose, discover, select, test_watchdog, Decision, Modprobe, Roots, WatchdogTable};
+
+use fenced::args::{ListArgs, TestArgs, WatchdogCommand};
 
 use super::Exit;
-
-/// Watchdog commands.
-#[derive(Debug, Subcommand)]
-pub enum WatchdogCommand {
-    /// List the watchdog devices, the one the policy would use, and why.
-    List(ListArgs),
-    /// Arm a watchdog and stop feeding it: the node should reset within the timeout (the
-    /// equivalent of `sbd test-watchdog`). Requires --yes-reset-this-node.
-    Test(TestArgs),
-}
-
-/// The operator's watchdog policy, as on the command line and in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PolicyArg {
-    /// Use a hardware watchdog; refuse to run without one.
-    RequireHardware,
-    /// Use a hardware watchdog if there is one, else load and use softdog.
-    AllowSoftdog,
-}
-
-/// Policy selection shared by both commands.
-#[derive(Debug, Args)]
-pub struct PolicyArgs {
-    /// Which kinds of watchdog may be used.
-    #[arg(long, value_enum, default_value_t = PolicyArg::RequireHardware)]
-    policy: PolicyArg,
-    /// Use exactly this device (e.g. /dev/watchdog1) whatever the policy.
-    #[arg(long, value_name = "DEV")]
-    device: Option<PathBuf>,
-    /// softdog_margin for modprobe when allow-softdog has to load softdog, seconds.
-    #[arg(long, default_value_t = 60, value_name = "S")]
-    soft_margin: u32,
-}
-
-impl PolicyArgs {
-    fn policy(&self) -> Policy {
-        match (&self.device, self.policy) {
-            (Some(dev), _) => Policy::Device(dev.clone()),
-            (None, PolicyArg::RequireHardware) => Policy::RequireHardware,
-            (None, PolicyArg::AllowSoftdog) => Policy::AllowSoftdog {
-                soft_margin: self.soft_margin,
-                soft_panic: false,
-            },
-        }
-    }
-}
-
-/// `fenced watchdog list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    policy: PolicyArgs,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-/// `fenced watchdog test`.
-#[derive(Debug, Args)]
-pub struct TestArgs {
-    #[command(flatten)]
-    policy: PolicyArgs,
-    /// Timeout to arm with, seconds (the driver may adjust it; the real value is printed).
-    #[arg(long, default_value_t = 10, value_name = "S")]
-    timeout: u32,
-    /// Also set nowayout, so the test cannot be cancelled.
-    #[arg(long)]
-    nowayout: bool,
-    /// Confirms that this node may be reset by the test.
-    #[arg(long)]
-    yes_reset_this_node: bool,
-    /// Print the deadline as JSON.
-    #[arg(long)]
-    json: bool,
-}
 
 /// Runs a watchdog command.
 pub fn run(cmd: WatchdogCommand) -> Exit {

@@ -10,10 +10,8 @@ use sg_pr::{
 };
 
 use super::read::print_json;
-use super::{
-    exit, exit_code_for, print_notes, worst_exit_code, Ctx, KeyArgs, Many, PreemptArgs,
-    RegisterArgs, TypedArgs,
-};
+use super::{exit, exit_code_for, print_notes, worst_exit_code, Ctx};
+use sg_pr::args::{KeyArgs, Many, PreemptArgs, RegisterArgs, TypedArgs};
 
 /// Refuses key 0 where SPC gives it no meaning, naming the option.
 fn require_nonzero(option: &str, key: ReservationKey) -> Result<(), Error> {

@@ -20,6 +20,11 @@ Exit codes:
   2  bad command line
   3  refused: the command would destroy data and --force was not given
   4  a fence not confirmed on every LUN (the report names them): the node is not fenced
+  5  status: the daemon runs healthy, but a LUN, a path or a voting disk is degraded
+  6  status: no daemon runs, its loop is not healthy, or no read-majority of voting disks
+  7  status: the authority marks this node dead (it is fenced)
+With --json a command prints its result as one JSON document on stdout; fence, clear and
+unfence print {\"ok\":false,\"error\":...} on failure too.
 
 Invoked as fence_fenced (a link to this binary), it is the Pacemaker fence agent: see fence_fenced(8).";
 

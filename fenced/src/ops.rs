@@ -2,10 +2,9 @@
 //! node when there is one — it owns this node's voting-disk slot — or directly on the disks.
 //! Shared by `fenced fence|clear` and the fence-agent mode.
 
-use serde_json::{json, Value};
-
 use crate::channel::DiskChannel;
 use crate::config::{Config, Member};
+use crate::control::{Reply, Request};
 use crate::fence::{self, FenceError, FenceReport};
 use crate::luns::{self, Lun};
 use crate::storage::{Storage, SystemStorage};
@@ -22,14 +21,18 @@ pub fn discover_luns(config: &Config) -> Result<Vec<Lun>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Sends `op` for `node` to the daemon running on this node; `Ok(None)` when none runs.
-pub fn via_daemon(config: &Config, op: &str, node: &str) -> Result<Option<Value>, String> {
-    let req = json!({ "v": crate::control::VERSION, "op": op, "node": node });
-    crate::control::request(
+/// Sends `req` to the daemon running on this node; `Ok(None)` when none runs.
+pub fn via_daemon(config: &Config, req: &Request) -> Result<Option<Reply>, String> {
+    crate::control::call(
         &config.control_socket,
-        &req,
+        req,
         config.timing.fence_deadline * 2,
     )
+    .map_err(|e| e.to_string())
+}
+
+fn unexpected(reply: &Reply) -> String {
+    format!("the fenced daemon answered out of turn: {reply:?}")
 }
 
 /// Why `fence_node` did not confirm the fence.
@@ -71,22 +74,14 @@ fn incomplete(report: Box<FenceReport>) -> FenceFailure {
 /// Fences `node` through the running daemon, or directly when no daemon runs (the same paths
 /// as `fenced fence`).
 pub fn fence_node(config: &Config, node: &str) -> Result<FenceReport, FenceFailure> {
-    if let Some(reply) = via_daemon(config, "fence", node)? {
-        let report = || {
-            serde_json::from_value::<FenceReport>(reply["report"].clone())
-                .map_err(|e| format!("the daemon's report is not understood ({e}): {reply}"))
+    let req = Request::Fence { node: node.into() };
+    if let Some(reply) = via_daemon(config, &req)? {
+        return match reply {
+            Reply::Fenced { report } => Ok(*report),
+            Reply::Incomplete { report } => Err(incomplete(report)),
+            Reply::Refused { error } => Err(error.into()),
+            other => Err(unexpected(&other).into()),
         };
-        if reply["ok"] == true {
-            return Ok(report()?);
-        }
-        if !reply["report"].is_null() {
-            return Err(incomplete(Box::new(report()?)));
-        }
-        return Err(reply["error"]
-            .as_str()
-            .unwrap_or("the daemon refused")
-            .to_string()
-            .into());
     }
     let victim = member(config, node)?.clone();
     let luns = discover_luns(config)?;
@@ -102,14 +97,13 @@ pub fn fence_node(config: &Config, node: &str) -> Result<FenceReport, FenceFailu
 /// Clears `node`'s dead mark through the running daemon, or directly. `Ok(None)` when it was
 /// not marked dead.
 pub fn clear_node(config: &Config, node: &str) -> Result<Option<u64>, String> {
-    if let Some(reply) = via_daemon(config, "clear", node)? {
-        if reply["ok"] == true {
-            return Ok(reply["epoch"].as_u64());
-        }
-        return Err(reply["error"]
-            .as_str()
-            .unwrap_or("the daemon refused")
-            .to_string());
+    let req = Request::Clear { node: node.into() };
+    if let Some(reply) = via_daemon(config, &req)? {
+        return match reply {
+            Reply::Cleared { epoch } => Ok(epoch),
+            Reply::Refused { error } => Err(error),
+            other => Err(unexpected(&other)),
+        };
     }
     let m = member(config, node)?.clone();
     let mut channel = DiskChannel::open(config).map_err(|e| format!("voting disks: {e}"))?;

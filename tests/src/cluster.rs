@@ -495,7 +495,8 @@ impl Cluster {
             project_binary("fenced").display()
         );
         let out = self.nodes[i].run_with_timeout(&cmd, self.status_timeout())?;
-        if !out.success() {
+        // 5, 6, 7: degraded, unhealthy, fenced; the document says which (`health`).
+        if ![0, 5, 6, 7].contains(&out.code) {
             return Err(Error::CommandFailed {
                 guest: self.nodes[i].name().to_string(),
                 command: cmd,

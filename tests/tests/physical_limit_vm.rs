@@ -16,8 +16,9 @@ fn narrate() -> impl FnMut(&str) {
 const MAIN_LUNS: usize = 16;
 
 /// What node `i`'s daemon reports of its key check: (seconds since its last period, the oldest
-/// confirmation among the main LUNs in seconds, the hung LUN's state).
-fn key_check(c: &Cluster, i: usize, hung: &str) -> (f64, f64, String) {
+/// confirmation among the main LUNs in seconds, the hung LUN's state, and `fenced status`'s
+/// health).
+fn key_check(c: &Cluster, i: usize, hung: &str) -> (f64, f64, String, String) {
     let st = c.daemon_status(i).expect("fenced status");
     let d = &st["daemon"];
     let luns = d["luns"].as_array().expect("the daemon's LUNs");
@@ -33,7 +34,8 @@ fn key_check(c: &Cluster, i: usize, hung: &str) -> (f64, f64, String) {
         oldest = oldest.max(l["confirmed_ms_ago"].as_f64().expect("confirmed") / 1e3);
     }
     let checked = d["key_check_ms_ago"].as_f64().expect("key_check_ms_ago") / 1e3;
-    (checked, oldest, hung_state)
+    let health = st["health"].as_str().unwrap_or("?").to_string();
+    (checked, oldest, hung_state, health)
 }
 
 /// Fault: the separate LIO target serving the 17th LUN (16 on the main target) is paused: that
@@ -61,6 +63,7 @@ fn a_hung_lun_delays_neither_the_fence_nor_the_key_check_of_the_others() {
     let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
     let t = c.timing;
     let st = c.daemon_status(0).unwrap();
+    assert_eq!(st["health"], "ok", "{st}");
     let luns = st["daemon"]["luns"].as_array().unwrap().clone();
     assert_eq!(luns.len(), MAIN_LUNS + 1);
     // The extra LUN's NAA id sorts last (ClusterSpec::extra_luns).
@@ -73,12 +76,14 @@ fn a_hung_lun_delays_neither_the_fence_nor_the_key_check_of_the_others() {
     // Key check: long enough for the hung LUN to fail once and be retried.
     let (mut worst_checked, mut worst_confirmed) = (0.0f64, 0.0f64);
     let mut hung_states = Vec::new();
+    let mut health = String::new();
     while paused.elapsed() < Duration::from_secs(15) {
         for i in [0, 2] {
-            let (checked, oldest, state) = key_check(&c, i, &hung);
+            let (checked, oldest, state, h) = key_check(&c, i, &hung);
             worst_checked = worst_checked.max(checked);
             worst_confirmed = worst_confirmed.max(oldest);
             hung_states.push(state);
+            health = h;
         }
         std::thread::sleep(Duration::from_millis(700));
     }
@@ -99,6 +104,7 @@ fn a_hung_lun_delays_neither_the_fence_nor_the_key_check_of_the_others() {
         Some("unreachable"),
         "{hung_states:?}"
     );
+    assert_eq!(health, "degraded", "`fenced status` exits 5 with a LUN unreachable");
 
     // The fence, with a status asked of node1's daemon while it runs.
     let fence_started = Instant::now();

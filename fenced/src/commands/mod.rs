@@ -41,6 +41,12 @@ pub enum Exit {
     /// A fence cut the victim off some LUNs but could not confirm every one (the report names
     /// them): the clusterware must not treat the node as fenced.
     Incomplete = 4,
+    /// `status`: the daemon runs healthy, but a LUN, path or voting disk is degraded.
+    Degraded = 5,
+    /// `status`: no daemon runs, its loop is not healthy, or no read-majority of voting disks.
+    Unhealthy = 6,
+    /// `status`: the authority marks this node dead.
+    Fenced = 7,
 }
 
 impl From<Exit> for std::process::ExitCode {

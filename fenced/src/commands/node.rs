@@ -132,6 +132,15 @@ pub fn fence(args: &NodeArgs) -> Exit {
     }
 }
 
+/// Reports a failure: on stderr, and with `--json` as `{"ok":false,"error":...}` on stdout too.
+fn failed(json: bool, message: &str, code: Exit) -> Exit {
+    if json {
+        say!("{}", json!({ "ok": false, "error": message }));
+    }
+    complain!("{message}");
+    code
+}
+
 /// `fenced clear NODE`.
 pub fn clear(args: &NodeArgs) -> Exit {
     let config = match load_config(&args.config) {
@@ -139,6 +148,13 @@ pub fn clear(args: &NodeArgs) -> Exit {
         Err(e) => return e,
     };
     match fenced::ops::clear_node(&config, &args.node) {
+        Ok(epoch) if args.json => {
+            say!(
+                "{}",
+                json!({ "ok": true, "node": args.node, "was_dead": epoch.is_some(), "epoch": epoch })
+            );
+            Exit::Ok
+        }
         Ok(Some(epoch)) => {
             say!("{} may rejoin (epoch {epoch}).", args.node);
             Exit::Ok
@@ -147,10 +163,7 @@ pub fn clear(args: &NodeArgs) -> Exit {
             say!("{} is not marked dead.", args.node);
             Exit::Ok
         }
-        Err(e) => {
-            complain!("{e}");
-            Exit::Failure
-        }
+        Err(e) => failed(args.json, &e, Exit::Failure),
     }
 }
 
@@ -163,31 +176,23 @@ pub fn unfence(args: &LocalArgs) -> Exit {
     };
     let mut channel = match DiskChannel::open(&config) {
         Ok(c) => c,
-        Err(e) => {
-            complain!("voting disks: {e}");
-            return Exit::Failure;
-        }
+        Err(e) => return failed(args.json, &format!("voting disks: {e}"), Exit::Failure),
     };
     match fence::MarkerChannel::authority(&mut channel) {
         Ok(a) if a.is_present() && a.dead.contains(config.me.id) => {
-            complain!(
+            let message = format!(
                 "this node is marked dead (epoch {}): a live node must run `fenced clear {}` first",
-                a.epoch,
-                config.me.name
+                a.epoch, config.me.name
             );
-            return Exit::Failure;
+            return failed(args.json, &message, Exit::Failure);
         }
         Ok(_) => {}
-        Err(e) => {
-            complain!("voting disks: {e}");
-            return Exit::Failure;
-        }
+        Err(e) => return failed(args.json, &format!("voting disks: {e}"), Exit::Failure),
     }
-    let luns = match luns_of(&config) {
+    let luns = match fenced::ops::discover_luns(&config) {
         Ok(l) => l,
-        Err(e) => return e,
+        Err(e) => return failed(args.json, &e, Exit::Failure),
     };
-    let mut failed = false;
     let results = luns::unfence(
         std::sync::Arc::new(fenced::storage::SystemStorage),
         &luns,
@@ -195,9 +200,25 @@ pub fn unfence(args: &LocalArgs) -> Exit {
         config.timing.fence_deadline / 2,
         config.timing.fence_deadline,
     );
+    let ok = results.iter().all(|(_, r)| r.is_ok());
+    if args.json {
+        let per_lun: Vec<Value> = results
+            .iter()
+            .map(|(lun, r)| match r {
+                Ok(r) => json!({
+                    "lun": lun,
+                    "registered_paths": r.paths,
+                    "reserved": r.reserved,
+                    "paths_down": r.paths_down,
+                }),
+                Err(e) => json!({ "lun": lun, "error": e.to_string() }),
+            })
+            .collect();
+        say!("{}", json!({ "ok": ok, "luns": per_lun }));
+    }
     for (lun, r) in &results {
         match r {
-            Ok(r) => say!(
+            Ok(r) if !args.json => say!(
                 "{lun}: registered on {} path(s){}{}",
                 r.paths,
                 if r.reserved { ", reserved" } else { "" },
@@ -207,16 +228,14 @@ pub fn unfence(args: &LocalArgs) -> Exit {
                     format!("; DEGRADED, not registered: {}", r.paths_down.join("; "))
                 }
             ),
-            Err(e) => {
-                failed = true;
-                complain!("{lun}: {e}");
-            }
+            Ok(_) => {}
+            Err(e) => complain!("{lun}: {e}"),
         }
     }
-    if failed {
-        Exit::Failure
-    } else {
+    if ok {
         Exit::Ok
+    } else {
+        Exit::Failure
     }
 }
 
@@ -355,23 +374,228 @@ pub fn status(args: &LocalArgs) -> Exit {
             }))
             .collect::<Vec<_>>());
     }
-    let ping = json!({ "v": fenced::control::VERSION, "op": "ping" });
-    out["daemon"] =
-        match fenced::control::request(&config.control_socket, &ping, Duration::from_secs(5)) {
-            Ok(Some(reply)) => json!({
-                "running": true,
-                "verdict": reply["verdict"],
-                "degraded": reply["degraded"],
-                "key_check_ms_ago": reply["checked_ms_ago"],
-                "luns": reply["luns"],
-            }),
-            Ok(None) => json!({ "running": false }),
-            Err(e) => json!({ "running": null, "error": e }),
-        };
+    let ping = fenced::control::call(
+        &config.control_socket,
+        &fenced::control::Request::Ping,
+        Duration::from_secs(5),
+    );
+    out["daemon"] = match ping {
+        Ok(Some(fenced::control::Reply::State(s))) => json!({
+            "running": true,
+            "verdict": s.verdict,
+            "degraded": s.degraded,
+            "key_check_ms_ago": s.checked_ms_ago,
+            "luns": s.luns,
+        }),
+        Ok(Some(other)) => json!({ "running": true, "error": format!("{other:?}") }),
+        Ok(None) => json!({ "running": false }),
+        Err(e) => json!({ "running": null, "error": e.to_string() }),
+    };
+    let (health, why) = status_health(&out, config.me.id);
+    out["health"] = json!(health.name());
+    out["health_reasons"] = json!(why);
     if args.json {
         say!("{out}");
     } else {
         say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     }
-    Exit::Ok
+    health.exit()
+}
+
+/// What `fenced status` found, worst first; its exit code says the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Health {
+    /// The authority marks this node dead.
+    Fenced,
+    /// No daemon runs, its loop is not healthy (it does not feed the watchdog), or the voting
+    /// disks give no read-majority.
+    Unhealthy,
+    /// Running and healthy, but a LUN, a path or a voting disk is not as it should be.
+    Degraded,
+    /// Everything confirmed.
+    Ok,
+}
+
+impl Health {
+    fn name(self) -> &'static str {
+        match self {
+            Health::Fenced => "fenced",
+            Health::Unhealthy => "unhealthy",
+            Health::Degraded => "degraded",
+            Health::Ok => "ok",
+        }
+    }
+
+    fn exit(self) -> Exit {
+        match self {
+            Health::Fenced => Exit::Fenced,
+            Health::Unhealthy => Exit::Unhealthy,
+            Health::Degraded => Exit::Degraded,
+            Health::Ok => Exit::Ok,
+        }
+    }
+}
+
+/// The node's health from the status document `out` (node id `me`), with the reasons.
+fn status_health(out: &Value, me: u8) -> (Health, Vec<String>) {
+    let mut found = Vec::new();
+    let dead = out["authority"]["dead"]
+        .as_array()
+        .is_some_and(|d| d.iter().any(|n| n.as_u64() == Some(u64::from(me))));
+    if dead {
+        found.push((
+            Health::Fenced,
+            "the authority marks this node dead".to_string(),
+        ));
+    }
+    let daemon = &out["daemon"];
+    if daemon["running"] != true {
+        found.push((Health::Unhealthy, "no fenced daemon runs".to_string()));
+    } else if daemon["verdict"] != "Healthy" {
+        found.push((
+            Health::Unhealthy,
+            format!("the daemon's verdict is {}", daemon["verdict"]),
+        ));
+    }
+    if out["read_majority"] != true {
+        found.push((
+            Health::Unhealthy,
+            "no read-majority of voting disks".to_string(),
+        ));
+    }
+    if let Some(disks) = out["voting_disks"].as_array() {
+        for d in disks.iter().filter(|d| d["status"] != "Answered") {
+            found.push((
+                Health::Degraded,
+                format!("voting disk {} {}", d["disk"], d["status"]),
+            ));
+        }
+    }
+    if daemon["degraded"].as_u64().is_some_and(|n| n > 0) {
+        found.push((
+            Health::Degraded,
+            format!("the daemon reports {} LUN(s) degraded", daemon["degraded"]),
+        ));
+    }
+    for lun in out["luns"].as_array().into_iter().flatten() {
+        if lun.get("error").is_some() || lun.get("path_errors").is_some() {
+            found.push((
+                Health::Degraded,
+                format!("LUN {}: a path failed", lun["lun"]),
+            ));
+        } else if lun["own_key_registered"] == false {
+            found.push((
+                Health::Degraded,
+                format!("LUN {}: this node's key is not registered", lun["lun"]),
+            ));
+        }
+    }
+    if out.get("luns_error").is_some() {
+        found.push((Health::Degraded, "LUN discovery failed".to_string()));
+    }
+    let worst = found.iter().map(|(h, _)| *h).min().unwrap_or(Health::Ok);
+    (worst, found.into_iter().map(|(_, why)| why).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status document of a healthy node 0 of two, on one LUN, three voting disks.
+    fn healthy() -> Value {
+        json!({
+            "voting_disks": [
+                { "disk": "/dev/vda", "status": "Answered" },
+                { "disk": "/dev/vdb", "status": "Answered" },
+                { "disk": "/dev/vdc", "status": "Answered" },
+            ],
+            "read_majority": true,
+            "authority": { "epoch": 2, "issuer": 1, "dead": [], "disks": 3 },
+            "luns": [ { "lun": "naa.1", "own_key_registered": true } ],
+            "daemon": { "running": true, "verdict": "Healthy", "degraded": 0 },
+        })
+    }
+
+    fn health(out: &Value) -> (Exit, Vec<String>) {
+        let (h, why) = status_health(out, 0);
+        (h.exit(), why)
+    }
+
+    #[test]
+    fn a_healthy_node_exits_0() {
+        assert_eq!(health(&healthy()), (Exit::Ok, vec![]));
+    }
+
+    #[test]
+    fn a_degraded_lun_path_or_voting_disk_exits_5() {
+        let mut out = healthy();
+        out["daemon"]["degraded"] = json!(1);
+        assert_eq!(health(&out).0, Exit::Degraded);
+        let mut out = healthy();
+        out["luns"][0]["path_errors"] = json!(["/dev/sdb: timed out"]);
+        assert_eq!(health(&out).0, Exit::Degraded);
+        let mut out = healthy();
+        out["luns"][0]["own_key_registered"] = json!(false);
+        assert_eq!(health(&out).0, Exit::Degraded);
+        let mut out = healthy();
+        out["voting_disks"][2]["status"] = json!("IoError(5)");
+        let (code, why) = health(&out);
+        assert_eq!(code, Exit::Degraded);
+        assert!(why[0].contains("/dev/vdc"), "{why:?}");
+    }
+
+    #[test]
+    fn no_daemon_an_unhealthy_loop_or_no_majority_exits_6() {
+        let mut out = healthy();
+        out["daemon"] = json!({ "running": false });
+        assert_eq!(health(&out).0, Exit::Unhealthy);
+        let mut out = healthy();
+        out["daemon"]["verdict"] = json!("Unhealthy(LeaseExpired)");
+        assert_eq!(health(&out).0, Exit::Unhealthy);
+        let mut out = healthy();
+        out["read_majority"] = json!(false);
+        out["voting_disks"][0]["status"] = json!("IoError(5)");
+        out["voting_disks"][1]["status"] = json!("IoError(5)");
+        let (code, why) = health(&out);
+        assert_eq!(
+            code,
+            Exit::Unhealthy,
+            "the worst wins over the degraded disks"
+        );
+        assert_eq!(why.len(), 3, "{why:?}");
+    }
+
+    #[test]
+    fn a_node_marked_dead_exits_7() {
+        let mut out = healthy();
+        out["authority"]["dead"] = json!([0]);
+        out["daemon"] = json!({ "running": false });
+        assert_eq!(health(&out).0, Exit::Fenced);
+        // Another node dead is not this node's health.
+        let mut out = healthy();
+        out["authority"]["dead"] = json!([1]);
+        assert_eq!(health(&out).0, Exit::Ok);
+    }
+
+    /// The documented numbers (the man page's EXIT STATUS and `fenced --help`).
+    #[test]
+    fn exit_codes_are_the_documented_numbers() {
+        let codes = [
+            (Exit::Ok, 0),
+            (Exit::Failure, 1),
+            (Exit::Refused, 3),
+            (Exit::Incomplete, 4),
+            (Exit::Degraded, 5),
+            (Exit::Unhealthy, 6),
+            (Exit::Fenced, 7),
+        ];
+        for (exit, n) in codes {
+            assert_eq!(exit as u8, n);
+            assert!(
+                fenced::args::EXIT_CODES_HELP.contains(&format!("\n  {n}  ")),
+                "{n} is documented"
+            );
+        }
+        assert!(fenced::args::EXIT_CODES_HELP.contains("\n  2  bad command line"));
+    }
 }

@@ -28,7 +28,9 @@ use kmod_testing::{project_binary, Guest, GuestSpec, Lab, Output};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
-use tests::cluster::{config_text, node_name, Cluster, Timing, CLUSTER_UUID};
+use tests::cluster::{
+    config_text, node_name, Cluster, Timing, CLUSTER_UUID, DAEMON_STATUS_CONFIG,
+};
 
 const NODES: usize = 3;
 const LUN_MB: u64 = 4;
@@ -180,10 +182,12 @@ fn boot(name: &str, luns: usize) -> Cluster {
             );
         }
         let text = config_text(NODES, i, &devs, &vote_devs, timing);
+        // Without LUNs, for Cluster::daemon_status (the daemons' own reports).
+        let no_luns = config_text(NODES, i, &[], &vote_devs, timing);
         ok(
             g,
             &format!(
-                "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\nchmod 600 /etc/fenced/fenced.toml\n{}",
+                "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\ncat > {DAEMON_STATUS_CONFIG} <<'EOF'\n{no_luns}EOF\nchmod 600 /etc/fenced/fenced.toml {DAEMON_STATUS_CONFIG}\n{}",
                 cmap_script()
             ),
             LONG,

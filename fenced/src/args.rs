@@ -68,6 +68,8 @@ pub enum Group {
     Status(LocalArgs),
     /// Preflight checks: config and timing, voting disks, LUNs and PR support, watchdog.
     Doctor(DoctorArgs),
+    /// Write fenced.toml for the cluster's nodes (formatting the voting disks with --format).
+    Setup(SetupArgs),
 }
 
 /// The configuration file option every node command takes.
@@ -146,6 +148,17 @@ pub struct FormatArgs {
     /// Overwrite disks that already hold a voting-disk header or other data.
     #[arg(long)]
     pub force: bool,
+    /// The timeouts written in the header.
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    /// Voting disks (block devices or files).
+    #[arg(required = true, value_name = "DEV")]
+    pub devices: Vec<PathBuf>,
+}
+
+/// The timeouts a voting-disk header holds (the cluster's timing model).
+#[derive(Debug, Args)]
+pub struct TimeoutArgs {
     /// Poll period P in ms.
     #[arg(long, default_value_t = Timeouts::default().poll_ms)]
     pub poll_ms: u32,
@@ -158,9 +171,70 @@ pub struct FormatArgs {
     /// Watchdog timeout W in ms (W >= 2P).
     #[arg(long, default_value_t = Timeouts::default().watchdog_ms)]
     pub watchdog_ms: u32,
-    /// Voting disks (block devices or files).
-    #[arg(required = true, value_name = "DEV")]
-    pub devices: Vec<PathBuf>,
+}
+
+impl TimeoutArgs {
+    /// As the header holds them.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            poll_ms: self.poll_ms,
+            io_deadline_ms: self.io_deadline_ms,
+            lease_ms: self.lease_ms,
+            watchdog_ms: self.watchdog_ms,
+        }
+    }
+}
+
+/// `fenced setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The cluster's name (corosync's cluster_name under Pacemaker).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// A node's name as the clusterware knows it, once per node, in node-id order (0, 1, ...).
+    #[arg(long = "node", value_name = "NAME", required = true)]
+    pub nodes: Vec<String>,
+    /// A voting disk, once per disk (three, on separate arrays, is best). Name it the same way
+    /// on every node: /dev/disk/by-id/wwn-*.
+    #[arg(long = "voting-disk", value_name = "DEV", required = true)]
+    pub voting_disks: Vec<PathBuf>,
+    /// The shared LUNs to protect, once per device or glob; a glob of WWIDs
+    /// (/dev/disk/by-id/wwn-0x6001405*) names the same LUNs on every node and takes new ones.
+    #[arg(long = "lun", value_name = "PATTERN")]
+    pub luns: Vec<String>,
+    /// Format the voting disks first (refused on formatted disks without --force). Without
+    /// it, the cluster UUID and the timeouts are read from the disks' header.
+    #[arg(long)]
+    pub format: bool,
+    /// The cluster UUID: with --format, a new random one when left out; without, checked
+    /// against the disks'.
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<ClusterId>,
+    /// With --format: slots on the voting disks (default: one per node; more leave room to add
+    /// nodes later).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=255))]
+    pub slots: Option<u8>,
+    /// With --format: the timeouts the header holds (the configurations do not repeat them).
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    /// Overwrite formatted voting disks (with --format) and existing configuration files.
+    #[arg(long)]
+    pub force: bool,
+    /// Write every node's configuration into DIR, as NAME.toml, for copying to
+    /// /etc/fenced/fenced.toml on each node.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "this_node",
+        conflicts_with = "this_node"
+    )]
+    pub dir: Option<PathBuf>,
+    /// Write only this node's configuration, to --config.
+    #[arg(long, value_name = "NAME")]
+    pub this_node: Option<String>,
+    /// Where --this-node writes.
+    #[arg(long, short = 'c', default_value = config::DEFAULT_PATH, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// `fenced disk dump`.

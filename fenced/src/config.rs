@@ -164,13 +164,16 @@ fn default_aptpl() -> bool {
     true
 }
 
+/// `[timeouts]`: P, D, L and W may be left out (all of them, or the whole section): the voting
+/// disks' header holds them ([`Config::load`] reads it), so they live in one place. Stated, they
+/// must equal the header's (the daemon refuses to start otherwise).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
-    poll: u32,
-    io_deadline: u32,
-    lease: u32,
-    watchdog: u32,
+    poll: Option<u32>,
+    io_deadline: Option<u32>,
+    lease: Option<u32>,
+    watchdog: Option<u32>,
     #[serde(default)]
     startup_delay: u32,
     #[serde(default = "default_fence_deadline")]
@@ -181,16 +184,35 @@ fn default_fence_deadline() -> u32 {
     20_000
 }
 
+/// The section left out.
 impl Default for RawTimeouts {
     fn default() -> Self {
-        let t = Timeouts::default();
         RawTimeouts {
-            poll: t.poll_ms,
-            io_deadline: t.io_deadline_ms,
-            lease: t.lease_ms,
-            watchdog: t.watchdog_ms,
+            poll: None,
+            io_deadline: None,
+            lease: None,
+            watchdog: None,
             startup_delay: 0,
             fence_deadline: default_fence_deadline(),
+        }
+    }
+}
+
+impl RawTimeouts {
+    /// The four header timeouts when the file states every one, `None` when it states none;
+    /// an error for a partial statement.
+    fn stated(&self) -> Result<Option<Timeouts>, String> {
+        match (self.poll, self.io_deadline, self.lease, self.watchdog) {
+            (Some(poll_ms), Some(io_deadline_ms), Some(lease_ms), Some(watchdog_ms)) => {
+                Ok(Some(Timeouts {
+                    poll_ms,
+                    io_deadline_ms,
+                    lease_ms,
+                    watchdog_ms,
+                }))
+            }
+            (None, None, None, None) => Ok(None),
+            _ => Err("timeouts.poll, io_deadline, lease and watchdog go together: state all four (equal to the voting disks' header) or none (then they are read from the header)".into()),
         }
     }
 }
@@ -268,6 +290,15 @@ pub struct Member {
 
 fn ser_key<S: serde::Serializer>(k: &ReservationKey, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("0x{:016x}", k.0))
+}
+
+/// Reads the timeouts of the voting disks `disks` of `cluster` for a configuration that leaves
+/// them out.
+pub type HeaderTimeouts<'a> = &'a dyn Fn(&[PathBuf], ClusterId) -> Result<Timeouts, String>;
+
+/// The timeouts a majority of the voting disks' headers agree on.
+pub fn header_timeouts(disks: &[PathBuf], cluster: ClusterId) -> Result<Timeouts, String> {
+    crate::vdisk::admin::majority_header(disks, Some(cluster)).map(|h| h.timeouts)
 }
 
 /// The timing model (see the GUIDE): P poll period, D one round's I/O deadline, L lease,
@@ -417,6 +448,12 @@ impl Config {
     /// Reads and checks `path`. `check_owner` refuses files writable by non-root (the daemon
     /// and fencing commands always check; tests of parsing may not).
     pub fn load(path: &Path, check_owner: bool) -> Result<Config, ConfigError> {
+        let text = Config::read_checked(path, check_owner)?;
+        Config::parse_with(path, &text, &header_timeouts)
+    }
+
+    /// The file's text, once it is root's and not writable by others (with `check_owner`).
+    fn read_checked(path: &Path, check_owner: bool) -> Result<String, ConfigError> {
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -428,15 +465,43 @@ impl Config {
                 mode: meta.mode() & 0o7777,
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        Config::parse(path, &text)
+        })
     }
 
-    /// Parses and checks configuration text.
+    /// As [`Config::load`], but when the file leaves the timeouts to the voting disks and no
+    /// majority of them answers, the default timeouts stand in and the reason comes back: for
+    /// the commands that report (`status`, `doctor`, the agent's `list`), which must not fail
+    /// because the voting disks do not answer. Never for a command that acts on the timing.
+    pub fn load_reporting(path: &Path) -> Result<(Config, Option<String>), ConfigError> {
+        let unread = std::cell::RefCell::new(None);
+        let fallback = |disks: &[PathBuf], cluster: ClusterId| {
+            header_timeouts(disks, cluster).or_else(|e| {
+                *unread.borrow_mut() = Some(e);
+                Ok(Timeouts::default())
+            })
+        };
+        let text = Config::read_checked(path, true)?;
+        let config = Config::parse_with(path, &text, &fallback)?;
+        Ok((config, unread.into_inner()))
+    }
+
+    /// Parses and checks configuration text that states its `[timeouts]`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(path, text, &|_, _| {
+            Err("the configuration states no [timeouts] and no voting-disk header was read".into())
+        })
+    }
+
+    /// Parses and checks configuration text; `header` gives the voting disks' timeouts when
+    /// the text leaves them out (from the disks and cluster the text names).
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        header: HeaderTimeouts,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -506,11 +571,19 @@ impl Config {
             return Err(invalid("storage.voting_disks is empty: at least one (better three) voting disks are needed".into()));
         }
         let ms = |v: u32| Duration::from_millis(u64::from(v));
+        let header_timeouts = match raw.timeouts.stated().map_err(invalid)? {
+            Some(t) => t,
+            None => header(&raw.storage.voting_disks, cluster).map_err(|e| {
+                invalid(format!(
+                    "[timeouts] is left out, so they come from the voting disks' header, which could not be read: {e}; fix the voting disks or state the timeouts"
+                ))
+            })?,
+        };
         let timing = Timing {
-            poll: ms(raw.timeouts.poll),
-            io_deadline: ms(raw.timeouts.io_deadline),
-            lease: ms(raw.timeouts.lease),
-            watchdog: ms(raw.timeouts.watchdog),
+            poll: ms(header_timeouts.poll_ms),
+            io_deadline: ms(header_timeouts.io_deadline_ms),
+            lease: ms(header_timeouts.lease_ms),
+            watchdog: ms(header_timeouts.watchdog_ms),
             startup_delay: ms(raw.timeouts.startup_delay),
             fence_deadline: ms(raw.timeouts.fence_deadline),
         };
@@ -649,15 +722,26 @@ luns = ["/dev/sda"]
 voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
 "#;
 
+    /// Parses `text` as if the voting disks' header held the default timeouts.
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("/etc/fenced/fenced.toml"), text)
+        Config::parse_with(
+            Path::new("/etc/fenced/fenced.toml"),
+            text,
+            &|disks, cluster| {
+                assert_eq!(disks.len(), 3);
+                assert_eq!(cluster.to_string(), "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10");
+                Ok(Timeouts::default())
+            },
+        )
     }
 
     #[test]
-    fn a_minimal_file_gets_documented_defaults() {
+    fn a_minimal_file_gets_documented_defaults_and_the_headers_timeouts() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.me.name, "node2");
         assert_eq!(c.timing.poll, Duration::from_millis(1000));
+        assert_eq!(c.timing.as_header_timeouts(), Timeouts::default());
+        assert_eq!(c.timing.fence_deadline, Duration::from_secs(20));
         assert_eq!(c.watchdog_policy, WatchdogPolicy::RequireHardware);
         assert_eq!(c.self_fence, SelfFenceAction::Reboot);
         assert_eq!(c.member("node3").unwrap().key, ReservationKey(0xabc));
@@ -680,6 +764,42 @@ voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
         assert_eq!(sorted.len(), keys.len());
         let other: ClusterId = "6f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10".parse().unwrap();
         assert_ne!(derive_key(&other, 0), derive_key(&cluster, 0));
+    }
+
+    /// The timeouts live in the voting disks' header: a file may leave them out (then the
+    /// header's are used, and a header that cannot be read is a clear error) or state all four;
+    /// a partial statement is refused.
+    #[test]
+    fn timeouts_come_from_the_header_unless_all_four_are_stated() {
+        let path = Path::new("/etc/fenced/fenced.toml");
+        let header = Timeouts {
+            poll_ms: 500,
+            io_deadline_ms: 200,
+            lease_ms: 2000,
+            watchdog_ms: 4000,
+        };
+        let c = Config::parse_with(path, GOOD, &|_, _| Ok(header)).unwrap();
+        assert_eq!(c.timing.as_header_timeouts(), header);
+        let e = Config::parse_with(path, GOOD, &|_, _| Err("no disk answered".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no disk answered") && e.contains("state the timeouts"),
+            "{e}"
+        );
+        let stated = format!(
+            "{GOOD}\n[timeouts]\npoll = 1000\nio_deadline = 500\nlease = 3000\nwatchdog = 5000\n"
+        );
+        let c = Config::parse_with(path, &stated, &|_, _| panic!("not read when stated")).unwrap();
+        assert_eq!(c.timing.as_header_timeouts(), Timeouts::default());
+        let partial = format!("{GOOD}\n[timeouts]\npoll = 1000\nfence_deadline = 9000\n");
+        let e = parse(&partial).unwrap_err().to_string();
+        assert!(e.contains("go together"), "{e}");
+        // Only the config's own timeouts left: the header's four, the file's fence deadline.
+        let own = format!("{GOOD}\n[timeouts]\nfence_deadline = 9000\n");
+        let c = parse(&own).unwrap();
+        assert_eq!(c.timing.fence_deadline, Duration::from_secs(9));
+        assert_eq!(c.timing.as_header_timeouts(), Timeouts::default());
     }
 
     #[test]
@@ -742,12 +862,50 @@ voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fenced.toml");
-        std::fs::write(&p, GOOD).unwrap();
+        let stated = format!(
+            "{GOOD}\n[timeouts]\npoll = 1000\nio_deadline = 500\nlease = 3000\nwatchdog = 5000\n"
+        );
+        std::fs::write(&p, stated).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = Config::load(&p, true).unwrap_err();
         assert!(matches!(e, ConfigError::Insecure { .. }), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(Config::load(&p, nix::unistd::geteuid().is_root()).is_ok());
+    }
+
+    /// Voting disks as image files: the header a majority holds gives the timeouts.
+    #[test]
+    fn the_header_timeouts_are_those_a_majority_of_disks_hold() {
+        use crate::vdisk::{admin, Header};
+        let dir = tempfile::tempdir().unwrap();
+        let cluster: ClusterId = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10".parse().unwrap();
+        let t = Timeouts {
+            poll_ms: 500,
+            io_deadline_ms: 200,
+            lease_ms: 2000,
+            watchdog_ms: 4000,
+        };
+        let disks: Vec<PathBuf> = (0..3)
+            .map(|i| dir.path().join(format!("vote{i}")))
+            .collect();
+        for (i, d) in disks.iter().enumerate() {
+            std::fs::File::create(d).unwrap().set_len(1 << 20).unwrap();
+            let timeouts = if i == 2 { Timeouts::default() } else { t };
+            admin::format_disk(d, &Header::new(cluster, 3, timeouts), false).unwrap();
+        }
+        assert_eq!(
+            header_timeouts(&disks, cluster),
+            Ok(t),
+            "two of three agree"
+        );
+        std::fs::write(&disks[1], vec![0u8; 4096]).unwrap();
+        let e = header_timeouts(&disks, cluster).unwrap_err();
+        assert!(e.contains("no majority"), "{e}");
+        let other: ClusterId = "6f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10".parse().unwrap();
+        assert!(
+            header_timeouts(&disks, other).is_err(),
+            "another cluster's disks"
+        );
     }
 
     #[test]

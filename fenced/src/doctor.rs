@@ -16,6 +16,9 @@
 //!   and one that does not rejects as an ILLEGAL REQUEST. What the target declares in REPORT
 //!   SUPPORTED OPERATION CODES is only the fallback, reported beside the probe: LIO does not
 //!   answer that command, and tgt declares PREEMPT AND ABORT supported and then rejects it;
+//! - the transport's timeouts (iSCSI replacement_timeout, FC fast_io_fail_tmo/dev_loss_tmo,
+//!   multipath no_path_retry) against the deadline of each PR command in a fence
+//!   ([`crate::transport`]);
 //! - the watchdog: which device the policy would pick (or the one the running daemon holds),
 //!   hardware or softdog, nowayout, and whether the driver's timeout range contains W.
 
@@ -117,8 +120,15 @@ impl Report {
 /// Runs every check for the configuration at `path`.
 pub fn run(path: &Path) -> Report {
     let mut r = Report::default();
-    let config = match Config::load(path, true) {
-        Ok(c) => {
+    let config = match Config::load_reporting(path) {
+        Ok((c, unread)) => {
+            if let Some(why) = unread {
+                r.add(
+                    Verdict::Fail,
+                    "timeouts",
+                    format!("the file leaves [timeouts] to the voting disks' header, which cannot be read ({why}); the defaults stand in for the checks below: fix the voting disks"),
+                );
+            }
             let t = c.timing;
             r.add(
                 Verdict::Pass,
@@ -461,8 +471,85 @@ fn multipath_maps(config: &Config, r: &mut Report) {
     }
 }
 
+/// How long the transport lets I/O wait on each path (iSCSI, FC) and map (dm-multipath), held
+/// against the deadline of each PR command in a fence ([`crate::transport`]). Paths of other
+/// transports (SAS, virtio, NVMe) are not judged.
+fn transport_holds(config: &Config, r: &mut Report) {
+    use crate::transport::{multipath_hold, scsi_disk_hold, Hold};
+    use std::collections::BTreeMap;
+    let sys = Path::new("/sys");
+    let per_command = config.timing.fence_deadline / 2;
+    let mut holds: Vec<(String, Hold)> = Vec::new();
+    for p in crate::storage::Storage::paths(&crate::storage::SystemStorage, &config.luns) {
+        let name = p
+            .canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()));
+        if let Some(name) = name.filter(|n| n.starts_with("sd")) {
+            if let Some(h) = scsi_disk_hold(sys, &name) {
+                holds.push((p.display().to_string(), h));
+            }
+        }
+    }
+    let conf = std::fs::read_to_string("/etc/multipath.conf").unwrap_or_default();
+    for (path, map) in crate::storage::multipath_maps(sys, &config.luns) {
+        let table = std::process::Command::new("dmsetup")
+            .args(["table", &map])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let queueing = table.contains("queue_if_no_path");
+        holds.push((
+            path.display().to_string(),
+            multipath_hold(&conf, &map, queueing),
+        ));
+    }
+    // One line per setting and value: its devices, and the setting as read.
+    type Group = (Vec<String>, Hold);
+    let mut grouped: BTreeMap<(&'static str, Option<Duration>), Group> = BTreeMap::new();
+    for (dev, h) in holds {
+        grouped
+            .entry((h.setting, h.hold))
+            .or_insert_with(|| (Vec::new(), h))
+            .0
+            .push(dev);
+    }
+    for ((setting, hold), (devs, h)) in grouped {
+        let subject = format!("transport {}", devs.join(" "));
+        match hold {
+            None => r.add_fix(
+                Verdict::Warn,
+                subject,
+                format!("{setting}: I/O waits for ever while no path is up ({}): the node's applications hang instead of failing (its fencing is unaffected: fenced sends its commands down the paths)", h.source),
+                h.fix,
+            ),
+            Some(d) if d > per_command => r.add_fix(
+                Verdict::Warn,
+                subject,
+                format!(
+                    "{setting} {} s ({}): a failing path can hold a PR command that long, longer than a fence gives each command ({} s, half of timeouts.fence_deadline): a fence fails closed on a LUN whose every path is held",
+                    d.as_secs(),
+                    h.source,
+                    per_command.as_secs()
+                ),
+                format!("{}; at most {} s", h.fix, per_command.as_secs()),
+            ),
+            Some(d) => r.add(
+                Verdict::Pass,
+                subject,
+                format!(
+                    "{setting} {} s: within the {} s a fence gives each command",
+                    d.as_secs(),
+                    per_command.as_secs()
+                ),
+            ),
+        }
+    }
+}
+
 fn shared_luns(config: &Config, r: &mut Report) {
     multipath_maps(config, r);
+    transport_holds(config, r);
     let paths = crate::storage::Storage::paths(&crate::storage::SystemStorage, &config.luns);
     if config.luns.is_empty() {
         r.add_fix(

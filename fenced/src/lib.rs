@@ -20,4 +20,5 @@ pub mod ops;
 pub mod rt;
 pub mod selffence;
 pub mod storage;
+pub mod transport;
 pub mod vdisk;

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Group::Unfence(args) => commands::node::unfence(&args),
         Group::Status(args) => commands::node::status(&args),
         Group::Doctor(args) => commands::doctor::run(&args),
+        Group::Setup(args) => commands::setup::run(&args),
     };
     status.into()
 }

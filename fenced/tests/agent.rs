@@ -54,10 +54,17 @@ impl Agent {
         Agent { dir, bin, config }
     }
 
+    /// Voting disks that do not exist, so the file states the timeouts the disks would hold.
     fn parse_only() -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let votes: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("v{i}"))).collect();
-        Agent::new(dir, &votes)
+        let a = Agent::new(dir, &votes);
+        let mut text = std::fs::read_to_string(&a.config).unwrap();
+        text.push_str(
+            "[timeouts]\npoll = 1000\nio_deadline = 500\nlease = 3000\nwatchdog = 5000\n",
+        );
+        std::fs::write(&a.config, text).unwrap();
+        a
     }
 
     /// Runs the agent with `stdin` as its options (no arguments: Pacemaker's way).

@@ -350,19 +350,13 @@ impl Cluster {
                 .collect()
         });
         let found: Vec<(Vec<String>, Vec<String>)> = found.into_iter().collect::<Result<_>>()?;
-        {
-            let t = spec.timing;
-            nodes[0].run_ok(&format!(
-                "{} disk format --cluster {CLUSTER_UUID} --slots {} --poll-ms {} --io-deadline-ms {} --lease-ms {} --watchdog-ms {} {}",
-                fenced.display(),
-                spec.nodes,
-                t.poll,
-                t.io_deadline,
-                t.lease,
-                t.watchdog,
-                found[0].1.join(" ")
-            ))?;
-        }
+        // `fenced setup` writes each node's configuration as an operator would: on node1 with
+        // --format (the voting disks get the cluster UUID and the timing), then on every other
+        // node from the disks' header. The files state no [timeouts].
+        let names: String = (0..spec.nodes)
+            .map(|i| format!(" --node {}", node_name(i)))
+            .collect();
+        let t = spec.timing;
         for (i, (g, (luns, vote_devs))) in nodes.iter().zip(found).enumerate() {
             let configured = if let Some(luns) = &spec.configured_luns {
                 luns.clone()
@@ -372,15 +366,33 @@ impl Cluster {
             } else {
                 luns.clone()
             };
-            let text = config_text(spec.nodes, i, &configured, &vote_devs, spec.timing);
+            let setup = |luns: &[String], out: &str, format: bool| {
+                let mut cmd = format!(
+                    "{} setup --name lab{names} --uuid {CLUSTER_UUID} --this-node {} --config {out}",
+                    fenced.display(),
+                    node_name(i)
+                );
+                for d in &vote_devs {
+                    cmd.push_str(&format!(" --voting-disk {d}"));
+                }
+                for l in luns {
+                    cmd.push_str(&format!(" --lun '{l}'"));
+                }
+                if format {
+                    cmd.push_str(&format!(
+                        " --format --poll-ms {} --io-deadline-ms {} --lease-ms {} --watchdog-ms {}",
+                        t.poll, t.io_deadline, t.lease, t.watchdog
+                    ));
+                }
+                cmd
+            };
             // The same configuration without LUNs, for `fenced status` to report the voting
             // disks and the running daemon's own view without reading every LUN (which takes
             // seconds per dozen LUNs under TCG): [`Cluster::daemon_status`].
-            let no_luns = config_text(spec.nodes, i, &[], &vote_devs, spec.timing);
             g.run_ok(&format!(
-                "mkdir -p /etc/fenced && cat > /etc/fenced/fenced.toml <<'EOF'\n{text}EOF\n\
-                 cat > {DAEMON_STATUS_CONFIG} <<'EOF'\n{no_luns}EOF\n\
-                 chmod 600 /etc/fenced/fenced.toml {DAEMON_STATUS_CONFIG}"
+                "{} && {}",
+                setup(&configured, "/etc/fenced/fenced.toml", i == 0),
+                setup(&[], DAEMON_STATUS_CONFIG, false)
             ))?;
             lun_devices.push(luns);
         }

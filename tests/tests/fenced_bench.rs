@@ -28,9 +28,7 @@ use kmod_testing::{project_binary, Guest, GuestSpec, Lab, Output};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
-use tests::cluster::{
-    config_text, node_name, Cluster, Timing, CLUSTER_UUID, DAEMON_STATUS_CONFIG,
-};
+use tests::cluster::{config_text, node_name, Cluster, Timing, CLUSTER_UUID, DAEMON_STATUS_CONFIG};
 
 const NODES: usize = 3;
 const LUN_MB: u64 = 4;

@@ -104,7 +104,10 @@ fn a_hung_lun_delays_neither_the_fence_nor_the_key_check_of_the_others() {
         Some("unreachable"),
         "{hung_states:?}"
     );
-    assert_eq!(health, "degraded", "`fenced status` exits 5 with a LUN unreachable");
+    assert_eq!(
+        health, "degraded",
+        "`fenced status` exits 5 with a LUN unreachable"
+    );
 
     // The fence, with a status asked of node1's daemon while it runs.
     let fence_started = Instant::now();

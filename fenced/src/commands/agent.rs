@@ -121,8 +121,20 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
         let _ = write!(std::io::stdout().lock(), "{}", agent::metadata());
         return 0;
     }
-    let config = match Config::load(&opts.config, true) {
-        Ok(c) => c,
+    // `list` and `validate-all` work from the file alone, even while the voting disks (which
+    // may hold the timeouts) do not answer; every action that fences or reads state needs them.
+    let loaded = if matches!(opts.action, Action::List | Action::ValidateAll) {
+        Config::load_reporting(&opts.config)
+    } else {
+        Config::load(&opts.config, true).map(|c| (c, None))
+    };
+    let config = match loaded {
+        Ok((c, unread)) => {
+            if let Some(why) = unread {
+                log.warn(&format!("the voting disks' timeouts cannot be read: {why}"));
+            }
+            c
+        }
         Err(e) => {
             log.error(&e.to_string());
             return 1;

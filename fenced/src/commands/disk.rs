@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use fenced::args::{DiskCommand, DumpArgs, FormatArgs};
 use fenced::vdisk::admin::{self, AdminError, DiskDump};
 use fenced::vdisk::{
-    compute_authority, BlockError, ClusterId, Header, Marker, Observation, SlotBlock, Timeouts,
+    compute_authority, BlockError, ClusterId, Header, Marker, Observation, SlotBlock,
 };
 
 use super::Exit;
@@ -20,20 +20,24 @@ pub fn run(cmd: DiskCommand) -> Exit {
 }
 
 fn format(args: &FormatArgs) -> Exit {
-    let timeouts = Timeouts {
-        poll_ms: args.poll_ms,
-        io_deadline_ms: args.io_deadline_ms,
-        lease_ms: args.lease_ms,
-        watchdog_ms: args.watchdog_ms,
-    };
+    let timeouts = args.timeouts.timeouts();
     if let Err(msg) = timeouts.check() {
         complain!("invalid timeouts: {msg}");
         return Exit::Failure;
     }
-    let header = Header::new(args.cluster, args.slots, timeouts);
+    format_disks(
+        &args.devices,
+        &Header::new(args.cluster, args.slots, timeouts),
+        args.force,
+    )
+}
+
+/// Formats `devices` with `header`; without `force`, refused (every disk untouched) when one
+/// holds a voting-disk header or other data.
+pub(super) fn format_disks(devices: &[std::path::PathBuf], header: &Header, force: bool) -> Exit {
     // Check every disk before writing any, so a refusal leaves all of them untouched.
-    if !args.force {
-        for dev in &args.devices {
+    if !force {
+        for dev in devices {
             match admin::read_disk(dev, None) {
                 Err(AdminError::NotFormatted { .. }) => {}
                 Err(e @ (AdminError::Open { .. } | AdminError::Read { .. })) => {
@@ -58,8 +62,8 @@ fn format(args: &FormatArgs) -> Exit {
         }
     }
     let mut status = Exit::Ok;
-    for dev in &args.devices {
-        match admin::format_disk(dev, &header, args.force) {
+    for dev in devices {
+        match admin::format_disk(dev, header, force) {
             Ok(()) => say!(
                 "{}: formatted: cluster {}, {} slots, format v{}",
                 dev.display(),

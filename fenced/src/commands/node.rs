@@ -241,11 +241,18 @@ pub fn unfence(args: &LocalArgs) -> Exit {
 
 /// `fenced status`: what the voting disks, the LUNs and the watchdogs say now.
 pub fn status(args: &LocalArgs) -> Exit {
-    let config = match load_config(&args.config) {
+    // A status must report voting disks that do not answer, even when they hold the timeouts.
+    let (config, unread) = match Config::load_reporting(&args.config.config) {
         Ok(c) => c,
-        Err(e) => return e,
+        Err(e) => {
+            complain!("{e}");
+            return Exit::Failure;
+        }
     };
     let mut out = json!({ "cluster": config.cluster_name, "node": config.me.name });
+    if let Some(why) = unread {
+        out["timeouts_error"] = json!(why);
+    }
     // Voting disks: two rounds one poll period apart, to tell live heartbeats from stale ones.
     match VotingDisks::open(
         &config.voting_disks,

@@ -239,6 +239,52 @@ pub struct DiskDump {
     pub slots: Vec<Result<SlotBlock, BlockError>>,
 }
 
+/// Reads the header of one disk (block 0 only); with `expected`, a disk of another cluster is
+/// an error.
+pub fn read_header(path: &Path, expected: Option<ClusterId>) -> Result<Header, AdminError> {
+    let file = open(path, false)?;
+    let mut block = AlignedBlock::ZERO;
+    read_block(&file, path, 0, &mut block)?;
+    let header = header_or_error(path, &block)?;
+    match expected {
+        Some(expected) if header.cluster != expected => Err(AdminError::ForeignCluster {
+            path: path.to_path_buf(),
+            found: header.cluster,
+            expected,
+        }),
+        _ => Ok(header),
+    }
+}
+
+/// The header a majority of `disks` hold (with `expected`, of that cluster only).
+pub fn majority_header(disks: &[PathBuf], expected: Option<ClusterId>) -> Result<Header, String> {
+    let mut seen: Vec<(Header, usize)> = Vec::new();
+    let mut errors = Vec::new();
+    for d in disks {
+        match read_header(d, expected) {
+            Ok(h) => match seen.iter_mut().find(|(s, _)| *s == h) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((h, 1)),
+            },
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    seen.into_iter()
+        .find(|(_, n)| *n > disks.len() / 2)
+        .map(|(h, _)| h)
+        .ok_or_else(|| {
+            format!(
+                "no majority of the {} voting disks holds one header ({})",
+                disks.len(),
+                if errors.is_empty() {
+                    "their headers differ".to_string()
+                } else {
+                    errors.join("; ")
+                }
+            )
+        })
+}
+
 /// Reads the header and every slot block of one disk. With `expected`, a disk of another
 /// cluster is an error.
 pub fn read_disk(path: &Path, expected: Option<ClusterId>) -> Result<DiskDump, AdminError> {

@@ -402,14 +402,7 @@ fn probe_preempt_abort(
 /// The `reservation_key` multipathd uses, from multipath.conf's text (`None`: not set; the
 /// string `file` means the prkeys file).
 fn multipath_reservation_key(conf: &str) -> Option<String> {
-    conf.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some("reservation_key"))
-                .then(|| words.next().map(|v| v.trim_matches('"').to_string()))
-                .flatten()
-        })
+    crate::transport::multipath_conf_value(conf, "reservation_key")
 }
 
 /// Configured dm-multipath maps: multipathd reinstates a returning path before fenced can

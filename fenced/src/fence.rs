@@ -638,13 +638,14 @@ fn ms(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::luns::FreshAuthority;
     use crate::storage::sim::{PathMode, San};
     use std::path::Path;
 
-    const CONFIG: &str = r#"
+    /// A 3-node configuration on simulated devices, with short timeouts.
+    pub(crate) const CONFIG: &str = r#"
 [cluster]
 name = "lab"
 uuid = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10"

@@ -90,10 +90,10 @@ pub fn multipath_hold(conf: &str, map: &str, queueing: bool) -> Hold {
             fix,
         };
     }
-    let interval = conf_value(conf, "polling_interval")
+    let interval = multipath_conf_value(conf, "polling_interval")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(5);
-    let hold = match conf_value(conf, "no_path_retry").as_deref() {
+    let hold = match multipath_conf_value(conf, "no_path_retry").as_deref() {
         Some("fail") => Some(Duration::ZERO),
         Some(n) => match n.parse::<u64>() {
             Ok(n) => Some(Duration::from_secs(n * interval)),
@@ -110,8 +110,9 @@ pub fn multipath_hold(conf: &str, map: &str, queueing: bool) -> Hold {
     }
 }
 
-/// The value of the first `key value` line of multipath.conf text (comments stripped).
-fn conf_value(conf: &str, key: &str) -> Option<String> {
+/// The value of the first `key value` line of multipath.conf text (comments stripped, quotes
+/// removed).
+pub(crate) fn multipath_conf_value(conf: &str, key: &str) -> Option<String> {
     conf.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .find_map(|l| {

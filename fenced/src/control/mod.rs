@@ -355,24 +355,8 @@ mod tests {
 
     fn config(socket: &Path) -> Config {
         let text = format!(
-            r#"
-[cluster]
-name = "lab"
-uuid = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10"
-nodes = [ {{ id = 0, name = "node1", key = "0xa1" }}, {{ id = 1, name = "node2", key = "0xa2" }}, {{ id = 2, name = "node3", key = "0xa3" }} ]
-[node]
-id = 0
-[storage]
-luns = ["/dev/n0-*"]
-voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
-[timeouts]
-poll = 100
-io_deadline = 50
-lease = 300
-watchdog = 1000
-[control]
-socket = "{}"
-"#,
+            "{}[control]\nsocket = \"{}\"\n",
+            crate::fence::tests::CONFIG,
             socket.display()
         );
         Config::parse(Path::new("/etc/fenced/fenced.toml"), &text).unwrap()

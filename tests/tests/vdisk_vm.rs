@@ -276,7 +276,7 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
         assert_eq!(vdisk::authority_epoch(l), Some(3), "{l}");
         assert_eq!(l["write"], "ok", "{l}");
     }
-    for l in &two {
+    for (k, l) in two.iter().enumerate() {
         assert_eq!(l["majority"], true, "{l}");
         assert_eq!(
             vdisk::authority_epoch(l),
@@ -284,9 +284,17 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
             "majority must hold: {l}"
         );
         assert_eq!(l["authority"]["disks"], 2, "{l}");
-        assert_eq!(l["write"], "ok", "{l}");
-        assert_eq!(l["acked"], 2, "{l}");
         assert_ne!(vdisk::disk_statuses(l)[0], "answered", "{l}");
+        // The second disk may fail between a round's read and its write (the test cannot time
+        // the fault against the node's rounds): that round, and only the last with two disks
+        // read, must then fail its write closed.
+        if l["write"] != "ok" && k == two.len() - 1 {
+            assert_eq!(l["write"], "no-majority", "write must fail closed: {l}");
+            assert!(l["acked"].as_u64().unwrap() <= 1, "{l}");
+        } else {
+            assert_eq!(l["write"], "ok", "{l}");
+            assert_eq!(l["acked"], 2, "{l}");
+        }
     }
     for l in &one {
         assert_eq!(l["majority"], false, "{l}");

@@ -57,6 +57,12 @@ pub enum Group {
     #[command(subcommand)]
     Watchdog(WatchdogCommand),
     /// Run the daemon in the foreground (as systemd's fenced.service does).
+    ///
+    /// SIGTERM or SIGINT is a clean leave: the slot says "leaving", a node that stays takes
+    /// this node's key and reservations over (with none live, the daemon unregisters its key
+    /// itself), the watchdog is disarmed and the daemon exits 0. The node keeps running, out of
+    /// the cluster and unable to write to the PR-protected LUNs. A crash or SIGKILL leaves the
+    /// watchdog armed: the node resets within timeouts.watchdog unless a new daemon takes over.
     Run(RunArgs),
     /// Fence a node: cut it off every shared LUN and mark it dead (exit 0 only when verified).
     Fence(NodeArgs),

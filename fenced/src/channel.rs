@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::fence::MarkerChannel;
+use crate::keycheck::Peers;
 use crate::vdisk::{
     self, Marker, NodeName, OpenOptions, QuorumView, SlotBlock, SlotState, VotingDisks,
 };
@@ -38,6 +39,8 @@ struct SharedState {
     published: Option<(Marker, Instant)>,
     /// The loop's last decision.
     verdict: Option<crate::health::Verdict>,
+    /// The other nodes as the loop last read their slots.
+    peers: Peers,
 }
 
 impl Shared {
@@ -46,11 +49,18 @@ impl Shared {
         Arc::new(Shared::default())
     }
 
-    /// Loop side: record this round's authority, when the round started and whether it read a
-    /// majority (skipped if a command holds the lock).
-    pub fn loop_record_authority(&self, authority: Marker, started: Instant, majority: bool) {
+    /// Loop side: record this round's authority and peers, when the round started and whether
+    /// it read a majority (skipped if a command holds the lock).
+    pub fn loop_record_authority(
+        &self,
+        authority: Marker,
+        peers: Peers,
+        started: Instant,
+        majority: bool,
+    ) {
         if let Ok(mut st) = self.state.try_lock() {
             st.authority = authority;
+            st.peers = peers;
             st.round = Some((started, majority));
             st.rounds += 1;
             st.want_round = false;
@@ -72,6 +82,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .authority
+    }
+
+    /// The other nodes as the loop last read their slots.
+    pub fn latest_peers(&self) -> Peers {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).peers
     }
 
     /// The loop's last decision.
@@ -133,7 +148,7 @@ impl DaemonChannel {
 impl DaemonChannel {
     /// The state of a round that started after this call: a command must never decide from a
     /// round older than its own request (a marker it just published would be missing).
-    fn fresh_round(&mut self) -> Result<(Marker, Instant, bool), String> {
+    fn fresh_round(&mut self) -> Result<(Marker, Peers, Instant, bool), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         // The round in progress may have read the disks before this call: wait for the next.
@@ -161,18 +176,19 @@ impl DaemonChannel {
             }
         }
         let (started, majority) = st.round.unwrap_or((Instant::now(), false));
-        Ok((st.authority, started, majority))
+        Ok((st.authority, st.peers, started, majority))
     }
 }
 
 impl crate::luns::AuthoritySource for DaemonChannel {
     fn fresh(&mut self) -> Result<crate::luns::FreshAuthority, String> {
-        let (marker, round_started, majority) = self.fresh_round()?;
+        let (marker, peers, round_started, majority) = self.fresh_round()?;
         Ok(crate::luns::FreshAuthority {
             round_started,
             majority,
             self_dead: marker.is_present() && marker.dead.contains(self.me),
             marker,
+            leaving: peers.leaving,
         })
     }
 }
@@ -181,11 +197,15 @@ impl crate::keycheck::AuthorityView for DaemonChannel {
     fn latest(&self) -> Marker {
         self.shared.latest_authority()
     }
+
+    fn peers(&self) -> Peers {
+        self.shared.latest_peers()
+    }
 }
 
 impl MarkerChannel for DaemonChannel {
     fn authority(&mut self) -> Result<Marker, String> {
-        let (marker, _, majority) = self.fresh_round()?;
+        let (marker, _, _, majority) = self.fresh_round()?;
         if !majority {
             return Err("the daemon's last voting-disk round had no read-majority".into());
         }
@@ -289,6 +309,7 @@ impl crate::luns::AuthoritySource for DiskChannel {
             majority,
             self_dead: self.view.self_dead(),
             marker: self.view.authority().map(|a| a.marker).unwrap_or_default(),
+            leaving: self.view.leaving(),
         })
     }
 }
@@ -335,7 +356,7 @@ mod tests {
                     shared.loop_published(m, Instant::now());
                     epoch.store(m.epoch, std::sync::atomic::Ordering::SeqCst);
                 }
-                shared.loop_record_authority(marker, Instant::now(), true);
+                shared.loop_record_authority(marker, Peers::default(), Instant::now(), true);
             }
         });
     }

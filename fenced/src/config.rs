@@ -376,6 +376,28 @@ impl Timing {
         self.poll
     }
 
+    /// Leaving: how long a node that stays has to take a leaving node's key over before the
+    /// leaving node unregisters it itself. The node that stays reads the leave in its next
+    /// round (P), checks in its next key-check period (K), confirms on a fresh round (2P + D)
+    /// and preempts (one command, L at most): 3P + D + K + L.
+    pub fn handover(&self) -> Duration {
+        self.poll * 3 + self.io_deadline + self.key_check_period() + self.lease
+    }
+
+    /// Leaving: the most a clean stop takes: the hand-over, then one period to unregister and
+    /// one to see the keys gone (K + L each), and a round.
+    pub fn leave_limit(&self) -> Duration {
+        self.handover() + (self.key_check_period() + self.lease) * 2 + self.poll
+    }
+
+    /// Rejoining after a clean leave: the time between writing Joining and registering again,
+    /// so that a node that stays and decided to take over our key on a round read before the
+    /// Joining (that round ends within D, the takeover is sent within B = P of its start and
+    /// completes within L) has finished before our new registration.
+    pub fn leave_quiet(&self) -> Duration {
+        self.io_deadline + self.registration_bound() + self.lease + self.poll
+    }
+
     /// How often each LUN's keys are read: (L - D) / 2, so that one check lost or slow by up
     /// to D still leaves a confirmation younger than L (the rule the loop enforces). Never
     /// below P, since L >= 2P + D.

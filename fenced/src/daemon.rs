@@ -21,7 +21,7 @@ use watchdog::{ArmOptions, Modprobe, Policy, Roots, Watchdog, WatchdogDevice};
 use crate::channel::{DaemonChannel, Shared};
 use crate::config::{Config, WatchdogPolicy};
 use crate::health::{decide, Inputs, Reason, Verdict};
-use crate::keycheck::{self, CheckerConfig, KeyChecker, KeyWatch, LunBoard};
+use crate::keycheck::{self, CheckerConfig, KeyChecker, KeyWatch, LunBoard, Peers};
 use crate::luns;
 use crate::notify::Notifier;
 use crate::storage::{Storage, SystemStorage};
@@ -55,6 +55,25 @@ enum Event {
     Authority(Marker),
     Degraded(usize),
     FeedFailed(i32),
+    /// A stop was asked for: the node leaves (with whether a live peer takes over).
+    Leaving {
+        live_peer: bool,
+    },
+}
+
+/// The signals that stop the daemon (`systemctl stop`, Ctrl-C): blocked in every thread and
+/// read by the loop from the pending set, so no handler runs and nothing is interrupted.
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+/// Whether a stop signal arrived since the last call (a non-blocking read, no allocation).
+fn stop_requested(signals: &nix::sys::signalfd::SignalFd) -> bool {
+    matches!(signals.read_signal(), Ok(Some(_)))
 }
 
 /// Everything the loop works with, set up by [`start`].
@@ -70,6 +89,7 @@ pub struct Daemon {
     storage: Arc<dyn Storage>,
     board: Arc<LunBoard>,
     joined_at: Instant,
+    signals: nix::sys::signalfd::SignalFd,
     _instance: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -108,6 +128,16 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
     if std::env::var_os("RUST_MIN_STACK").is_none() {
         std::env::set_var("RUST_MIN_STACK", "262144");
     }
+    // Before any thread starts (threads inherit the mask): a stop is a leave the loop carries
+    // out, never the default action's kill, which would leave the watchdog armed.
+    stop_signals()
+        .thread_block()
+        .map_err(|e| failed(format!("blocking SIGTERM and SIGINT: {e}")))?;
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        &stop_signals(),
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(|e| failed(format!("signalfd for SIGTERM and SIGINT: {e}")))?;
     let instance = crate::control::take_instance_lock(&config.control_socket).map_err(failed)?;
     // Before anything is armed: locking memory can take seconds on a large binary.
     harden_process();
@@ -161,6 +191,32 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         }
     }
 
+    let mut block = SlotBlock {
+        cluster: config.cluster,
+        slot: config.me.id,
+        state: SlotState::Joining,
+        node_name: NodeName::new(&config.me.name)
+            .ok_or_else(|| failed("node name too long".into()))?,
+        incarnation,
+        heartbeat_seq: view.next_own_seq(),
+        heartbeat_mono_ms: vdisk::mono_ms(),
+        marker: view.authority().map(|a| a.marker).unwrap_or_default(),
+    };
+    // After a clean leave our slot says Leaving, and the nodes that stay take over any key of
+    // ours they find: say Joining first, and register only once a takeover decided on an
+    // earlier read has had its time.
+    if view.node(config.me.id).and_then(|n| n.state) == Some(SlotState::Leaving) {
+        disks
+            .write_own_slot(&block)
+            .map_err(|e| failed(format!("joining the voting disks: {e}")))?;
+        let quiet = config.timing.leave_quiet();
+        tracing::info!(
+            ?quiet,
+            "rejoining after a clean leave: waiting before registering"
+        );
+        std::thread::sleep(quiet);
+    }
+
     // Unfence. A path that does not answer leaves its LUN degraded (the key check retries it);
     // a LUN none of whose paths registers stops the start.
     let storage: Arc<dyn Storage> = Arc::new(SystemStorage);
@@ -195,17 +251,8 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
     crate::storage::tell_multipathd_all(&config.luns);
 
     // Join our slot.
-    let mut block = SlotBlock {
-        cluster: config.cluster,
-        slot: config.me.id,
-        state: SlotState::Joining,
-        node_name: NodeName::new(&config.me.name)
-            .ok_or_else(|| failed("node name too long".into()))?,
-        incarnation,
-        heartbeat_seq: view.next_own_seq(),
-        heartbeat_mono_ms: vdisk::mono_ms(),
-        marker: view.authority().map(|a| a.marker).unwrap_or_default(),
-    };
+    block.heartbeat_seq = view.next_own_seq();
+    block.heartbeat_mono_ms = vdisk::mono_ms();
     disks
         .write_own_slot(&block)
         .map_err(|e| failed(format!("joining the voting disks: {e}")))?;
@@ -263,6 +310,7 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
             period: config.timing.key_check_period(),
             bound: config.timing.registration_bound(),
             key_loss: config.key_loss,
+            handover: config.timing.handover(),
         },
         &luns,
         &registered,
@@ -284,6 +332,7 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         storage,
         board,
         joined_at: Instant::now(),
+        signals,
         _instance: instance,
     })
 }
@@ -306,14 +355,17 @@ fn spawn_logger(rx: Receiver<Event>, node: String) {
                 Event::Degraded(0) => tracing::info!(node = %node, "every LUN confirmed through every path"),
                 Event::Degraded(n) => tracing::warn!(node = %node, luns = n, "LUNs degraded (a path down, a LUN unreachable or recovering its PR state): reported, the watchdog is still fed; see `fenced status`"),
                 Event::FeedFailed(errno) => tracing::error!(errno, "feeding the watchdog failed"),
+                Event::Leaving { live_peer: true } => tracing::warn!(node = %node, "stop requested: leaving the cluster; a node that stays takes our key and reservations over, then the watchdog is disarmed"),
+                Event::Leaving { live_peer: false } => tracing::warn!(node = %node, "stop requested: leaving the cluster; no other node is live, so our key is unregistered (the reservation is released), then the watchdog is disarmed"),
             }
         }
     });
 }
 
 impl Daemon {
-    /// Sends READY=1 and runs the loop until this node fences itself (never returns then).
-    pub fn run(mut self) -> std::io::Error {
+    /// Sends READY=1 and runs the loop until a stop (SIGTERM, SIGINT) has been carried out as a
+    /// leave (`Ok`), or until this node fences itself (it never returns then).
+    pub fn run(mut self) -> std::io::Result<()> {
         let (events, rx): (SyncSender<Event>, Receiver<Event>) = sync_channel(64);
         spawn_logger(rx, self.config.me.name.clone());
         // Only this thread runs at real-time priority: threads inherit the policy, and a fence's
@@ -329,6 +381,9 @@ impl Daemon {
         let mut last_degraded = 0usize;
         let mut last_authority = Marker::default();
         let mut next = Instant::now();
+        // A stop: when it was asked for.
+        let mut leaving: Option<Instant> = None;
+        let leave_limit = self.config.timing.leave_limit();
         self.shared.loop_register();
         loop {
             // Sleep until the next round, or until a command hands us a marker to write.
@@ -347,8 +402,16 @@ impl Daemon {
             let read_at = Instant::now();
             self.view.update(round, read_at);
             let authority = self.view.authority().map(|a| a.marker).unwrap_or_default();
-            self.shared
-                .loop_record_authority(authority, started, self.view.has_read_majority());
+            let peers = Peers {
+                leaving: self.view.leaving(),
+                live: self.view.live_peer(read_at, lease),
+            };
+            self.shared.loop_record_authority(
+                authority,
+                peers,
+                started,
+                self.view.has_read_majority(),
+            );
             if authority != last_authority {
                 last_authority = authority;
                 let _ = events.try_send(Event::Authority(authority));
@@ -358,6 +421,20 @@ impl Daemon {
                 .shared
                 .loop_requested()
                 .filter(|m| m.key() > authority.key());
+            if leaving.is_none() && stop_requested(&self.signals) {
+                // The checker first, then the slot: a node that stays removes our key only
+                // after reading the slot, and the checker must take that for the leave it is.
+                self.watch.start_leaving();
+                self.block.state = SlotState::Leaving;
+                leaving = Some(started);
+                let _ = self.notifier.stopping();
+                let _ = self
+                    .notifier
+                    .status(format_args!("leaving the cluster (stop requested)"));
+                let _ = events.try_send(Event::Leaving {
+                    live_peer: peers.live,
+                });
+            }
             self.block.marker = requested.unwrap_or(authority);
             self.block.heartbeat_seq = self.view.next_own_seq();
             self.block.heartbeat_mono_ms = vdisk::mono_ms();
@@ -388,7 +465,13 @@ impl Daemon {
                     let _ = self.notifier.watchdog();
                 }
                 Verdict::Unhealthy(_) => {}
-                Verdict::SelfFence(reason) => return self.fence_self(reason),
+                Verdict::SelfFence(reason) => return Err(self.fence_self(reason)),
+            }
+            if let Some(since) = leaving {
+                if self.watch.has_left() || started.saturating_duration_since(since) >= leave_limit
+                {
+                    return self.finish_leave(since);
+                }
             }
             let degraded = self.watch.degraded();
             if last_verdict != Some(verdict) || degraded != last_degraded {
@@ -420,6 +503,38 @@ impl Daemon {
             if requested.is_some() && !written {
                 // Retry a requested marker soon rather than a whole period later.
                 next = next.min(Instant::now() + period / 4);
+            }
+        }
+    }
+
+    /// The end of a clean stop: the slot says we left (its heartbeat stops from here), and the
+    /// watchdog is disarmed by magic close, so the node keeps running without fenced.
+    fn finish_leave(mut self, since: Instant) -> std::io::Result<()> {
+        let complete = self.watch.has_left();
+        self.block.heartbeat_seq = self.view.next_own_seq();
+        self.block.heartbeat_mono_ms = vdisk::mono_ms();
+        if let Err(e) = self.disks.write_own_slot(&self.block) {
+            tracing::warn!(error = %e, "the last write of our slot (leaving) failed; the nodes that stay read the earlier one");
+        }
+        let took_ms = since.elapsed().as_millis();
+        if !complete {
+            tracing::error!(took_ms, "leaving took longer than its limit: stopping with our key possibly still on some LUNs (see the warnings above); the nodes that stay remove it");
+        }
+        let Daemon {
+            watchdog, notifier, ..
+        } = self;
+        match watchdog.disarm() {
+            Ok(()) => {
+                tracing::warn!(took_ms, "left the cluster: our key is off the shared LUNs and the watchdog is disarmed; the node keeps running without fencing");
+                let _ = notifier.status(format_args!("left the cluster"));
+                Ok(())
+            }
+            Err(e) => {
+                let e = std::io::Error::other(format!(
+                    "left the cluster, but the watchdog cannot be disarmed ({e}): it resets the node"
+                ));
+                let _ = notifier.status(format_args!("{e}"));
+                Err(e)
             }
         }
     }

@@ -122,8 +122,13 @@ pub struct FenceReport {
     #[serde(default)]
     pub marker_ms: Option<u64>,
     /// Milliseconds from start until storage without PR is safe from the victim
-    /// (t0 + L + W + M, t0 = marker on a majority).
+    /// (t0 + L + W + M, t0 = marker on a majority); 0 when nothing makes it safe: the victim
+    /// was already marked dead, or it had left the cluster (`victim_left`).
     pub non_pr_safe_ms: u64,
+    /// The victim's slot said it left the cluster (a clean stop): its watchdog is disarmed, so
+    /// no reset follows the fence and only the PR-protected LUNs are safe from it.
+    #[serde(default)]
+    pub victim_left: bool,
     /// Milliseconds from start until the re-verification after t0 + B ended (the command
     /// returns then).
     #[serde(default)]
@@ -266,7 +271,17 @@ pub fn fence(
     let bound = config.timing.registration_bound();
     let reverify_at = t0.unwrap_or(authority_read) + bound + bound / 4;
     std::thread::sleep(reverify_at.saturating_duration_since(Instant::now()));
-    let now = channel.authority().map_err(FenceError::Quorum)?;
+    let fresh = channel.fresh().map_err(FenceError::Quorum)?;
+    if !fresh.majority {
+        return Err(FenceError::Quorum(
+            "the voting-disk round after the fence read no majority: the fence cannot be confirmed"
+                .into(),
+        ));
+    }
+    let now = fresh.marker;
+    // A victim that left cleanly disarmed its watchdog: nothing resets it, so only the
+    // PR-protected LUNs are safe from it.
+    let victim_left = fresh.leaving.contains(victim.id);
     if !now.dead.contains(victim.id) || now.dead.contains(config.me.id) {
         return Err(FenceError::Quorum(format!(
             "after the fence the authority (epoch {}) does not mark {} dead, or marks this node dead: another node's marker superseded ours; the cluster decided otherwise, so {} is not reported fenced",
@@ -311,7 +326,8 @@ pub fn fence(
         luns: results,
         pr_confirmed_ms,
         marker_ms: t0.map(|t0| ms(t0.saturating_duration_since(start))),
-        non_pr_safe_ms,
+        non_pr_safe_ms: if victim_left { 0 } else { non_pr_safe_ms },
+        victim_left,
         reverified_ms: ms(start.elapsed()),
     };
     if failed > 0 {
@@ -681,6 +697,8 @@ watchdog = 1000
         marker: Marker,
         reads: usize,
         before_reverify: Option<Hook>,
+        /// Slots whose block says leaving.
+        leaving: crate::vdisk::DeadSet,
     }
 
     impl Votes {
@@ -689,17 +707,20 @@ watchdog = 1000
                 marker: Marker::default(),
                 reads: 0,
                 before_reverify: None,
+                leaving: crate::vdisk::DeadSet::default(),
             }
         }
     }
 
     impl AuthoritySource for Votes {
         fn fresh(&mut self) -> Result<FreshAuthority, String> {
+            let marker = self.authority()?;
             Ok(FreshAuthority {
                 round_started: Instant::now(),
                 majority: true,
-                self_dead: self.marker.dead.contains(0),
-                marker: self.marker,
+                self_dead: marker.dead.contains(0),
+                marker,
+                leaving: self.leaving,
             })
         }
     }

@@ -23,8 +23,9 @@
 //! - **The key of a node the authority marks dead is listed**: a LUN or path that was
 //!   unreachable during its fence came back, or its registration raced the fence: preempt it.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,11 +33,13 @@ use sg_pr::sense::asc;
 use sg_pr::{Completed, PrOperation, RegisteredKeys, ReservationKey};
 
 use crate::luns::{
-    identify, register_guarded, reserve_if_free, AuthoritySource, GuardedOutcome, Lun,
-    Registration, FENCING_TYPE,
+    identify, register_guarded, AuthoritySource, GuardedOutcome, Lun, Registration, ReserveLun,
+    FENCING_TYPE,
 };
 use crate::storage::{Answer, Job, PathIo, Reply, Request, Runner, Step, Storage};
-use crate::vdisk::Marker;
+use crate::vdisk::{DeadSet, Marker};
+
+const UNREGISTERING: &str = "leaving: unregistering our key (no node that stays took it over)";
 
 /// Why this node's key loss ends in a self-fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -87,7 +90,13 @@ pub struct KeyWatch {
     lost: AtomicU64,
     /// LUNs not confirmed through every path this period.
     degraded: AtomicUsize,
+    /// This node leaves the cluster (a clean stop): [`LEAVING`] once announced (a peer removing
+    /// our key is then expected, not a fence), [`LEFT`] once no reachable LUN holds our key.
+    leave: AtomicU8,
 }
+
+const LEAVING: u8 = 1;
+const LEFT: u8 = 2;
 
 impl KeyWatch {
     /// Nothing lost, nothing degraded.
@@ -110,6 +119,24 @@ impl KeyWatch {
     /// LUNs degraded or unreachable.
     pub fn degraded(&self) -> usize {
         self.degraded.load(Ordering::Acquire)
+    }
+
+    /// Loop side: this node leaves; from now on our key's removal is expected. Called before
+    /// the slot announces it, so that the checker knows before any peer acts on it.
+    pub fn start_leaving(&self) {
+        let _ = self
+            .leave
+            .compare_exchange(0, LEAVING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether this node is leaving (or has left).
+    pub fn leaving(&self) -> bool {
+        self.leave.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether no reachable LUN holds our key any more (the leave is complete).
+    pub fn has_left(&self) -> bool {
+        self.leave.load(Ordering::Acquire) == LEFT
     }
 
     fn set_lost(&self, lun: usize, cause: KeyLoss) {
@@ -215,6 +242,8 @@ pub struct CheckerConfig {
     pub bound: Duration,
     /// What a key loss without a preemption notice means.
     pub key_loss: KeyLossPolicy,
+    /// Leaving: how long a node that stays has to take our key over.
+    pub handover: Duration,
 }
 
 /// Gives the checker the authority: a fresh read (for registrations) and the latest one (for
@@ -222,6 +251,19 @@ pub struct CheckerConfig {
 pub trait AuthorityView: AuthoritySource + Send {
     /// The authority the loop last read (no waiting).
     fn latest(&self) -> Marker;
+    /// The other nodes as the loop last read their slots (no waiting).
+    fn peers(&self) -> Peers;
+}
+
+/// The other nodes as the loop last read their slots.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Peers {
+    /// Slots whose block says the node leaves or has left (a clean stop): their keys are
+    /// removed by the nodes that stay.
+    pub leaving: DeadSet,
+    /// Whether another node is joined with a fresh heartbeat (one that can take over this
+    /// node's reservations when it leaves).
+    pub live: bool,
 }
 
 struct PathState {
@@ -280,6 +322,8 @@ struct LunState {
     reachable: bool,
     recovering: bool,
     lost: bool,
+    /// Leaving: our key is off this LUN.
+    left: bool,
     generation: Option<u32>,
     note: Option<String>,
 }
@@ -293,33 +337,36 @@ impl LunState {
             reachable: true,
             recovering: false,
             lost: false,
+            left: false,
             generation: None,
             note: None,
         }
     }
 }
 
-/// One READ KEYS.
-struct ReadKeys {
+/// One command on one path (READ KEYS every period; an unregistration on a leave).
+struct Single {
     device: usize,
+    request: Request,
     answer: Option<Answer>,
 }
 
-impl ReadKeys {
-    fn new(device: usize) -> ReadKeys {
-        ReadKeys {
+impl Single {
+    fn new(device: usize, request: Request) -> Single {
+        Single {
             device,
+            request,
             answer: None,
         }
     }
 }
 
-impl Job for ReadKeys {
+impl Job for Single {
     fn next(&mut self, last: Option<Answer>) -> Option<Step> {
         match last {
             None => Some(Step {
                 device: self.device,
-                request: Request::ReadKeys,
+                request: self.request,
             }),
             Some(a) => {
                 self.answer = Some(a);
@@ -346,6 +393,34 @@ pub struct KeyChecker {
     to_register: Vec<(usize, Vec<usize>)>,
     /// What follows them, per LUN.
     after: Vec<(usize, After)>,
+    /// Leaving: when the checker first saw it, and the LUNs to unregister from this period.
+    leave: Option<Instant>,
+    to_unregister: Vec<usize>,
+    /// LUNs to settle at the end of the period (takeovers, reservation).
+    to_settle: Vec<Settle>,
+    /// Slots dead or leaving per the loop's latest read (candidates for a takeover).
+    gone: DeadSet,
+    /// Slots dead per the last fresh read.
+    dead: DeadSet,
+}
+
+/// A LUN to settle at the end of a period, through its registered path `via`.
+struct Settle {
+    lun: usize,
+    via: usize,
+    /// The keys to take over (nodes dead or leaving, to be confirmed by a fresh read).
+    victims: Vec<(u8, ReservationKey)>,
+    /// Take the reservation if it is free.
+    reserve: bool,
+}
+
+/// The slots dead or leaving, never `me`.
+fn gone(me: u8, dead: DeadSet, leaving: DeadSet) -> DeadSet {
+    let mut set = DeadSet::default();
+    for s in dead.iter().chain(leaving.iter()).filter(|&s| s != me) {
+        set.insert(s);
+    }
+    set
 }
 
 /// What follows a LUN's registration in the period's batch.
@@ -396,20 +471,43 @@ impl KeyChecker {
             tell_multipathd: false,
             to_register: Vec::new(),
             after: Vec::new(),
+            leave: None,
+            to_unregister: Vec::new(),
+            to_settle: Vec::new(),
+            gone: DeadSet::default(),
+            dead: DeadSet::default(),
         }
     }
 
     /// One period: rescan the paths, check every LUN, publish the health.
     pub fn step(&mut self) {
+        // Read before the keys: a peer removes our key only after our slot said we leave, which
+        // the loop writes after telling us.
+        if self.leave.is_none() && self.watch.leaving() {
+            tracing::info!("leaving: our key is to come off every LUN (taken over by a node that stays, else unregistered)");
+            self.leave = Some(Instant::now());
+        }
+        let latest = self.authority.latest();
+        let dead = if latest.is_present() && !latest.dead.contains(self.cfg.me) {
+            latest.dead
+        } else {
+            DeadSet::default()
+        };
+        self.gone = gone(self.cfg.me, dead, self.authority.peers().leaving);
         self.rescan();
         let answers = self.read_all_keys();
         for (i, answer) in answers.into_iter().enumerate() {
             self.check(i, answer);
         }
+        if self.leave.is_some() {
+            self.unregister_batch();
+            self.check_left();
+        }
         self.register_batch();
         for (i, after) in std::mem::take(&mut self.after) {
             self.after_registration(i, after);
         }
+        self.settle_batch();
         if std::mem::take(&mut self.tell_multipathd) {
             crate::storage::tell_multipathd_all(&self.cfg.patterns);
         }
@@ -420,9 +518,12 @@ impl KeyChecker {
     /// ones gone.
     fn rescan(&mut self) {
         let found = self.storage.paths(&self.cfg.patterns);
+        // Sets, not scans: with hundreds of paths, comparing every known path with every found
+        // one was most of the idle key check's CPU.
+        let found_set: HashSet<&Path> = found.iter().map(PathBuf::as_path).collect();
         for lun in &mut self.luns {
             for p in &mut lun.paths {
-                let present = found.contains(&p.path);
+                let present = found_set.contains(p.path.as_path());
                 if p.present && !present {
                     tracing::warn!(lun = %lun.id, path = %p.path.display(), "path gone (device node removed)");
                     p.up = false;
@@ -437,13 +538,14 @@ impl KeyChecker {
                 p.present = present;
             }
         }
+        let known: HashSet<PathBuf> = self
+            .luns
+            .iter()
+            .flat_map(|l| l.paths.iter().map(|p| p.path.clone()))
+            .collect();
         let mut still_unidentified = Vec::new();
         for path in found {
-            if self
-                .luns
-                .iter()
-                .any(|l| l.paths.iter().any(|p| p.path == path))
-            {
+            if known.contains(&path) {
                 continue;
             }
             let opened = self
@@ -505,7 +607,9 @@ impl KeyChecker {
                 who.push((i, j));
             }
         }
-        let mut jobs: Vec<ReadKeys> = (0..paths.len()).map(ReadKeys::new).collect();
+        let mut jobs: Vec<Single> = (0..paths.len())
+            .map(|d| Single::new(d, Request::ReadKeys))
+            .collect();
         {
             let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
             self.runner
@@ -560,6 +664,10 @@ impl KeyChecker {
             tracing::info!(lun = %self.luns[i].id, "LUN reachable again");
             self.luns[i].reachable = true;
         }
+        if self.leave.is_some() {
+            self.leave_lun(i, &keys.value);
+            return;
+        }
         let me = self.cfg.reg.key;
         if keys.value.contains(me) {
             self.confirmed(i, &keys.value, preempted);
@@ -573,6 +681,91 @@ impl KeyChecker {
             );
         } else {
             self.recover(i);
+        }
+    }
+
+    /// Leaving: our key off LUN `i` is the goal, not a fence. While a node that stays is live,
+    /// it takes our key over (a PREEMPT makes it the reservation holder, so the LUN is never
+    /// left unreserved); without one, or when it has not within the hand-over time, we
+    /// unregister ourselves (as holder, that releases the reservation).
+    fn leave_lun(&mut self, i: usize, keys: &RegisteredKeys) {
+        let waited = self.leave.map_or(Duration::ZERO, |t| t.elapsed());
+        let handover = self.authority.peers().live && waited < self.cfg.handover;
+        let lun = &mut self.luns[i];
+        if !keys.contains(self.cfg.reg.key) {
+            if !lun.left {
+                tracing::info!(lun = %lun.id, "left: our key is off the LUN");
+                lun.left = true;
+                lun.note = Some("left: our key is off the LUN".into());
+                for p in &mut lun.paths {
+                    p.registered = false;
+                }
+            }
+            return;
+        }
+        lun.left = false;
+        if handover {
+            lun.note = Some("leaving: waiting for a node that stays to take our key over".into());
+        } else {
+            if lun.note.as_deref() != Some(UNREGISTERING) {
+                tracing::warn!(lun = %lun.id, live_peer = self.authority.peers().live, "leaving: no node that stays took our key over; unregistering it ourselves (a reservation we hold is released; a node that stays takes it again)");
+            }
+            lun.note = Some(UNREGISTERING.into());
+            self.to_unregister.push(i);
+        }
+    }
+
+    /// Leaving: unregisters our key through every answering path of the LUNs listed this
+    /// period, all in one batch (REGISTER AND IGNORE EXISTING KEY with key 0: a no-op on a path
+    /// that holds no registration).
+    fn unregister_batch(&mut self) {
+        let mut paths = Vec::new();
+        for i in std::mem::take(&mut self.to_unregister) {
+            for p in &self.luns[i].paths {
+                if p.up && p.dev.is_some() {
+                    paths.push(p.path.clone());
+                }
+            }
+        }
+        if paths.is_empty() {
+            return;
+        }
+        let op = PrOperation::Register {
+            current: ReservationKey(0),
+            new: ReservationKey(0),
+            // No APTPL: nothing is left to persist, and a target without APTPL support (tgt)
+            // refuses the whole command when it is set.
+            options: sg_pr::RegisterOptions {
+                ignore_existing: true,
+                aptpl: false,
+                all_target_ports: false,
+            },
+        };
+        let mut jobs: Vec<Single> = (0..paths.len())
+            .map(|d| Single::new(d, Request::Out(op)))
+            .collect();
+        self.run_singles(&paths, &mut jobs);
+        for (path, job) in paths.iter().zip(jobs) {
+            if let Some(Err(f)) = job.answer {
+                tracing::warn!(path = %path.display(), error = %f.error, "leaving: unregistering failed; retried next period");
+            }
+        }
+    }
+
+    /// Leaving: done once every LUN is off our key, or once the hand-over time is past for the
+    /// LUNs no path reaches (the nodes that stay remove our key when they reach them: our slot
+    /// says we left).
+    fn check_left(&mut self) {
+        let waited = self.leave.map_or(Duration::ZERO, |t| t.elapsed());
+        let done = self
+            .luns
+            .iter()
+            .all(|l| l.left || (!l.reachable && waited >= self.cfg.handover));
+        if done && !self.watch.has_left() {
+            for l in self.luns.iter().filter(|l| !l.left) {
+                tracing::warn!(lun = %l.id, "left with our key possibly still on this unreachable LUN: the nodes that stay remove it when they reach it");
+            }
+            self.watch.leave.store(LEFT, Ordering::Release);
         }
     }
 
@@ -616,18 +809,29 @@ impl KeyChecker {
         }
     }
 
-    /// Preempts dead nodes' keys and takes the reservation when free, through a registered path.
+    /// Queues LUN `i` for this period's settling (through a registered path: PREEMPT and
+    /// RESERVE need one; LIO answers an unregistered nexus NOT READY): the keys of nodes dead or
+    /// leaving per the loop's latest read, and the reservation when the registrations changed.
     fn sweep_and_reserve(&mut self, i: usize, keys: &RegisteredKeys, registered_now: bool) {
-        // PREEMPT and RESERVE need a registered nexus (LIO answers an unregistered one NOT
-        // READY, which the retry policy would wait on).
         let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) else {
             return;
         };
-        let swept = self.sweep_dead(i, via, keys);
+        let victims: Vec<(u8, ReservationKey)> = self
+            .cfg
+            .members
+            .iter()
+            .filter(|&&(id, key)| self.gone.contains(id) && keys.contains(key))
+            .copied()
+            .collect();
         let changed = self.luns[i].generation != Some(keys.generation);
-        if changed || swept || registered_now {
-            self.luns[i].generation = Some(keys.generation);
-            self.reserve(i, via);
+        self.luns[i].generation = Some(keys.generation);
+        if !victims.is_empty() || changed || registered_now {
+            self.to_settle.push(Settle {
+                lun: i,
+                via,
+                victims,
+                reserve: changed || registered_now,
+            });
         }
     }
 
@@ -663,7 +867,12 @@ impl KeyChecker {
             After::Confirmed(keys) => self.sweep_and_reserve(i, &keys, true),
             After::Recovered => {
                 if let Some(via) = self.luns[i].paths.iter().position(|p| p.up && p.registered) {
-                    self.reserve(i, via);
+                    self.to_settle.push(Settle {
+                        lun: i,
+                        via,
+                        victims: Vec::new(),
+                        reserve: true,
+                    });
                     self.tell_multipathd = true;
                 }
             }
@@ -672,7 +881,7 @@ impl KeyChecker {
 
     /// The registrations this period asked for, every LUN's in one guarded batch.
     fn register_batch(&mut self) {
-        let wanted: Vec<(usize, Vec<usize>)> = std::mem::take(&mut self.to_register)
+        let mut wanted: Vec<(usize, Vec<usize>)> = std::mem::take(&mut self.to_register)
             .into_iter()
             .map(|(i, which)| {
                 let open: Vec<usize> = which
@@ -683,6 +892,7 @@ impl KeyChecker {
             })
             .filter(|(_, which)| !which.is_empty())
             .collect();
+        self.verify_kept(&mut wanted);
         if wanted.is_empty() {
             return;
         }
@@ -743,73 +953,179 @@ impl KeyChecker {
         }
     }
 
-    /// Preempts the keys of nodes the authority marks dead; true when it preempted any. The
-    /// loop's latest read names the candidates; a fresh read confirms them (a node let back in
-    /// by `fenced clear` registers only after reading the new marker, so a round that starts
-    /// after its key was seen reads that marker too: a stale read must not preempt it).
-    fn sweep_dead(&mut self, i: usize, via: usize, keys: &RegisteredKeys) -> bool {
-        let latest = self.authority.latest();
-        let me = self.cfg.me;
-        let candidate = |m: &Marker| {
-            m.is_present()
-                && !m.dead.contains(me)
-                && self
-                    .cfg
-                    .members
-                    .iter()
-                    .any(|&(id, key)| id != me && m.dead.contains(id) && keys.contains(key))
-        };
-        if !candidate(&latest) {
-            return false;
+    /// Paths of LUNs that still list our key (a path back after timeouts, the common case) may
+    /// still hold their registration: a REGISTER of our key in place of our key (no
+    /// IGNORE EXISTING KEY) succeeds only on a nexus registered with it, so it can never undo a
+    /// fence, and needs no guard. Those that pass are verified; the rest (new nexuses, a target
+    /// that forgot them) are left in `wanted` for the guarded registration, whose bound a
+    /// large batch under load need not risk for paths that never lost anything.
+    fn verify_kept(&mut self, wanted: &mut Vec<(usize, Vec<usize>)>) {
+        let listed: HashSet<usize> = self
+            .after
+            .iter()
+            .filter(|(_, a)| matches!(a, After::Confirmed(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        let mut paths = Vec::new();
+        let mut who = Vec::new();
+        for (i, which) in wanted.iter() {
+            if listed.contains(i) {
+                for &j in which {
+                    paths.push(self.luns[*i].paths[j].path.clone());
+                    who.push((*i, j));
+                }
+            }
         }
-        let authority = match self.authority.fresh() {
-            Ok(f) if f.majority => f.marker,
-            _ => return false,
-        };
-        if !authority.is_present() || authority.dead.contains(self.cfg.me) {
-            return false;
+        if paths.is_empty() {
+            return;
         }
         let own = self.cfg.reg.key;
-        let lun = &mut self.luns[i];
-        let Some(dev) = lun.paths.get(via).and_then(|p| p.dev.as_deref()) else {
-            return false;
+        let op = PrOperation::Register {
+            current: own,
+            new: own,
+            options: sg_pr::RegisterOptions {
+                ignore_existing: false,
+                aptpl: self.cfg.reg.aptpl,
+                all_target_ports: false,
+            },
         };
-        let mut swept = false;
-        for &(id, key) in &self.cfg.members {
-            if id == self.cfg.me || !authority.dead.contains(id) || !keys.contains(key) {
-                continue;
-            }
-            match dev.apply(PrOperation::Preempt {
-                own,
-                victim: key,
-                pr_type: FENCING_TYPE,
-                abort: true,
-            }) {
-                Ok(_) => {
-                    tracing::warn!(lun = %lun.id, node = id, key = format_args!("0x{:x}", key.0), "preempted the key of a node the authority marks dead (a LUN or path back after its fence, or a registration that raced it)");
-                    swept = true;
-                }
-                Err(e) => {
-                    tracing::warn!(lun = %lun.id, node = id, error = %e, "could not preempt the key of a node marked dead; retried next period")
+        let mut jobs: Vec<Single> = (0..paths.len())
+            .map(|d| Single::new(d, Request::Out(op)))
+            .collect();
+        self.run_singles(&paths, &mut jobs);
+        for ((i, j), job) in who.into_iter().zip(jobs) {
+            if let Some(Ok(Reply::Out(_))) = job.answer {
+                let lun = &mut self.luns[i];
+                let p = &mut lun.paths[j];
+                tracing::info!(lun = %lun.id, path = %p.path.display(), "registration still in place");
+                p.registered = true;
+                if let Some((_, which)) = wanted.iter_mut().find(|(w, _)| *w == i) {
+                    which.retain(|&k| k != j);
                 }
             }
         }
-        swept
+        wanted.retain(|(_, which)| !which.is_empty());
     }
 
-    fn reserve(&mut self, i: usize, via: usize) {
-        let key = self.cfg.reg.key;
-        let lun = &self.luns[i];
-        let Some(dev) = lun.paths.get(via).and_then(|p| p.dev.as_deref()) else {
+    /// Settles the LUNs queued this period, all in flight at once: preempts the keys of nodes
+    /// the authority marks dead, and of nodes whose slot says they leave or left (taking over
+    /// the reservation of a leaving holder), then takes the reservation where it is free. The
+    /// loop's latest read named the candidates; one fresh read for all LUNs confirms them (a
+    /// node let back in by `fenced clear` registers only after reading the new marker, and a
+    /// node that left writes Joining and waits `leave_quiet` before registering again, so a
+    /// round that starts after its key was seen reads the change: a stale read must not
+    /// preempt it).
+    fn settle_batch(&mut self) {
+        let wanted = std::mem::take(&mut self.to_settle);
+        if wanted.is_empty() {
             return;
-        };
-        match reserve_if_free(dev, &lun.id, key) {
-            Ok((true, _)) => {
-                tracing::info!(lun = %lun.id, "the LUN had no reservation: took it (type 5)")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read or take the reservation"),
         }
+        let mut swept = vec![false; wanted.len()];
+        if wanted.iter().any(|s| !s.victims.is_empty()) {
+            if let Some(confirmed) = self.fresh_gone() {
+                let own = self.cfg.reg.key;
+                let mut paths = Vec::new();
+                let mut jobs = Vec::new();
+                let mut who = Vec::new();
+                for (k, s) in wanted.iter().enumerate() {
+                    for &(id, key) in s.victims.iter().filter(|(id, _)| confirmed.contains(*id)) {
+                        let op = PrOperation::Preempt {
+                            own,
+                            victim: key,
+                            pr_type: FENCING_TYPE,
+                            abort: true,
+                        };
+                        jobs.push(Single::new(paths.len(), Request::Out(op)));
+                        paths.push(self.luns[s.lun].paths[s.via].path.clone());
+                        who.push((k, id, key));
+                    }
+                }
+                self.run_singles(&paths, &mut jobs);
+                for ((k, id, key), job) in who.into_iter().zip(jobs) {
+                    let lun = &self.luns[wanted[k].lun];
+                    let why = if self.dead.contains(id) {
+                        "a node the authority marks dead (a LUN or path back after its fence, or a registration that raced it)"
+                    } else {
+                        "a node that leaves or left the cluster (its slot says so): taking over its registrations and any reservation it held"
+                    };
+                    match job.answer {
+                        Some(Ok(_)) => {
+                            tracing::warn!(lun = %lun.id, node = id, key = format_args!("0x{:x}", key.0), "preempted the key of {why}");
+                            swept[k] = true;
+                        }
+                        Some(Err(f)) => {
+                            tracing::warn!(lun = %lun.id, node = id, error = %f.error, "could not preempt the key of {why}; retried next period")
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        let key = self.cfg.reg.key;
+        let mut paths = Vec::new();
+        let mut jobs = Vec::new();
+        let mut which = Vec::new();
+        for (k, s) in wanted.iter().enumerate() {
+            if s.reserve || swept[k] {
+                jobs.push(ReserveLun::new(paths.len(), key, false));
+                paths.push(self.luns[s.lun].paths[s.via].path.clone());
+                which.push(s.lun);
+            }
+        }
+        let timeout = self.cfg.timeout;
+        crate::luns::run_jobs(
+            &mut *self.runner,
+            &paths,
+            &mut jobs,
+            timeout,
+            Instant::now() + timeout,
+        );
+        for (i, job) in which.into_iter().zip(jobs) {
+            let lun = &self.luns[i];
+            match job.outcome(&lun.id) {
+                Ok((true, _)) => {
+                    tracing::info!(lun = %lun.id, "the LUN had no reservation: took it (type 5)")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read or take the reservation"),
+            }
+        }
+    }
+
+    /// One fresh read of the authority for this period's takeovers: the slots confirmed dead
+    /// or leaving (never this node), or `None` when the read cannot decide (no majority, this
+    /// node marked dead, or a round that started more than B ago).
+    fn fresh_gone(&mut self) -> Option<DeadSet> {
+        let fresh = match self.authority.fresh() {
+            Ok(f) if f.majority && !f.self_dead => f,
+            _ => return None,
+        };
+        // A leaving node's key is taken only on a read this recent (the quiet time of a node
+        // rejoining after its leave covers it).
+        if fresh.round_started.elapsed() > self.cfg.bound {
+            return None;
+        }
+        self.dead = if fresh.marker.is_present() {
+            fresh.marker.dead
+        } else {
+            DeadSet::default()
+        };
+        Some(gone(self.cfg.me, self.dead, fresh.leaving))
+    }
+
+    /// Runs one command per path, all at once, within one command timeout.
+    fn run_singles(&mut self, paths: &[PathBuf], jobs: &mut [Single]) {
+        if paths.is_empty() {
+            return;
+        }
+        let timeout = self.cfg.timeout;
+        crate::luns::run_jobs(
+            &mut *self.runner,
+            paths,
+            jobs,
+            timeout,
+            Instant::now() + timeout,
+        );
     }
 
     fn publish(&self) {
@@ -826,6 +1142,10 @@ impl KeyChecker {
                     .all(|p| p.up && p.registered);
                 let state = if l.lost {
                     "lost"
+                } else if l.left {
+                    "left"
+                } else if self.leave.is_some() {
+                    "leaving"
                 } else if !l.reachable {
                     "unreachable"
                 } else if l.recovering {
@@ -921,6 +1241,10 @@ mod tests {
         stale: Arc<Mutex<Option<Marker>>>,
         /// Fresh reads asked for, by every node.
         fresh_reads: Arc<Mutex<usize>>,
+        /// Slots whose block says leaving.
+        leaving: Arc<Mutex<DeadSet>>,
+        /// No node is live but the one asking (the others' heartbeats stopped).
+        alone: Arc<Mutex<bool>>,
     }
 
     impl Votes {
@@ -951,6 +1275,7 @@ mod tests {
                 majority: true,
                 self_dead: m.is_present() && m.dead.contains(self.me),
                 marker: m,
+                leaving: self.peers().leaving,
             })
         }
     }
@@ -962,6 +1287,18 @@ mod tests {
                 .lock()
                 .unwrap()
                 .unwrap_or(*self.votes.marker.lock().unwrap())
+        }
+
+        fn peers(&self) -> Peers {
+            let all = *self.votes.leaving.lock().unwrap();
+            let mut leaving = DeadSet::default();
+            for s in all.iter().filter(|&s| s != self.me) {
+                leaving.insert(s);
+            }
+            Peers {
+                leaving,
+                live: !*self.votes.alone.lock().unwrap(),
+            }
         }
     }
 
@@ -1017,6 +1354,7 @@ mod tests {
                 period: Duration::from_millis(10),
                 bound: Duration::from_secs(1),
                 key_loss: policy,
+                handover: Duration::from_millis(200),
             },
             &found.luns,
             &registered,
@@ -1058,6 +1396,98 @@ mod tests {
         for n in nodes.iter_mut() {
             n.checker.step();
         }
+    }
+
+    /// A clean stop with a node that stays: the leaving node (0, the reservation holder)
+    /// announces it; node 1's next check preempts its key and so holds the reservation; node
+    /// 0 sees its key gone, takes it for the leave it is (never a fence), and is done. The LUN
+    /// is never without a reservation. Must not: node 0 unregister itself (it would release
+    /// the reservation) while a node that stays is live.
+    #[test]
+    fn a_leaving_holder_is_taken_over_by_a_node_that_stays_and_its_key_loss_is_no_fence() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut nodes = started_nodes(&san, &votes, 3);
+        assert_eq!(san.holder(lun), Some(KEYS[0].0));
+        nodes[0].watch.start_leaving();
+        votes.leaving.lock().unwrap().insert(0);
+        nodes[0].checker.step();
+        assert_eq!(nodes[0].lun("naa.1").state, "leaving");
+        assert!(san.keys(lun).contains(&KEYS[0].0), "kept for the takeover");
+        assert!(!nodes[0].watch.has_left());
+        nodes[1].checker.step();
+        assert!(!san.keys(lun).contains(&KEYS[0].0), "node 1 took it over");
+        assert_eq!(san.holder(lun), Some(KEYS[1].0));
+        nodes[0].checker.step();
+        assert_eq!(nodes[0].lun("naa.1").state, "left");
+        assert!(nodes[0].watch.has_left());
+        assert_eq!(nodes[0].watch.lost(), None, "a leave is not a fence");
+        // Node 2 finds nothing left to take over, and stays confirmed.
+        nodes[2].checker.step();
+        assert_eq!(nodes[2].lun("naa.1").state, "confirmed");
+        assert!(san.keys(lun).contains(&KEYS[2].0));
+    }
+
+    /// The last node leaves: nobody can take its key over, so it unregisters it through every
+    /// path (the reservation goes with it) and is done.
+    #[test]
+    fn the_last_node_leaving_unregisters_its_key_itself() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        n.checker.step();
+        assert_eq!(san.holder(lun), Some(KEYS[0].0));
+        *votes.alone.lock().unwrap() = true;
+        n.watch.start_leaving();
+        n.checker.step();
+        assert!(!san.registered("/dev/n0-a", KEYS[0].0));
+        assert!(!san.registered("/dev/n0-b", KEYS[0].0));
+        assert_eq!(san.holder(lun), None);
+        n.checker.step();
+        assert!(n.watch.has_left());
+        assert_eq!(n.watch.lost(), None);
+    }
+
+    /// Nodes that stay are live but none takes the key over (an older fenced that does not know
+    /// leaves, a node too busy): after the hand-over time the leaving node unregisters itself,
+    /// and a node that stays reserves the LUN again.
+    #[test]
+    fn a_leave_nobody_takes_over_unregisters_after_the_handover_time() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut nodes = started_nodes(&san, &votes, 2);
+        nodes[0].watch.start_leaving();
+        nodes[0].checker.step();
+        assert!(san.keys(lun).contains(&KEYS[0].0), "waits for a takeover");
+        std::thread::sleep(Duration::from_millis(250));
+        nodes[0].checker.step();
+        nodes[0].checker.step();
+        assert!(nodes[0].watch.has_left());
+        assert!(!san.keys(lun).contains(&KEYS[0].0));
+        nodes[1].checker.step();
+        assert_eq!(san.holder(lun), Some(KEYS[1].0), "reserved again");
+        assert_eq!(nodes[1].watch.lost(), None);
+    }
+
+    /// A node whose slot no longer says leaving (it rejoined) keeps its new registration: the
+    /// nodes that stay take over only keys of slots read as leaving.
+    #[test]
+    fn a_node_that_rejoined_after_its_leave_is_not_taken_over() {
+        let (san, lun) = two_path_san();
+        let votes = Votes::default();
+        let mut nodes = started_nodes(&san, &votes, 2);
+        votes.leaving.lock().unwrap().insert(0);
+        nodes[1].checker.step();
+        assert!(!san.keys(lun).contains(&KEYS[0].0));
+        // Node 0 rejoins: Joining first, then registers.
+        *votes.leaving.lock().unwrap() = DeadSet::default();
+        nodes[0] = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        for _ in 0..3 {
+            step_all(&mut nodes);
+        }
+        assert!(san.keys(lun).contains(&KEYS[0].0));
+        assert_eq!(nodes[0].watch.lost(), None);
+        assert_eq!(nodes[0].lun("naa.1").state, "confirmed");
     }
 
     /// A checker that stops finishing periods (stuck on a hung command) must not look fresh:
@@ -1106,6 +1536,45 @@ mod tests {
         assert!(san.registered("/dev/n0-b", KEYS[0].0));
         assert_eq!(n.lun("naa.1").state, "confirmed");
         assert_eq!(n.watch.degraded(), 0);
+    }
+
+    /// Paths that time out and come back (every path of the LUN, as under heavy load) kept
+    /// their registrations: they are verified in place, without the guarded registration and
+    /// its bound (on hundreds of LUNs under load, a late guarded registration fences the node).
+    /// A path whose nexus lost its registration still gets the guarded one.
+    #[test]
+    fn paths_back_after_timeouts_are_verified_in_place_without_a_guarded_registration() {
+        let (san, _) = two_path_san();
+        let votes = Votes::default();
+        let mut n = node(&san, &votes, 0, KeyLossPolicy::Recover);
+        n.checker.step();
+        san.set_mode("/dev/n0-a", PathMode::Down);
+        n.checker.step();
+        assert_eq!(n.lun("naa.1").state, "degraded");
+        san.set_mode("/dev/n0-a", PathMode::Up);
+        let reads = *votes.fresh_reads.lock().unwrap();
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(10));
+            n.checker.step();
+            if n.lun("naa.1").state == "confirmed" {
+                break;
+            }
+        }
+        assert_eq!(n.lun("naa.1").state, "confirmed");
+        assert_eq!(
+            *votes.fresh_reads.lock().unwrap(),
+            reads,
+            "no guarded registration"
+        );
+        // The nexus behind n0-b forgot its registration while the path was down.
+        san.set_mode("/dev/n0-b", PathMode::Removed);
+        n.checker.step();
+        san.add_path(0, "/dev/n0-b");
+        n.checker.step();
+        assert!(san.registered("/dev/n0-b", KEYS[0].0));
+        assert_eq!(*votes.fresh_reads.lock().unwrap(), reads + 1, "guarded");
+        assert_eq!(n.lun("naa.1").state, "confirmed");
+        assert_eq!(n.watch.lost(), None);
     }
 
     #[test]

@@ -508,38 +508,6 @@ impl Job for ReserveLun {
     }
 }
 
-/// Takes the reservation (type 5) when nobody holds one; returns whether we took it and who
-/// holds it afterwards.
-pub fn reserve_if_free(
-    dev: &dyn PathIo,
-    lun: &str,
-    key: ReservationKey,
-) -> Result<(bool, Option<ReservationKey>), LunError> {
-    let err = |source| LunError::Device {
-        lun: lun.to_string(),
-        source,
-    };
-    if let Some(r) = dev.reservation().map_err(err)?.value.reservation {
-        return Ok((false, Some(r.key)));
-    }
-    match dev.apply(PrOperation::Reserve {
-        key,
-        pr_type: FENCING_TYPE,
-    }) {
-        Ok(_) => Ok((true, Some(key))),
-        // Another node reserved it between our read and our reserve: fine, a holder exists.
-        Err(e) if e.is_reservation_conflict() => Ok((
-            false,
-            dev.reservation()
-                .map_err(err)?
-                .value
-                .reservation
-                .map(|r| r.key),
-        )),
-        Err(e) => Err(err(e)),
-    }
-}
-
 /// A read of the voting-disk authority from a poll round that started after the request.
 #[derive(Debug, Clone, Copy)]
 pub struct FreshAuthority {
@@ -551,6 +519,8 @@ pub struct FreshAuthority {
     pub self_dead: bool,
     /// The authority itself (epoch 0: none yet).
     pub marker: crate::vdisk::Marker,
+    /// The other slots that round read as leaving or left (a clean stop).
+    pub leaving: crate::vdisk::DeadSet,
 }
 
 /// Gives a fresh authority read for [`register_guarded`].
@@ -771,6 +741,7 @@ mod tests {
                 majority,
                 self_dead,
                 marker: crate::vdisk::Marker::default(),
+                leaving: crate::vdisk::DeadSet::default(),
             },
             0,
         )

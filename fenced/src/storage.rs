@@ -361,6 +361,11 @@ pub fn expand_multipath(sysfs: &Path, paths: Vec<PathBuf>) -> Vec<PathBuf> {
 /// The slave devices of the dm-multipath map `major:minor` (its dm uuid starts with `mpath-`),
 /// or `None` when it is not one.
 pub fn multipath_slaves(sysfs: &Path, major: u32, minor: u32) -> Option<Vec<PathBuf>> {
+    // A SCSI disk's majors are fixed (8, 65-71, 128-135) and never device-mapper's: no sysfs
+    // lookup for them, which every key-check period would pay for every path.
+    if matches!(major, 8 | 65..=71 | 128..=135) {
+        return None;
+    }
     let node = sysfs.join(format!("dev/block/{major}:{minor}"));
     let uuid = std::fs::read_to_string(node.join("dm/uuid")).ok()?;
     if !uuid.trim().starts_with("mpath-") {

@@ -81,11 +81,17 @@ fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
 /// its daemon is healthy afterwards (before only the loop ran at SCHED_FIFO, the workers
 /// inherited it, starved the loop, and the fencer reset itself during 64-LUN fences).
 /// Must not: node1 or node3 reset or fence themselves; node1's loop run late.
+///
+/// Then node1's daemon gets SIGTERM (a clean stop) while node3 stays. Must: node3 takes node1's
+/// key over on all 32 LUNs and holds every reservation; node1's daemon exits 0 once its key is
+/// off every LUN, and node1 keeps running past timeouts.watchdog + 2 s. Must not: node1
+/// unregister its key itself (that would leave the LUNs unreserved), or any LUN be without a
+/// reservation afterwards.
 #[test]
-fn fencing_32_luns_keeps_the_fencer_up() {
+fn fencing_32_luns_keeps_the_fencer_up_and_a_clean_stop_hands_its_luns_over() {
     let mut spec = ClusterSpec::new("fence-32-luns", TargetKind::Lio);
     spec.luns = 32;
-    let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
+    let mut c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
     let (out, took) = c.fence(0, 1).unwrap();
     println!(
         "fence of node2 on 32 LUNs: exit {} in {:.2} s\n{}{}",
@@ -128,6 +134,56 @@ fn fencing_32_luns_keeps_the_fencer_up() {
         "node1's loop kept its deadline through the fence:\n{log}"
     );
     c.wait_daemons_healthy(&[0, 2], Duration::from_secs(10))
+        .unwrap();
+
+    // node1 leaves; node3 stays.
+    let leave = Instant::now();
+    c.nodes[0].run_ok("pkill -TERM -f 'fenced run'").unwrap();
+    let daemon = c.daemons[0].take().expect("node1's daemon");
+    let out = c.nodes[0].wait(daemon, Duration::from_secs(60)).unwrap();
+    let took = leave.elapsed();
+    let log = c.daemon_log(&c.nodes[0]);
+    assert_eq!(
+        out.code, 0,
+        "node1's daemon exits 0 after its leave:\n{log}"
+    );
+    println!(
+        "MEASURED: node1 left 32 LUNs in {:.2} s (SIGTERM to exit), node3 taking its key over",
+        took.as_secs_f64()
+    );
+    assert!(
+        log.contains("a node that stays takes our key") && log.contains("left the cluster"),
+        "node1's log:\n{log}"
+    );
+    assert!(
+        !log.contains("unregistering it ourselves"),
+        "node3 took the key over; node1 never unregistered it itself:\n{log}"
+    );
+    let log3 = c.daemon_log(&c.nodes[2]);
+    assert_eq!(
+        log3.matches("preempted the key of a node that leaves")
+            .count(),
+        32,
+        "node3 took node1's key over on every LUN:\n{log3}"
+    );
+    let st = c.status(2).unwrap();
+    let luns = st["luns"].as_array().expect("LUNs in node3's status");
+    assert_eq!(luns.len(), 32);
+    for l in luns {
+        let keys: Vec<&str> = l["keys"]
+            .as_array()
+            .map(|k| k.iter().filter_map(|k| k["node"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(!keys.contains(&"node1"), "{l}");
+        assert_eq!(l["reservation"]["holder_node"], "node3", "{l}");
+    }
+    assert_eq!(st["nodes"][0]["state"], "Leaving", "{}", st["nodes"][0]);
+    std::thread::sleep(Duration::from_millis(u64::from(t.watchdog)) + Duration::from_secs(2));
+    assert!(
+        c.nodes[0].is_running(),
+        "node1 keeps running after its clean stop (watchdog disarmed)"
+    );
+    c.wait_daemons_healthy(&[2], Duration::from_secs(10))
         .unwrap();
 }
 

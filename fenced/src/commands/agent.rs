@@ -234,9 +234,17 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
                     for l in &report.luns {
                         log.info(&format!("{}: {} ({} ms)", l.lun, l.outcome, l.ms));
                     }
+                    let non_pr = if report.victim_left {
+                        "it had left the cluster (watchdog disarmed): storage without PR is not protected from it".to_string()
+                    } else {
+                        format!(
+                            "storage without PR is safe after +{} ms",
+                            report.non_pr_safe_ms
+                        )
+                    };
                     log.info(&format!(
-                        "PR-protected LUNs refuse {}'s writes since +{} ms; storage without PR is safe after +{} ms",
-                        m.name, report.pr_confirmed_ms, report.non_pr_safe_ms
+                        "PR-protected LUNs refuse {}'s writes since +{} ms; {non_pr}",
+                        m.name, report.pr_confirmed_ms
                     ));
                     out("Success: Powered OFF");
                     0

@@ -44,9 +44,13 @@ pub fn run(args: &RunArgs) -> Exit {
         complain!("control socket {}: {e}", config.control_socket.display());
         return Exit::Failure;
     }
-    let e = daemon.run();
-    complain!("{e}");
-    Exit::Failure
+    match daemon.run() {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            complain!("{e}");
+            Exit::Failure
+        }
+    }
 }
 
 fn luns_of(config: &Config) -> Result<Vec<luns::Lun>, Exit> {
@@ -79,7 +83,9 @@ fn print_report(report: &FenceReport, json: bool) {
         "  PR-protected LUNs refuse its writes since +{} ms (verified by READ KEYS)",
         report.pr_confirmed_ms
     );
-    if report.non_pr_safe_ms > 0 {
+    if report.victim_left {
+        say!("  it had left the cluster (a clean stop): its watchdog is disarmed and no reset follows, so only PR-protected LUNs are safe from it");
+    } else if report.non_pr_safe_ms > 0 {
         say!(
             "  storage without PR is safe from it after +{} ms (marker + lease + watchdog + margin)",
             report.non_pr_safe_ms

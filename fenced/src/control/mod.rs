@@ -417,7 +417,12 @@ mod tests {
         let mut reader = BufReader::new(fence);
         for _ in 0..500 {
             // Rounds without a read-majority: the fence must refuse.
-            shared.loop_record_authority(Marker::default(), Instant::now(), false);
+            shared.loop_record_authority(
+                Marker::default(),
+                crate::keycheck::Peers::default(),
+                Instant::now(),
+                false,
+            );
             if reader.read_line(&mut reply).is_ok_and(|n| n > 0) {
                 break;
             }

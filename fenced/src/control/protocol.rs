@@ -218,6 +218,7 @@ mod tests {
             pr_confirmed_ms: 7,
             marker_ms: Some(3),
             non_pr_safe_ms: 9000,
+            victim_left: false,
             reverified_ms: 1200,
         })
     }

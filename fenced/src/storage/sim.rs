@@ -319,7 +319,17 @@ impl PathIo for SimDevice {
         let path = self.path.clone();
         self.san
             .with(&self.path, &mut report, |l, nexus| match op {
-                PrOperation::Register { new, .. } => {
+                PrOperation::Register {
+                    current,
+                    new,
+                    options,
+                } => {
+                    // SPC-4: without IGNORE EXISTING KEY, the key given must be the nexus's own
+                    // (0 when it holds none).
+                    let held = l.key_of(nexus).unwrap_or(ReservationKey(0));
+                    if !options.ignore_existing && current != held {
+                        return Err(conflict(&path, "REGISTER"));
+                    }
                     l.registrations.retain(|(n, _)| *n != nexus);
                     if new.is_zero() {
                         if l.reservation.is_some_and(|(n, _)| n == nexus) {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::format::{Header, NodeName, SlotState};
+use super::format::{DeadSet, Header, NodeName, SlotState};
 use super::quorum::Authority;
 use super::uring::RoundReport;
 
@@ -231,6 +231,27 @@ impl QuorumView {
     pub fn next_own_seq(&mut self) -> u64 {
         self.own_seq = self.own_seq.max(self.own_seq_floor).saturating_add(1);
         self.own_seq
+    }
+
+    /// The other slots whose last block says the node leaves or has left (a clean stop).
+    pub fn leaving(&self) -> DeadSet {
+        let mut set = DeadSet::default();
+        for n in &self.nodes {
+            if n.slot != self.own_slot && n.state == Some(SlotState::Leaving) {
+                set.insert(n.slot);
+            }
+        }
+        set
+    }
+
+    /// Whether another node is joined with a heartbeat that changed within `lease` of `now`
+    /// (one that can take over this node's reservations when it leaves).
+    pub fn live_peer(&self, now: Instant, lease: Duration) -> bool {
+        self.nodes.iter().any(|n| {
+            n.slot != self.own_slot
+                && n.state == Some(SlotState::Joined)
+                && n.age(now).is_some_and(|a| a < lease)
+        })
     }
 
     /// Rounds folded in so far.

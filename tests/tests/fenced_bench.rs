@@ -796,36 +796,40 @@ fn fence_latency_256_luns() {
     fence_latency("bench-256lun", 256, 0, false);
 }
 
-/// Where the idle daemon's CPU goes: fenced on `FENCED_BENCH_PROFILE_LUNS` LUNs (default 256),
-/// healthy and idle, sampled by perf (cpu-clock, the guests have no PMU) for
-/// `FENCED_BENCH_IDLE_SECS` (default 60); prints the hottest symbols per thread.
+/// The idle daemon's CPU on `FENCED_BENCH_PROFILE_LUNS` LUNs (default 256), healthy and idle,
+/// over `FENCED_BENCH_IDLE_SECS` (default 60); with `FENCED_BENCH_PERF_SECS` set, then where it
+/// goes: perf samples it (cpu-clock, the guests have no PMU) for that long and the hottest
+/// symbols per thread are printed.
 #[test]
 #[ignore = "benchmark: minutes of VM time; run by tests/bench/fenced.sh key_check_profile"]
 fn key_check_profile() {
     let luns = env_usize("FENCED_BENCH_PROFILE_LUNS", 256);
-    let secs = env_usize("FENCED_BENCH_IDLE_SECS", 60);
+    let secs = env_usize("FENCED_BENCH_IDLE_SECS", 60) as u64;
     let mut c = boot("bench-profile", luns);
     start_fenced(&mut c);
     let g = &c.nodes[2];
     let rows = idle_footprint(
         g,
-        &format!("fenced run ({luns} LUNs)"),
+        &format!("fenced run (node3, {luns} LUNs)"),
         &format!("$(cat {PIDFILE})"),
-        10,
+        secs,
     );
-    println!("BENCH TABLE profile\n{}\nBENCH END", rows.join("\n"));
-    let perf = ok(
-        g,
-        &format!(
-            "perf record -q -e cpu-clock -F 499 -p $(cat {PIDFILE}) -o /tmp/perf.data -- sleep {secs} >/dev/null 2>&1; \
-             perf report -i /tmp/perf.data --stdio --no-children --sort comm,dso,sym --percent-limit 0.3 2>/dev/null | grep -v '^$' | head -150"
-        ),
-        LONG,
-    );
-    println!(
-        "BENCH perf profile of node3's fenced, {luns} LUNs, {secs} s idle:\n{}",
-        perf.stdout
-    );
+    println!("BENCH TABLE profile-{luns}\n{}\nBENCH END", rows.join("\n"));
+    let perf = env_usize("FENCED_BENCH_PERF_SECS", 0);
+    if perf > 0 {
+        let report = ok(
+            g,
+            &format!(
+                "perf record -q -e cpu-clock -F 499 -p $(cat {PIDFILE}) -o /tmp/perf.data -- sleep {perf} >/dev/null 2>&1; \
+                 perf report -i /tmp/perf.data --stdio --no-children --sort comm,dso,sym --percent-limit 0.3 2>/dev/null | grep -v '^$' | head -150"
+            ),
+            LONG,
+        );
+        println!(
+            "BENCH perf profile of node3's fenced, {luns} LUNs, {perf} s idle:\n{}",
+            report.stdout
+        );
+    }
 }
 
 /// sbd 1.5.2 watching one shared disk with the i6300esb: the same RSS and idle-CPU readings.

@@ -510,6 +510,13 @@ impl Config {
         Ok((config, unread.into_inner()))
     }
 
+    /// As [`Config::load`], with the voting disks' timeouts already known: a reload checks the
+    /// new file from the daemon's loop, which must not block on the disks to read them again.
+    pub fn load_known_header(path: &Path, header: Timeouts) -> Result<Config, ConfigError> {
+        let text = Config::read_checked(path, true)?;
+        Config::parse_with(path, &text, &|_, _| Ok(header))
+    }
+
     /// Parses and checks configuration text that states its `[timeouts]`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         Config::parse_with(path, text, &|_, _| {

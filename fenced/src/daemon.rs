@@ -61,19 +61,22 @@ enum Event {
     },
 }
 
-/// The signals that stop the daemon (`systemctl stop`, Ctrl-C): blocked in every thread and
-/// read by the loop from the pending set, so no handler runs and nothing is interrupted.
-fn stop_signals() -> nix::sys::signal::SigSet {
+/// The signals the loop acts on: SIGTERM and SIGINT stop the daemon (`systemctl stop`,
+/// Ctrl-C), SIGHUP reloads it in place (`systemctl reload`). Blocked in every thread and read
+/// by the loop through a signalfd, so no handler runs and nothing is interrupted.
+fn control_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
     set
 }
 
-/// Whether a stop signal arrived since the last call (a non-blocking read, no allocation).
-fn stop_requested(signals: &nix::sys::signalfd::SignalFd) -> bool {
-    matches!(signals.read_signal(), Ok(Some(_)))
+/// A signal that arrived since the last call (a non-blocking read, no allocation).
+fn signal(signals: &nix::sys::signalfd::SignalFd) -> Option<nix::sys::signal::Signal> {
+    let info = signals.read_signal().ok()??;
+    nix::sys::signal::Signal::try_from(i32::try_from(info.ssi_signo).ok()?).ok()
 }
 
 /// Everything the loop works with, set up by [`start`].
@@ -82,7 +85,9 @@ pub struct Daemon {
     disks: VotingDisks,
     view: QuorumView,
     block: SlotBlock,
-    watchdog: Watchdog,
+    /// Always `Some` while the loop runs (taken only to hand it over to a re-executed image).
+    watchdog: Option<Watchdog>,
+    watchdog_info: watchdog::WatchdogInfo,
     notifier: Notifier,
     watch: Arc<KeyWatch>,
     shared: Arc<Shared>,
@@ -130,19 +135,50 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
     }
     // Before any thread starts (threads inherit the mask): a stop is a leave the loop carries
     // out, never the default action's kill, which would leave the watchdog armed.
-    stop_signals()
+    control_signals()
         .thread_block()
-        .map_err(|e| failed(format!("blocking SIGTERM and SIGINT: {e}")))?;
+        .map_err(|e| failed(format!("blocking SIGTERM, SIGINT and SIGHUP: {e}")))?;
     let signals = nix::sys::signalfd::SignalFd::with_flags(
-        &stop_signals(),
+        &control_signals(),
         nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
     )
-    .map_err(|e| failed(format!("signalfd for SIGTERM and SIGINT: {e}")))?;
+    .map_err(|e| failed(format!("signalfd for SIGTERM, SIGINT and SIGHUP: {e}")))?;
+    // A reload in place: take the armed watchdog over before anything slow (from the previous
+    // image's last feed, this start must reach the loop within the watchdog timeout).
+    let roots = Roots::system();
+    let adopted = match crate::reload::Handover::take() {
+        None => None,
+        Some(Err(e)) => return Err(failed(e.to_string())),
+        Some(Ok(h)) => {
+            let info = watchdog::discover(&roots)
+                .map_err(|e| failed(e.to_string()))?
+                .into_iter()
+                .find(|w| w.device_node == h.watchdog_device)
+                .ok_or_else(|| {
+                    failed(format!(
+                        "reload: the watchdog {} handed over is not found",
+                        h.watchdog_device.display()
+                    ))
+                })?;
+            let wd = Watchdog::adopt(h.watchdog_fd, &info)
+                .map_err(|e| failed(format!("reload: taking the watchdog over: {e}")))?;
+            tracing::info!(watchdog = %h.watchdog_device.display(), "reloaded in place: took the armed watchdog over");
+            Some((wd, info, h.incarnation))
+        }
+    };
+    // Between the slow steps of a reload's start: the node was healthy when the previous image
+    // handed over, and each step below re-checks what it depends on.
+    let feed = |w: &Option<(Watchdog, watchdog::WatchdogInfo, u64)>| {
+        if let Some((w, _, _)) = w {
+            let _ = w.feed();
+        }
+    };
     let instance = crate::control::take_instance_lock(&config.control_socket).map_err(failed)?;
     // Before anything is armed: locking memory can take seconds on a large binary.
     harden_process();
     let notifier = Notifier::from_env().map_err(|e| failed(format!("NOTIFY_SOCKET: {e}")))?;
-    if !config.timing.startup_delay.is_zero() {
+    feed(&adopted);
+    if adopted.is_none() && !config.timing.startup_delay.is_zero() {
         tracing::info!(delay = ?config.timing.startup_delay, "start-up delay");
         std::thread::sleep(config.timing.startup_delay);
     }
@@ -165,7 +201,11 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
             header_timeouts
         )));
     }
-    let incarnation = vdisk::random_u64().map_err(|e| failed(e.to_string()))?;
+    // A reload keeps the incarnation: the slot keeps one writer.
+    let incarnation = match &adopted {
+        Some((_, _, incarnation)) => *incarnation,
+        None => vdisk::random_u64().map_err(|e| failed(e.to_string()))?,
+    };
     let mut view = QuorumView::new(
         disks.header(),
         disks.paths().len(),
@@ -217,6 +257,8 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         std::thread::sleep(quiet);
     }
 
+    feed(&adopted);
+
     // Unfence. A path that does not answer leaves its LUN degraded (the key check retries it);
     // a LUN none of whose paths registers stops the start.
     let storage: Arc<dyn Storage> = Arc::new(SystemStorage);
@@ -249,8 +291,12 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         }
     }
     crate::storage::tell_multipathd_all(&config.luns);
+    feed(&adopted);
 
-    // Join our slot.
+    // Join our slot (a reload is joined already).
+    if adopted.is_some() {
+        block.state = SlotState::Joined;
+    }
     block.heartbeat_seq = view.next_own_seq();
     block.heartbeat_mono_ms = vdisk::mono_ms();
     disks
@@ -259,42 +305,10 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
     block.state = SlotState::Joined;
 
     // Arm the watchdog last: from here on a hang resets the node.
-    let roots = Roots::system();
-    let policy = match (&config.watchdog_device, config.watchdog_policy) {
-        (Some(d), _) => Policy::Device(d.clone()),
-        (None, WatchdogPolicy::RequireHardware) => Policy::RequireHardware,
-        (None, WatchdogPolicy::AllowSoftdog) => Policy::AllowSoftdog {
-            soft_margin: u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(60),
-            soft_panic: false,
-        },
+    let (watchdog, watchdog_info) = match adopted {
+        Some((w, info, _)) => (w, info),
+        None => arm_watchdog(&config, &roots).map_err(failed)?,
     };
-    let choice = watchdog::select(
-        &roots,
-        &policy,
-        &Modprobe::default(),
-        Duration::from_secs(5),
-    )
-    .map_err(|e| failed(e.to_string()))?;
-    let watchdog = Watchdog::arm(
-        &choice.device,
-        &ArmOptions {
-            timeout: u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(u32::MAX),
-            pretimeout: None,
-            nowayout: false,
-        },
-        &roots,
-    )
-    .map_err(|e| failed(e.to_string()))?;
-    if u64::from(watchdog.timeout()) != config.timing.watchdog.as_secs() {
-        return Err(failed(format!(
-            "{} applied a {} s timeout instead of {} s: set timeouts.watchdog to {} ms",
-            choice.device.device_node.display(),
-            watchdog.timeout(),
-            config.timing.watchdog.as_secs(),
-            u64::from(watchdog.timeout()) * 1000
-        )));
-    }
-    tracing::info!(watchdog = %choice, timeout_s = watchdog.timeout(), "watchdog armed");
 
     let shared = Shared::new();
     let watch = KeyWatch::new();
@@ -325,7 +339,8 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         disks,
         view,
         block,
-        watchdog,
+        watchdog: Some(watchdog),
+        watchdog_info,
         notifier,
         watch,
         shared,
@@ -335,6 +350,45 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         signals,
         _instance: instance,
     })
+}
+
+/// Selects the watchdog by the configured policy and arms it with the configured timeout.
+fn arm_watchdog(
+    config: &Config,
+    roots: &Roots,
+) -> Result<(Watchdog, watchdog::WatchdogInfo), String> {
+    let policy = match (&config.watchdog_device, config.watchdog_policy) {
+        (Some(d), _) => Policy::Device(d.clone()),
+        (None, WatchdogPolicy::RequireHardware) => Policy::RequireHardware,
+        (None, WatchdogPolicy::AllowSoftdog) => Policy::AllowSoftdog {
+            soft_margin: u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(60),
+            soft_panic: false,
+        },
+    };
+    let choice = watchdog::select(roots, &policy, &Modprobe::default(), Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let watchdog = Watchdog::arm(
+        &choice.device,
+        &ArmOptions {
+            timeout: u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(u32::MAX),
+            pretimeout: None,
+            nowayout: false,
+        },
+        roots,
+    )
+    .map_err(|e| e.to_string())?;
+    if u64::from(watchdog.timeout()) != config.timing.watchdog.as_secs() {
+        return Err(format!(
+            "{} applied a {} s timeout instead of {} s: set timeouts.watchdog to {} ms",
+            choice.device.device_node.display(),
+            watchdog.timeout(),
+            config.timing.watchdog.as_secs(),
+            u64::from(watchdog.timeout()) * 1000
+        ));
+    }
+    tracing::info!(watchdog = %choice, timeout_s = watchdog.timeout(), "watchdog armed");
+
+    Ok((watchdog, choice.device))
 }
 
 fn spawn_logger(rx: Receiver<Event>, node: String) {
@@ -383,6 +437,8 @@ impl Daemon {
         let mut next = Instant::now();
         // A stop: when it was asked for.
         let mut leaving: Option<Instant> = None;
+        // A reload asked for (carried out right after a feed, when healthy).
+        let mut reload = false;
         let leave_limit = self.config.timing.leave_limit();
         self.shared.loop_register();
         loop {
@@ -421,7 +477,13 @@ impl Daemon {
                 .shared
                 .loop_requested()
                 .filter(|m| m.key() > authority.key());
-            if leaving.is_none() && stop_requested(&self.signals) {
+            let got = signal(&self.signals);
+            reload |= got == Some(nix::sys::signal::Signal::SIGHUP);
+            let stop = matches!(
+                got,
+                Some(nix::sys::signal::Signal::SIGTERM | nix::sys::signal::Signal::SIGINT)
+            );
+            if leaving.is_none() && stop {
                 // The checker first, then the slot: a node that stays removes our key only
                 // after reading the slot, and the checker must take that for the leave it is.
                 self.watch.start_leaving();
@@ -459,13 +521,24 @@ impl Daemon {
             self.shared.loop_record_verdict(verdict);
             match verdict {
                 Verdict::Healthy => {
-                    if let Err(e) = self.watchdog.feed() {
+                    if let Some(Err(e)) = self.watchdog.as_ref().map(|w| w.feed()) {
                         let _ = events.try_send(Event::FeedFailed(e as i32));
                     }
                     let _ = self.notifier.watchdog();
                 }
                 Verdict::Unhealthy(_) => {}
                 Verdict::SelfFence(reason) => return Err(self.fence_self(reason)),
+            }
+            if std::mem::take(&mut reload) {
+                // Rare and asked for by the operator: this path may log and allocate.
+                if leaving.is_some() {
+                    tracing::warn!("reload ignored: the daemon is leaving the cluster");
+                } else if verdict != Verdict::Healthy {
+                    tracing::warn!(?verdict, "reload refused while the node is not healthy: ask again once `fenced status` says ok");
+                } else {
+                    let e = self.reexec();
+                    tracing::error!(error = %e, "reload failed: the daemon goes on as it was");
+                }
             }
             if let Some(since) = leaving {
                 if self.watch.has_left() || started.saturating_duration_since(since) >= leave_limit
@@ -523,7 +596,11 @@ impl Daemon {
         let Daemon {
             watchdog, notifier, ..
         } = self;
-        match watchdog.disarm() {
+        let disarmed = match watchdog {
+            Some(w) => w.disarm().map_err(|e| e.to_string()),
+            None => Err("it was handed to a failed reload".into()),
+        };
+        match disarmed {
             Ok(()) => {
                 tracing::warn!(took_ms, "left the cluster: our key is off the shared LUNs and the watchdog is disarmed; the node keeps running without fencing");
                 let _ = notifier.status(format_args!("left the cluster"));
@@ -537,6 +614,55 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// Re-executes the daemon's binary in place (see [`crate::reload`]), right after a feed.
+    /// Everything the new image would refuse at its start is checked here first, since a
+    /// refusal there resets the node. Returns only if the exec did not happen; the watchdog is
+    /// then this image's again.
+    fn reexec(&mut self) -> std::io::Error {
+        let other = |msg: String| std::io::Error::other(msg);
+        let new = match Config::load_known_header(&self.config.path, self.disks.header().timeouts) {
+            Ok(c) => c,
+            Err(e) => return other(format!("the configuration does not load: {e}")),
+        };
+        if new.cluster != self.config.cluster
+            || new.me.id != self.config.me.id
+            || new.me.key != self.config.me.key
+            || new.timing.as_header_timeouts() != self.disks.header().timeouts
+        {
+            return other("the configuration changes the cluster, this node's id or key, or the timeouts: those take a stop and a start".into());
+        }
+        let Some(program) = crate::reload::program() else {
+            return other("cannot tell which binary to execute".into());
+        };
+        let Some(watchdog) = self.watchdog.take() else {
+            return other("no watchdog to hand over".into());
+        };
+        let (fd, device) = match watchdog.keep_across_exec() {
+            Ok(kept) => kept,
+            Err(e) => {
+                let msg = e.error.to_string();
+                self.watchdog = Some(*e.watchdog);
+                return other(format!("keeping the watchdog open across the exec: {msg}"));
+            }
+        };
+        let handover = crate::reload::Handover {
+            watchdog_fd: fd,
+            watchdog_device: device,
+            incarnation: self.block.incarnation,
+        };
+        tracing::warn!(program = %program.display(), luns = self.board.luns().len(), "reload: re-executing in place; the watchdog stays armed and the new image takes it over");
+        let _ = self.notifier.status(format_args!("reloading"));
+        let error = crate::reload::exec(&program, &handover);
+        // Still this image: take the watchdog back.
+        match Watchdog::adopt(fd, &self.watchdog_info) {
+            Ok(w) => self.watchdog = Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "the watchdog cannot be taken back after the failed exec: it resets the node")
+            }
+        }
+        error
     }
 
     fn fence_self(mut self, reason: Reason) -> std::io::Error {

@@ -17,6 +17,7 @@ pub mod keycheck;
 pub mod luns;
 pub mod notify;
 pub mod ops;
+pub mod reload;
 pub mod rt;
 pub mod selffence;
 pub mod storage;

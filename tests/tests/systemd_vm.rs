@@ -110,6 +110,10 @@ fn thread_policies(g: &Guest, pid: u64) -> Vec<(u64, String, u32)> {
 ///    (the watchdog was disarmed). Must not: a reset.
 /// 4. `systemctl start fenced` on node1 again: a rejoin after the leave. Must: it writes Joining,
 ///    waits its quiet time before registering (journal), and is Joined with its key registered.
+/// 5. `systemctl reload fenced` on node1: a re-execution in place. Must: the same MainPID, no
+///    restart, the journal shows the hand-over and the new image taking the armed watchdog
+///    over, the daemon healthy again, its slot Joined with the same incarnation, and node1 up
+///    past timeouts.watchdog + 2 s. Must not: a reset, a duplicate-slot warning.
 #[test]
 fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences() {
     let mut spec = ClusterSpec::new("systemd-unit", TargetKind::Tgt);
@@ -446,6 +450,40 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
     let st = c.status(0).unwrap();
     assert_eq!(st["nodes"][0]["state"], "Joined", "{}", st["nodes"][0]);
     assert!(c.registered(0).unwrap().contains(&"node1".to_string()));
+
+    // 5. Reload in place.
+    let before = props(g1, &["MainPID", "NRestarts"]);
+    let incarnation = st["nodes"][0]["incarnation"].clone();
+    let reload = Instant::now();
+    g1.run_ok("systemctl reload fenced").unwrap();
+    c.wait_daemons_healthy(&[0], Duration::from_secs(30))
+        .unwrap();
+    println!(
+        "MEASURED: `systemctl reload fenced` to a healthy daemon again: {:.2} s",
+        reload.elapsed().as_secs_f64()
+    );
+    let after = props(g1, &["MainPID", "NRestarts", "ActiveState"]);
+    assert_eq!(after["MainPID"], before["MainPID"], "re-executed in place");
+    assert_eq!(after["NRestarts"], before["NRestarts"]);
+    assert_eq!(after["ActiveState"], "active");
+    let info = journal(g1, UNIT, "info").unwrap();
+    assert!(
+        info.contains("reload: re-executing in place")
+            && info.contains("reloaded in place: took the armed watchdog over"),
+        "node1's journal:\n{info}"
+    );
+    assert!(!info.contains("another daemon"), "{info}");
+    let st = c.status(0).unwrap();
+    assert_eq!(st["nodes"][0]["state"], "Joined", "{}", st["nodes"][0]);
+    assert_eq!(
+        st["nodes"][0]["incarnation"], incarnation,
+        "{}",
+        st["nodes"][0]
+    );
+    std::thread::sleep(Duration::from_millis(u64::from(t.watchdog)) + Duration::from_secs(2));
+    assert!(g1.is_running(), "node1 stays up through the reload");
+    c.wait_daemons_healthy(&[0], Duration::from_secs(10))
+        .unwrap();
     println!(
         "MEASURED: scenario {:.1} s, of which {:.1} s booting the cluster",
         began.elapsed().as_secs_f64(),

@@ -370,6 +370,76 @@ impl Watchdog {
         Ok(WatchdogFlags::from_bits_retain(raw as u32))
     }
 
+    /// Hands the armed watchdog over to the program this process is about to execve(2) (a
+    /// reload in place): its descriptor stays open across the exec (close-on-exec cleared) and
+    /// is not closed here. Returns the descriptor's number and the device node, for the new
+    /// image's [`Watchdog::adopt`]; if the exec fails, `adopt` in this image takes it back. On
+    /// error the watchdog is handed back, still armed.
+    pub fn keep_across_exec(self) -> Result<(std::os::fd::RawFd, PathBuf), Box<DisarmError>> {
+        use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+        let cleared = nix::fcntl::fcntl(
+            self.file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        );
+        if let Err(source) = cleared {
+            let error = self.ioctl_err("F_SETFD")(source);
+            return Err(Box::new(DisarmError {
+                watchdog: Box::new(self),
+                error,
+            }));
+        }
+        let device = self.device.clone();
+        Ok((OwnedFd::from(self.file).into_raw_fd(), device))
+    }
+
+    /// Takes over the watchdog a previous image of this process armed and handed over with
+    /// [`Watchdog::keep_across_exec`]: checks that `fd` is open and is `info`'s device (same
+    /// device number), reads its support and timeout, feeds it, and sets close-on-exec again.
+    /// On error the descriptor is closed without the magic character: the watchdog keeps
+    /// running.
+    pub fn adopt(fd: std::os::fd::RawFd, info: &WatchdogInfo) -> Result<Watchdog, Error> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let device = info.device_node.clone();
+        let ioctl = |op| {
+            let device = device.clone();
+            move |source| Error::Ioctl { device, op, source }
+        };
+        let file = File::from(sys::inherited_fd(fd).map_err(ioctl("F_GETFD"))?);
+        let same = match (file.metadata(), fs::metadata(&device)) {
+            (Ok(a), Ok(b)) => a.rdev() == b.rdev(),
+            _ => false,
+        };
+        if !same {
+            return Err(Error::Ioctl {
+                device,
+                op: "fstat (the inherited descriptor is not this watchdog)",
+                source: Errno::EBADF,
+            });
+        }
+        nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(ioctl("F_SETFD"))?;
+        let support: Support = sys::get_support(file.as_fd())
+            .map_err(ioctl("WDIOC_GETSUPPORT"))?
+            .into();
+        let timeout =
+            from_c_int(sys::get_timeout(file.as_fd()).map_err(ioctl("WDIOC_GETTIMEOUT"))?);
+        sys::keepalive(file.as_fd()).map_err(ioctl("WDIOC_KEEPALIVE"))?;
+        Ok(Watchdog {
+            file,
+            device: device.clone(),
+            sysfs_path: info.sysfs_path.clone(),
+            support,
+            timeout,
+            pretimeout: None,
+            nowayout: read_sysfs_flag(&info.sysfs_path.join("nowayout")).unwrap_or(false),
+            bootstatus: None,
+        })
+    }
+
     /// Whether [`Watchdog::disarm`] would be allowed now.
     pub fn can_disarm(&self) -> Result<(), Error> {
         if !self.support.options.contains(WatchdogFlags::MAGICCLOSE) {

@@ -98,6 +98,19 @@ mod raw {
     );
 }
 
+/// Takes ownership of descriptor `fd`, which a previous image of this process kept open across
+/// execve(2) for this one (a reload in place; see `Watchdog::keep_across_exec`), after checking
+/// that it is open. The caller reads the number once, from where the previous image left it.
+pub(crate) fn inherited_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // Open, or EBADF.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+    // SAFETY: `fd` is open (checked above) and was left to this image by the previous one, which
+    // gave it up with the exec: no other object in this process owns or will close it, so the
+    // OwnedFd is its only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// WDIOC_GETSUPPORT.
 pub(crate) fn get_support(fd: BorrowedFd<'_>) -> Result<WatchdogInfoRaw, Errno> {
     let mut info = WatchdogInfoRaw::default();

@@ -297,6 +297,7 @@ pub fn status(args: &LocalArgs) -> Exit {
                             .and_then(|n| n.state)
                             .and_then(SlotState::self_fence_cause)
                             .map(|c| c.as_str()),
+                        "incarnation": n.and_then(|n| n.heartbeat).map(|h| format!("{:#018x}", h.0)),
                         "heartbeat_seq": n.and_then(|n| n.heartbeat).map(|h| h.1),
                         "heartbeat_advancing": n.is_some_and(|n| n.rounds_since_change == 0 && n.heartbeat.is_some()),
                         "dead": view.is_dead(m.id),

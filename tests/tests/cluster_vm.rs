@@ -84,9 +84,10 @@ fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
 ///
 /// Then node1's daemon gets SIGTERM (a clean stop) while node3 stays. Must: node3 takes node1's
 /// key over on all 32 LUNs and holds every reservation; node1's daemon exits 0 once its key is
-/// off every LUN, and node1 keeps running past timeouts.watchdog + 2 s. Must not: node1
-/// unregister its key itself (that would leave the LUNs unreserved), or any LUN be without a
-/// reservation afterwards.
+/// off every LUN; node1 keeps running for 3 x timeouts.watchdog, and its writes to the LUNs are
+/// refused; node3 stays healthy. Then `fenced run` on node1 again: it rejoins (healthy, its key
+/// on every LUN) and writes again. Must not: node1 unregister its key itself (that would leave
+/// the LUNs unreserved), any LUN be without a reservation, or a reset.
 #[test]
 fn fencing_32_luns_keeps_the_fencer_up_and_a_clean_stop_hands_its_luns_over() {
     let mut spec = ClusterSpec::new("fence-32-luns", TargetKind::Lio);
@@ -178,13 +179,36 @@ fn fencing_32_luns_keeps_the_fencer_up_and_a_clean_stop_hands_its_luns_over() {
         assert_eq!(l["reservation"]["holder_node"], "node3", "{l}");
     }
     assert_eq!(st["nodes"][0]["state"], "Leaving", "{}", st["nodes"][0]);
-    std::thread::sleep(Duration::from_millis(u64::from(t.watchdog)) + Duration::from_secs(2));
+    let lun = c.main_lun_devices(0)[0].clone();
+    let w = blocks::write(&c.nodes[0], &lun, 70, b'L').unwrap();
+    assert_ne!(w.code, 0, "node1's write after its leave is refused");
+    std::thread::sleep(Duration::from_millis(3 * u64::from(t.watchdog)).saturating_sub(leave.elapsed()));
     assert!(
         c.nodes[0].is_running(),
-        "node1 keeps running after its clean stop (watchdog disarmed)"
+        "node1 keeps running 3 x W after its clean stop (watchdog disarmed)"
     );
     c.wait_daemons_healthy(&[2], Duration::from_secs(10))
         .unwrap();
+
+    // node1 rejoins.
+    c.daemons[0] = Some(
+        c.nodes[0]
+            .spawn(&format!(
+                "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
+                project_binary("fenced").display()
+            ))
+            .unwrap(),
+    );
+    c.wait_daemons_healthy(&[0, 2], Duration::from_secs(60))
+        .unwrap();
+    let st = c.status(0).unwrap();
+    for l in st["luns"].as_array().expect("LUNs") {
+        assert_eq!(l["own_key_registered"], true, "{l}");
+    }
+    assert!(
+        blocks::write(&c.nodes[0], &lun, 70, b'J').unwrap().success(),
+        "node1 writes again after its rejoin"
+    );
 }
 
 /// Fault: node1 and node2 fence each other at the same instant, FENCED_SPLIT_ROUNDS rounds

@@ -114,6 +114,10 @@ fn thread_policies(g: &Guest, pid: u64) -> Vec<(u64, String, u32)> {
 ///    restart, the journal shows the hand-over and the new image taking the armed watchdog
 ///    over, the daemon healthy again, its slot Joined with the same incarnation, and node1 up
 ///    past timeouts.watchdog + 2 s. Must not: a reset, a duplicate-slot warning.
+/// 6. Another reload, with node1's kernel frozen (the freeze module, stop_machine) as soon as the
+///    old image logs that it re-executes, i.e. during the hand-over. Must: the hardware watchdog
+///    resets the frozen node within timeouts.watchdog + one poll period: it was armed at that
+///    moment, as at every moment of a reload.
 #[test]
 fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences() {
     let mut spec = ClusterSpec::new("systemd-unit", TargetKind::Tgt);
@@ -484,6 +488,34 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
     assert!(g1.is_running(), "node1 stays up through the reload");
     c.wait_daemons_healthy(&[0], Duration::from_secs(10))
         .unwrap();
+
+    // 6. A reload frozen in the middle.
+    let ko = c.lab.kernel().build_module("freeze").unwrap();
+    let _frozen = g1
+        .spawn(&format!(
+            "n=$(journalctl -q -u {UNIT} -o cat | grep -c 'reload: re-executing'); \
+             systemctl reload {UNIT}; \
+             until [ \"$(journalctl -q -u {UNIT} -o cat | grep -c 'reload: re-executing')\" -gt \"$n\" ]; do sleep 0.05; done; \
+             echo frozen > /dev/kmsg; insmod {} seconds=30",
+            ko.display()
+        ))
+        .unwrap();
+    let asked = Instant::now();
+    let reset = g1
+        .wait_exit(Duration::from_secs(40))
+        .expect("the watchdog resets node1 frozen during a reload");
+    let console = g1.console();
+    assert!(console.contains("frozen"), "the freeze began:\n{console}");
+    let bound = Duration::from_millis(u64::from(t.watchdog + t.poll)) + Duration::from_secs(3);
+    println!(
+        "MEASURED: node1 frozen during a reload: reset {:.2} s after the reload was asked for (bound from the freeze: W + P = {} ms)",
+        reset.saturating_duration_since(asked).as_secs_f64(),
+        t.watchdog + t.poll
+    );
+    assert!(
+        reset.saturating_duration_since(asked) <= bound,
+        "reset within W + P of the freeze (+3 s for the reload to begin)"
+    );
     println!(
         "MEASURED: scenario {:.1} s, of which {:.1} s booting the cluster",
         began.elapsed().as_secs_f64(),

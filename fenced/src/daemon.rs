@@ -7,10 +7,18 @@
 //! every LUN, reserve where nobody has, verify) → join our slot with a fresh incarnation → arm
 //! the watchdog → READY=1.
 //!
+//! A start after a clean leave (our slot says Leaving) writes Joining first and waits
+//! `leave_quiet` before registering; a start after a reload ([`crate::reload`]) takes the armed
+//! watchdog and the incarnation over from the previous image instead of arming a new one.
+//!
 //! The loop, every P: one poll round (bounded by D), heartbeat in our slot (bounded by D),
 //! decide ([`crate::health`]), feed the watchdog and systemd only when healthy. It allocates
 //! nothing, takes no blocking lock and waits on nothing unbounded: READ KEYS runs on its own
-//! thread and is read through atomics; commands hand it markers through `try_lock`.
+//! thread and is read through atomics; commands hand it markers through `try_lock`. SIGTERM or
+//! SIGINT (read from a signalfd) starts a leave: the slot says Leaving, the key checker waits
+//! for a node that stays to take our key over (or unregisters it), then the watchdog is
+//! disarmed and [`Daemon::run`] returns. SIGHUP re-executes the daemon in place, right after a
+//! feed and only while healthy (the operator's rare path, which may log and allocate).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;

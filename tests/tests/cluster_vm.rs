@@ -182,7 +182,9 @@ fn fencing_32_luns_keeps_the_fencer_up_and_a_clean_stop_hands_its_luns_over() {
     let lun = c.main_lun_devices(0)[0].clone();
     let w = blocks::write(&c.nodes[0], &lun, 70, b'L').unwrap();
     assert_ne!(w.code, 0, "node1's write after its leave is refused");
-    std::thread::sleep(Duration::from_millis(3 * u64::from(t.watchdog)).saturating_sub(leave.elapsed()));
+    std::thread::sleep(
+        Duration::from_millis(3 * u64::from(t.watchdog)).saturating_sub(leave.elapsed()),
+    );
     assert!(
         c.nodes[0].is_running(),
         "node1 keeps running 3 x W after its clean stop (watchdog disarmed)"
@@ -206,7 +208,9 @@ fn fencing_32_luns_keeps_the_fencer_up_and_a_clean_stop_hands_its_luns_over() {
         assert_eq!(l["own_key_registered"], true, "{l}");
     }
     assert!(
-        blocks::write(&c.nodes[0], &lun, 70, b'J').unwrap().success(),
+        blocks::write(&c.nodes[0], &lun, 70, b'J')
+            .unwrap()
+            .success(),
         "node1 writes again after its rejoin"
     );
 }

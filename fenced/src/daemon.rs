@@ -253,10 +253,13 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
     // After a clean leave our slot says Leaving, and the nodes that stay take over any key of
     // ours they find: say Joining first, and register only once a takeover decided on an
     // earlier read has had its time.
+    let join_within = config.timing.lease;
+    let join_pause = config.timing.poll / 4;
     if view.node(config.me.id).and_then(|n| n.state) == Some(SlotState::Leaving) {
-        disks
-            .write_own_slot(&block)
-            .map_err(|e| failed(format!("joining the voting disks: {e}")))?;
+        join_slot(&mut disks, &block, join_within, join_pause, &|| {
+            feed(&adopted)
+        })
+        .map_err(failed)?;
         let quiet = config.timing.leave_quiet();
         tracing::info!(
             ?quiet,
@@ -307,9 +310,10 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
     }
     block.heartbeat_seq = view.next_own_seq();
     block.heartbeat_mono_ms = vdisk::mono_ms();
-    disks
-        .write_own_slot(&block)
-        .map_err(|e| failed(format!("joining the voting disks: {e}")))?;
+    join_slot(&mut disks, &block, join_within, join_pause, &|| {
+        feed(&adopted)
+    })
+    .map_err(failed)?;
     block.state = SlotState::Joined;
 
     // Arm the watchdog last: from here on a hang resets the node.
@@ -358,6 +362,33 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         signals,
         _instance: instance,
     })
+}
+
+/// Writes our slot at start-up. A round that does not reach a majority (a voting disk slow on a
+/// loaded host) is retried for up to `within`, each attempt bounded by D, `between` calling
+/// `feed` (a reload's adopted watchdog); a block the disks refuse is not.
+fn join_slot(
+    disks: &mut VotingDisks,
+    block: &SlotBlock,
+    within: Duration,
+    pause: Duration,
+    between: &dyn Fn(),
+) -> Result<(), String> {
+    let until = Instant::now() + within;
+    loop {
+        match disks.write_own_slot(block) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if Instant::now() < until
+                    && !matches!(e, vdisk::WriteError::InvalidBlock { .. }) =>
+            {
+                tracing::warn!(error = %e, "joining the voting disks: the write did not reach a majority; retrying");
+                between();
+                std::thread::sleep(pause);
+            }
+            Err(e) => return Err(format!("joining the voting disks: {e}")),
+        }
+    }
 }
 
 /// Selects the watchdog by the configured policy and arms it with the configured timeout.

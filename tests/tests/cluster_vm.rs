@@ -334,7 +334,13 @@ fn frozen_kernel_fenced_during_the_freeze_and_stopped_daemon_are_both_reset() {
             "exec python3 -c \"\nimport socket,time\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind('/run/notify.sock')\nf=open('/xchg/notify.log','a',buffering=1)\nwhile True:\n    m=s.recv(512)\n    f.write('%.3f %s\\n'%(time.monotonic(),m.decode()))\n\"",
         )
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // The daemon refuses to start without its notify socket: wait for the listener to bind it
+    // (a fixed 3 s was not always enough on a loaded host).
+    c.nodes[1]
+        .run_ok(
+            "for i in $(seq 300); do [ -S /run/notify.sock ] && exit 0; sleep 0.1; done; exit 1",
+        )
+        .expect("the notify listener binds /run/notify.sock");
     for (i, g) in c.nodes.iter().enumerate() {
         let env = if i == 1 {
             "NOTIFY_SOCKET=/run/notify.sock "

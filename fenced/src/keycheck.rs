@@ -400,8 +400,6 @@ pub struct KeyChecker {
     to_settle: Vec<Settle>,
     /// Slots dead or leaving per the loop's latest read (candidates for a takeover).
     gone: DeadSet,
-    /// Slots dead per the last fresh read.
-    dead: DeadSet,
 }
 
 /// A LUN to settle at the end of a period, through its registered path `via`.
@@ -412,6 +410,15 @@ struct Settle {
     victims: Vec<(u8, ReservationKey)>,
     /// Take the reservation if it is free.
     reserve: bool,
+}
+
+/// The slots `marker` declares dead (none when it is no marker at all).
+fn dead_set(marker: &Marker) -> DeadSet {
+    if marker.is_present() {
+        marker.dead
+    } else {
+        DeadSet::default()
+    }
 }
 
 /// The slots dead or leaving, never `me`.
@@ -475,7 +482,6 @@ impl KeyChecker {
             to_unregister: Vec::new(),
             to_settle: Vec::new(),
             gone: DeadSet::default(),
-            dead: DeadSet::default(),
         }
     }
 
@@ -488,10 +494,10 @@ impl KeyChecker {
             self.leave = Some(Instant::now());
         }
         let latest = self.authority.latest();
-        let dead = if latest.is_present() && !latest.dead.contains(self.cfg.me) {
-            latest.dead
-        } else {
+        let dead = if latest.dead.contains(self.cfg.me) {
             DeadSet::default()
+        } else {
+            dead_set(&latest)
         };
         self.gone = gone(self.cfg.me, dead, self.authority.peers().leaving);
         self.rescan();
@@ -610,11 +616,7 @@ impl KeyChecker {
         let mut jobs: Vec<Single> = (0..paths.len())
             .map(|d| Single::new(d, Request::ReadKeys))
             .collect();
-        {
-            let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-            self.runner
-                .run(&paths, &mut refs, timeout, now + timeout + period);
-        }
+        self.run_batch(&paths, &mut jobs, now + timeout + period);
         let mut out: Vec<(Option<Completed<RegisteredKeys>>, bool)> =
             self.luns.iter().map(|_| (None, false)).collect();
         let now = Instant::now();
@@ -690,7 +692,8 @@ impl KeyChecker {
     /// unregister ourselves (as holder, that releases the reservation).
     fn leave_lun(&mut self, i: usize, keys: &RegisteredKeys) {
         let waited = self.leave.map_or(Duration::ZERO, |t| t.elapsed());
-        let handover = self.authority.peers().live && waited < self.cfg.handover;
+        let live = self.authority.peers().live;
+        let handover = live && waited < self.cfg.handover;
         let lun = &mut self.luns[i];
         if !keys.contains(self.cfg.reg.key) {
             if !lun.left {
@@ -708,7 +711,7 @@ impl KeyChecker {
             lun.note = Some("leaving: waiting for a node that stays to take our key over".into());
         } else {
             if lun.note.as_deref() != Some(UNREGISTERING) {
-                tracing::warn!(lun = %lun.id, live_peer = self.authority.peers().live, "leaving: no node that stays took our key over; unregistering it ourselves (a reservation we hold is released; a node that stays takes it again)");
+                tracing::warn!(lun = %lun.id, live_peer = live, "leaving: no node that stays took our key over; unregistering it ourselves (a reservation we hold is released; a node that stays takes it again)");
             }
             lun.note = Some(UNREGISTERING.into());
             self.to_unregister.push(i);
@@ -744,7 +747,7 @@ impl KeyChecker {
         let mut jobs: Vec<Single> = (0..paths.len())
             .map(|d| Single::new(d, Request::Out(op)))
             .collect();
-        self.run_singles(&paths, &mut jobs);
+        self.run_batch(&paths, &mut jobs, Instant::now() + self.cfg.timeout);
         for (path, job) in paths.iter().zip(jobs) {
             if let Some(Err(f)) = job.answer {
                 tracing::warn!(path = %path.display(), error = %f.error, "leaving: unregistering failed; retried next period");
@@ -992,7 +995,7 @@ impl KeyChecker {
         let mut jobs: Vec<Single> = (0..paths.len())
             .map(|d| Single::new(d, Request::Out(op)))
             .collect();
-        self.run_singles(&paths, &mut jobs);
+        self.run_batch(&paths, &mut jobs, Instant::now() + self.cfg.timeout);
         for ((i, j), job) in who.into_iter().zip(jobs) {
             if let Some(Ok(Reply::Out(_))) = job.answer {
                 let lun = &mut self.luns[i];
@@ -1022,7 +1025,7 @@ impl KeyChecker {
         }
         let mut swept = vec![false; wanted.len()];
         if wanted.iter().any(|s| !s.victims.is_empty()) {
-            if let Some(confirmed) = self.fresh_gone() {
+            if let Some((dead, confirmed)) = self.fresh_gone() {
                 let own = self.cfg.reg.key;
                 let mut paths = Vec::new();
                 let mut jobs = Vec::new();
@@ -1040,10 +1043,10 @@ impl KeyChecker {
                         who.push((k, id, key));
                     }
                 }
-                self.run_singles(&paths, &mut jobs);
+                self.run_batch(&paths, &mut jobs, Instant::now() + self.cfg.timeout);
                 for ((k, id, key), job) in who.into_iter().zip(jobs) {
                     let lun = &self.luns[wanted[k].lun];
-                    let why = if self.dead.contains(id) {
+                    let why = if dead.contains(id) {
                         "a node the authority marks dead (a LUN or path back after its fence, or a registration that raced it)"
                     } else {
                         "a node that leaves or left the cluster (its slot says so): taking over its registrations and any reservation it held"
@@ -1072,14 +1075,7 @@ impl KeyChecker {
                 which.push(s.lun);
             }
         }
-        let timeout = self.cfg.timeout;
-        crate::luns::run_jobs(
-            &mut *self.runner,
-            &paths,
-            &mut jobs,
-            timeout,
-            Instant::now() + timeout,
-        );
+        self.run_batch(&paths, &mut jobs, Instant::now() + self.cfg.timeout);
         for (i, job) in which.into_iter().zip(jobs) {
             let lun = &self.luns[i];
             match job.outcome(&lun.id) {
@@ -1092,10 +1088,10 @@ impl KeyChecker {
         }
     }
 
-    /// One fresh read of the authority for this period's takeovers: the slots confirmed dead
-    /// or leaving (never this node), or `None` when the read cannot decide (no majority, this
+    /// One fresh read of the authority for this period's takeovers: the slots it marks dead,
+    /// and those confirmed dead or leaving (never this node); `None` when the read cannot decide (no majority, this
     /// node marked dead, or a round that started more than B ago).
-    fn fresh_gone(&mut self) -> Option<DeadSet> {
+    fn fresh_gone(&mut self) -> Option<(DeadSet, DeadSet)> {
         let fresh = match self.authority.fresh() {
             Ok(f) if f.majority && !f.self_dead => f,
             _ => return None,
@@ -1105,27 +1101,17 @@ impl KeyChecker {
         if fresh.round_started.elapsed() > self.cfg.bound {
             return None;
         }
-        self.dead = if fresh.marker.is_present() {
-            fresh.marker.dead
-        } else {
-            DeadSet::default()
-        };
-        Some(gone(self.cfg.me, self.dead, fresh.leaving))
+        let dead = dead_set(&fresh.marker);
+        Some((dead, gone(self.cfg.me, dead, fresh.leaving)))
     }
 
-    /// Runs one command per path, all at once, within one command timeout.
-    fn run_singles(&mut self, paths: &[PathBuf], jobs: &mut [Single]) {
+    /// Runs `jobs` on `paths`, all at once, each command within the command timeout and the
+    /// whole batch by `until`.
+    fn run_batch<J: Job>(&mut self, paths: &[PathBuf], jobs: &mut [J], until: Instant) {
         if paths.is_empty() {
             return;
         }
-        let timeout = self.cfg.timeout;
-        crate::luns::run_jobs(
-            &mut *self.runner,
-            paths,
-            jobs,
-            timeout,
-            Instant::now() + timeout,
-        );
+        crate::luns::run_jobs(&mut *self.runner, paths, jobs, self.cfg.timeout, until);
     }
 
     fn publish(&self) {

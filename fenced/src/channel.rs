@@ -286,27 +286,46 @@ impl DiskChannel {
         Ok(DiskChannel { disks, view, block })
     }
 
-    fn poll(&mut self) -> Result<(), String> {
-        let round = self.disks.poll_round();
-        self.view.update(round, Instant::now());
-        if !self.view.has_read_majority() {
-            return Err(format!(
-                "only {} of {} voting disks answered: no majority",
-                round.answered_disks(),
-                round.disk_count()
-            ));
+    /// How long a command retries a round or a write that missed a majority (one slow round
+    /// on a loaded host is not an answer), and the pause between tries: the lease L, and a
+    /// tenth of the poll period (so stale buffers of a timed-out round can be reaped).
+    fn retry_bounds(&self) -> (Duration, Duration) {
+        let t = self.disks.header().timeouts;
+        (
+            Duration::from_millis(u64::from(t.lease_ms)),
+            Duration::from_millis(u64::from(t.poll_ms / 10).max(10)),
+        )
+    }
+
+    /// Reads rounds until one reaches a majority of voting disks, for up to the lease. Returns
+    /// when the successful round started.
+    fn poll(&mut self) -> Result<Instant, String> {
+        let (limit, pause) = self.retry_bounds();
+        let end = Instant::now() + limit;
+        loop {
+            let started = Instant::now();
+            let round = self.disks.poll_round();
+            let (answered, total) = (round.answered_disks(), round.disk_count());
+            self.view.update(round, Instant::now());
+            if self.view.has_read_majority() {
+                return Ok(started);
+            }
+            if Instant::now() + pause >= end {
+                return Err(format!(
+                    "only {answered} of {total} voting disks answered (rounds retried for {limit:?}): no majority; check the voting disks' paths (`fenced doctor`)"
+                ));
+            }
+            std::thread::sleep(pause);
         }
-        Ok(())
     }
 }
 
 impl crate::luns::AuthoritySource for DiskChannel {
     fn fresh(&mut self) -> Result<crate::luns::FreshAuthority, String> {
-        let round_started = Instant::now();
-        let majority = self.poll().is_ok();
+        let polled = self.poll();
         Ok(crate::luns::FreshAuthority {
-            round_started,
-            majority,
+            round_started: *polled.as_ref().unwrap_or(&Instant::now()),
+            majority: polled.is_ok(),
             self_dead: self.view.self_dead(),
             marker: self.view.authority().map(|a| a.marker).unwrap_or_default(),
             leaving: self.view.leaving(),
@@ -320,18 +339,28 @@ impl MarkerChannel for DiskChannel {
         Ok(self.view.authority().map(|a| a.marker).unwrap_or_default())
     }
 
-    fn publish(&mut self, marker: Marker, _deadline: Duration) -> Result<Instant, String> {
+    fn publish(&mut self, marker: Marker, deadline: Duration) -> Result<Instant, String> {
+        let end = Instant::now() + deadline;
+        let (_, pause) = self.retry_bounds();
         self.poll()?;
         // Keep the state the slot had (a stopped daemon's Leaving or SelfFenced stays visible).
         if let Some(state) = self.view.node(self.block.slot).and_then(|n| n.state) {
             self.block.state = state;
         }
-        self.block.heartbeat_seq = self.view.next_own_seq();
         self.block.marker = marker;
-        self.disks
-            .write_own_slot(&self.block)
-            .map_err(|e| e.to_string())?;
-        Ok(Instant::now())
+        // A write that missed a majority is tried again (each try a new sequence number) until
+        // the deadline: the same block, so a partial write is only ever completed.
+        loop {
+            self.block.heartbeat_seq = self.view.next_own_seq();
+            match self.disks.write_own_slot(&self.block) {
+                Ok(_) => return Ok(Instant::now()),
+                Err(e @ vdisk::WriteError::NoMajority { .. }) if Instant::now() + pause < end => {
+                    tracing::debug!(error = %e, "marker write missed a majority: trying again");
+                    std::thread::sleep(pause);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 }
 

@@ -267,10 +267,8 @@ fn split_brain_has_exactly_one_survivor_each_round() {
         );
         tally[w] += 1;
         // Let the loser back in for the next round.
-        assert!(c
-            .fenced(w, &format!("clear {}", node_name(l)))
-            .unwrap()
-            .success());
+        let cleared = c.fenced(w, &format!("clear {}", node_name(l))).unwrap();
+        assert!(cleared.success(), "round {round}: {}", cleared.stderr);
         let un = c.fenced(l, "unfence").unwrap();
         assert!(un.success(), "{}", un.stderr);
     }

@@ -352,13 +352,13 @@ fn one_failed_disk_keeps_the_majority_two_lose_it_and_writes_fail_closed() {
 
 /// One guest polls three voting disks: an iSCSI LUN from tgtd on the host (QEMU's initiator,
 /// scsi-block passthrough), a virtio-blk disk behind device-mapper, and a plain virtio-blk disk,
-/// during one 60 s `fenced disk watch`. Faults, one after the other: tgtd is stopped (SIGSTOP)
-/// for 30 s and continued; then the device-mapper disk is switched to dm-delay of 3 s per I/O
-/// until the end. A node heartbeats in slot 1 beside the watcher all along. (The guest's SCSI
+/// during one 70 s `fenced disk watch`. Faults, one after the other: tgtd is stopped (SIGSTOP)
+/// for 30 s and continued; once the LUN answers again, the device-mapper disk is switched to
+/// dm-delay of 3 s per I/O until the end. A node heartbeats in slot 1 beside the watcher all along. (The guest's SCSI
 /// command timeout is raised to 300 s, so what is measured is the poller facing a hung path, not
 /// the guest's SCSI error handling.)
 /// Must: no round overruns its I/O deadline D (by more than [`GRACE_MS`]) — the worst round over
-/// the 60 s is measured and printed — and none comes near the period; while a disk hangs it
+/// the 70 s is measured and printed — and none comes near the period; while a disk hangs it
 /// counts as missing (timed out, then busy), its read buffers stay owned by the kernel (in
 /// flight), the majority (2 of 3) and the authority hold; after the resume the LUN answers again
 /// and its buffers come back; every own-slot write of the node is acknowledged by a majority and
@@ -391,19 +391,35 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
 
     let watch = g
         .spawn(&format!(
-            "{} disk watch --for 60 --grace {GRACE_MS} --json {devs}",
+            "{} disk watch --for 70 --grace {GRACE_MS} --json {devs}",
             fenced()
         ))
         .unwrap();
     // A node heartbeating beside the watcher: its own-slot writes face the same hung disks.
     let writer = g
-        .spawn(&format!("{} --slot 1 --for 58 {devs}", node()))
+        .spawn(&format!("{} --slot 1 --for 68 {devs}", node()))
         .unwrap();
     std::thread::sleep(Duration::from_secs(6));
     target.pause().unwrap();
     std::thread::sleep(Duration::from_secs(30));
     target.resume().unwrap();
-    std::thread::sleep(Duration::from_secs(6));
+    // The dm-delay phase starts only once the LUN answers again: an iSCSI session still
+    // recovering would make it a second hung disk (the two faults are proven one at a time).
+    let healed_by = Instant::now() + Duration::from_secs(20);
+    while !g
+        .run(&format!(
+            "timeout 2 dd if={lun} of=/dev/null bs=4096 count=1 iflag=direct"
+        ))
+        .unwrap()
+        .success()
+    {
+        assert!(
+            Instant::now() < healed_by,
+            "the LUN did not answer within 20 s of the resume"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
     faults::dm_reload(&g, "slow", &virtio[0], "delay", "0 3000").unwrap();
     let out = g.wait(watch, Duration::from_secs(90)).unwrap();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -449,7 +465,7 @@ fn paused_iscsi_target_never_makes_a_round_overrun_its_deadline() {
             .collect()
     };
     println!(
-        "MEASURED: 60 s watch, {} rounds: worst round {:.1} ms (while the iSCSI target was paused: {:.1} ms over {} rounds; while dm-delay held a disk 3 s per I/O: {:.1} ms over {} rounds), mean {:.1} ms; I/O deadline {D_MS} ms, period {P_MS} ms; rounds that waited out the deadline: {}, rounds that overran it by more than {} ms: {}; max buffers in flight {}",
+        "MEASURED: 70 s watch, {} rounds: worst round {:.1} ms (while the iSCSI target was paused: {:.1} ms over {} rounds; while dm-delay held a disk 3 s per I/O: {:.1} ms over {} rounds), mean {:.1} ms; I/O deadline {D_MS} ms, period {P_MS} ms; rounds that waited out the deadline: {}, rounds that overran it by more than {} ms: {}; max buffers in flight {}",
         s["rounds"],
         s["worst_round_us"].as_f64().unwrap_or(0.0) / 1e3,
         worst(&lun_missing),

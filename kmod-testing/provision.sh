@@ -38,6 +38,8 @@ packages=(
   fence-agents      # its RelaxNG schema validates fence_fenced's metadata (not a runtime dependency)
   libxml2-utils     # xmllint for that validation
   python3 iproute2  # used inside guests (a notify-socket stand-in; the storage guest's network)
+  corosync pacemaker pacemaker-cli-utils pcs  # real clusterware in systemd guests (pacemaker_vm);
+                    # their units are enabled on this host but never start in a guest unless a test installs them
 )
 
 missing=()
@@ -48,8 +50,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   timeout 600 apt-get update -qq || die "apt-get update failed or took over 10 min: check the Debian mirror in /etc/apt/sources.list"
-  timeout 1200 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed: run it by hand to see why"
+  # No service of these packages starts on this machine (corosync and Pacemaker would form a
+  # one-node cluster on a developer's host): policy-rc.d refuses starts during the install.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e $policy ]; then
+    printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy && own_policy=1
+  fi
+  rc=0
+  timeout 1200 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  [ -n "$own_policy" ] && rm -f $policy
+  [ $rc = 0 ] || die "apt-get install ${missing[*]} failed: run it by hand to see why"
+  case " ${missing[*]} " in
+    *" corosync "*|*" pacemaker "*|*" pcs "*)
+      # ... nor at the host's next boot (the guests install these units themselves).
+      systemctl disable corosync.service pacemaker.service pcsd.service pcsd-ruby.service >/dev/null 2>&1 || true ;;
+  esac
 fi
 
 kroot=$cache/kernel

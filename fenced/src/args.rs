@@ -22,7 +22,7 @@ Exit codes:
   4  a fence not confirmed on every LUN (the report names them): the node is not fenced
   5  status: the daemon runs healthy, but a LUN, a path or a voting disk is degraded
   6  status: no daemon runs, its loop is not healthy, or no read-majority of voting disks
-  7  status: the authority marks this node dead (it is fenced)
+  7  status, run: the authority marks this node dead (it is fenced; run refuses to start)
 With --json a command prints its result as one JSON document on stdout; fence, clear and
 unfence print {\"ok\":false,\"error\":...} on failure too.
 

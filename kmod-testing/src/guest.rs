@@ -29,6 +29,8 @@ pub struct GuestSpec {
     pub(crate) forwards: Vec<(u16, u16)>,
     pub(crate) boot_timeout: Duration,
     pub(crate) systemd: bool,
+    /// The guest LAN: its multicast port on the host and this guest's index on it.
+    pub(crate) lan: Option<(u16, u8)>,
 }
 
 impl GuestSpec {
@@ -50,6 +52,7 @@ impl GuestSpec {
             forwards: Vec::new(),
             boot_timeout: Duration::from_secs(boot_secs),
             systemd: false,
+            lan: None,
         }
     }
 
@@ -115,6 +118,16 @@ impl GuestSpec {
     /// Called again, it adds another forward on the same NIC.
     pub fn forward_port(mut self, host_port: u16, guest_port: u16) -> Self {
         self.forwards.push((host_port, guest_port));
+        self
+    }
+
+    /// A NIC on a LAN of guests only (a QEMU socket netdev on the host's loopback multicast group
+    /// 230.0.0.1 port `port`: every guest given the same port is on one Ethernet segment, apart
+    /// from the storage transport and from any other lab's LAN). The guest sees it as the
+    /// interface with MAC [`lan_mac`]`(index)` and configures its address itself; a test cuts it
+    /// with [`Guest::set_lan_link`]. Get a port with [`crate::Lab::lan_port`].
+    pub fn lan(mut self, port: u16, index: u8) -> Self {
+        self.lan = Some((port, index));
         self
     }
 
@@ -273,6 +286,15 @@ impl GuestSpec {
             c.arg("-netdev").arg(format!("user,id=n0{fwd}"));
             c.args(["-device", "virtio-net-pci,netdev=n0"]);
         }
+        if let Some((port, index)) = self.lan {
+            c.arg("-netdev").arg(format!(
+                "socket,id={LAN_NETDEV},mcast=230.0.0.1:{port},localaddr=127.0.0.1"
+            ));
+            c.arg("-device").arg(format!(
+                "virtio-net-pci,netdev={LAN_NETDEV},mac={}",
+                lan_mac(index)
+            ));
+        }
         c.stdin(Stdio::null());
         c.stdout(Stdio::null());
         c.stderr(
@@ -282,6 +304,14 @@ impl GuestSpec {
         );
         c
     }
+}
+
+/// The QEMU id of the guest-LAN netdev ([`GuestSpec::lan`]).
+const LAN_NETDEV: &str = "lan";
+
+/// The MAC address of guest `index`'s NIC on the guest LAN ([`GuestSpec::lan`]).
+pub fn lan_mac(index: u8) -> String {
+    format!("52:54:00:4c:41:{index:02x}")
 }
 
 /// Most iSCSI paths (SCSI targets) one virtio-scsi controller gets at boot; a guest with more
@@ -772,6 +802,17 @@ list"#
     pub fn qmp(&self, command: &serde_json::Value) -> Result<serde_json::Value> {
         let _one = self.qmp_lock.lock().unwrap_or_else(|e| e.into_inner());
         crate::qmp::execute(&self.name, &self.dir.join("qmp.sock"), command)
+    }
+
+    /// Connects (`up`) or cuts the guest's NIC on the guest LAN ([`GuestSpec::lan`]) from the
+    /// host (QMP `set_link`): the guest sees its carrier go, as when a switch port dies; nothing
+    /// inside the guest is touched, so it works on a paused or frozen guest too.
+    pub fn set_lan_link(&self, up: bool) -> Result<()> {
+        self.qmp(&serde_json::json!({
+            "execute": "set_link",
+            "arguments": { "name": LAN_NETDEV, "up": up }
+        }))?;
+        Ok(())
     }
 
     /// Runs a human-monitor (HMP) command through QMP's `human-monitor-command` and returns

@@ -90,6 +90,15 @@ impl Lab {
         Ok(path)
     }
 
+    /// A port for a guest LAN ([`crate::GuestSpec::lan`]): a free port (UDP, where the LAN's
+    /// multicast socket lives), so that labs running at the same time get LANs of their own.
+    pub fn lan_port() -> Result<u16> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ctx(|| "binding a free UDP port".into())?;
+        Ok(s.local_addr()
+            .ctx(|| "reading a free UDP port".into())?
+            .port())
+    }
+
     /// A TCP port on 127.0.0.1 that is free now.
     pub fn free_port() -> Result<u16> {
         let l = std::net::TcpListener::bind("127.0.0.1:0").ctx(|| "binding a free port".into())?;

@@ -39,7 +39,7 @@ mod qmp;
 pub mod tcm_loop;
 
 pub use error::{Error, Result};
-pub use guest::{Guest, GuestSpec, Output, Pending, ScsiPath};
+pub use guest::{lan_mac, Guest, GuestSpec, Output, Pending, ScsiPath};
 pub use initramfs::{SYSTEMD_TARGET, SYSTEMD_UNITS};
 pub use kernel::Kernel;
 pub use lab::Lab;

@@ -90,6 +90,20 @@ pub struct ClusterSpec {
     /// ones, in fenced.toml, registered at unfence; their NAA ids sort after the main LUNs', so
     /// fenced meets them last (its fence race is on the first LUN that answers).
     pub extra_luns: usize,
+    /// Put the nodes on a guest LAN of their own ([`kmod_testing::GuestSpec::lan`]), node `i`
+    /// at [`lan_address`]`(i)`/24, for clusterware (corosync) traffic apart from the storage.
+    pub lan: bool,
+}
+
+/// Node `i`'s index on the guest LAN (its NIC's MAC, [`kmod_testing::lan_mac`]).
+fn lan_index(i: usize) -> u8 {
+    u8::try_from(i + 1).unwrap_or(u8::MAX)
+}
+
+/// Node `i`'s address on the guest LAN ([`ClusterSpec::lan`]): the addresses the corosync.conf
+/// of fenced/docs/pacemaker.md lists.
+pub fn lan_address(i: usize) -> String {
+    format!("192.168.100.{}", 11 + i)
 }
 
 impl ClusterSpec {
@@ -108,6 +122,7 @@ impl ClusterSpec {
             node_setup: None,
             configured_luns: None,
             extra_luns: 0,
+            lan: false,
         }
     }
 }
@@ -266,9 +281,17 @@ impl Cluster {
         let votes: Vec<_> = (0..3)
             .map(|i| lab.shared_disk(&format!("vote{i}"), 4))
             .collect::<Result<_>>()?;
+        let lan_port = if spec.lan {
+            Some(Lab::lan_port()?)
+        } else {
+            None
+        };
         let specs = (0..spec.nodes)
             .map(|i| {
                 let mut s = target.node_spec(&node_name(i)).systemd(spec.systemd);
+                if let Some(port) = lan_port {
+                    s = s.lan(port, lan_index(i));
+                }
                 if let Some(extra) = &extra_target {
                     s = s.separate_scsi_controller();
                     for k in 0..extra.luns() {
@@ -304,6 +327,17 @@ impl Cluster {
             target_up.as_secs_f64(),
             (started.elapsed() - target_up).as_secs_f64(),
         ));
+        if spec.lan {
+            for (i, g) in nodes.iter().enumerate() {
+                g.run_ok(&format!(
+                    "for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && dev=${{d##*/}}; done\n\
+                     [ -n \"$dev\" ] || {{ echo no NIC with MAC {mac} >&2; exit 1; }}\n\
+                     ip link set lo up && ip addr add {addr}/24 dev $dev && ip link set $dev up",
+                    mac = kmod_testing::lan_mac(lan_index(i)),
+                    addr = lan_address(i),
+                ))?;
+            }
+        }
         if let Some(script) = &spec.node_setup {
             let t = Instant::now();
             let pending: Vec<Pending> = nodes

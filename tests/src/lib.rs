@@ -8,6 +8,7 @@
 pub mod blocks;
 pub mod cluster;
 pub mod multipath;
+pub mod pacemaker;
 pub mod scenarios;
 pub mod sg_persist;
 pub mod sg_pr;

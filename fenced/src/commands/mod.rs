@@ -46,7 +46,8 @@ pub enum Exit {
     Degraded = 5,
     /// `status`: no daemon runs, its loop is not healthy, or no read-majority of voting disks.
     Unhealthy = 6,
-    /// `status`: the authority marks this node dead.
+    /// `status`: the authority marks this node dead; `run`: refused to start for that reason
+    /// (the unit's RestartPreventExitStatus, so systemd does not retry a fenced-out node).
     Fenced = 7,
 }
 

@@ -36,7 +36,10 @@ pub fn run(args: &RunArgs) -> Exit {
         Ok(d) => d,
         Err(e) => {
             complain!("{e}");
-            return Exit::Failure;
+            return match e {
+                fenced::daemon::StartError::MarkedDead { .. } => Exit::Fenced,
+                _ => Exit::Failure,
+            };
         }
     };
     if let Err(e) = fenced::control::serve(daemon.control_context()) {

@@ -3,7 +3,7 @@
 
 use crate::Narrator;
 use kmod_testing::iscsi::{Target, TargetKind};
-use kmod_testing::{project_binary, Error, Guest, Lab, Pending, Result};
+use kmod_testing::{project_binary, Error, Guest, GuestSpec, Lab, Pending, Result};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,18 @@ pub struct ClusterSpec {
     pub lan: bool,
 }
 
+/// Brings node `i`'s guest-LAN NIC up at [`lan_address`]`(i)`.
+fn lan_up(g: &Guest, i: usize) -> Result<()> {
+    g.run_ok(&format!(
+        "for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && dev=${{d##*/}}; done\n\
+         [ -n \"$dev\" ] || {{ echo no NIC with MAC {mac} >&2; exit 1; }}\n\
+         ip link set lo up && ip addr add {addr}/24 dev $dev && ip link set $dev up",
+        mac = kmod_testing::lan_mac(lan_index(i)),
+        addr = lan_address(i),
+    ))?;
+    Ok(())
+}
+
 /// Node `i`'s index on the guest LAN (its NIC's MAC, [`kmod_testing::lan_mac`]).
 fn lan_index(i: usize) -> u8 {
     u8::try_from(i + 1).unwrap_or(u8::MAX)
@@ -143,6 +155,12 @@ pub struct Cluster {
     pub extra_target: Option<Target>,
     /// The lab.
     pub lab: Lab,
+    /// What the cluster was built from ([`Cluster::reboot`] boots a node again from it).
+    spec: ClusterSpec,
+    /// Each node guest's spec.
+    guest_specs: Vec<GuestSpec>,
+    /// Boots of each node so far.
+    boots: Vec<usize>,
     /// The timing.
     pub timing: Timing,
     /// Number of [`ClusterSpec::extra_luns`].
@@ -186,6 +204,60 @@ fn node_devices(g: &Guest, spec: &ClusterSpec) -> Result<(Vec<String>, Vec<Strin
         }
     }
     Ok((paths.concat(), vote_devs))
+}
+
+/// Writes node `i`'s fenced.toml with `fenced setup` (and, with `format`, formats the voting
+/// disks), plus the LUN-less copy for [`Cluster::daemon_status`].
+fn write_config(
+    g: &Guest,
+    i: usize,
+    spec: &ClusterSpec,
+    luns: &[String],
+    vote_devs: &[String],
+    format: bool,
+) -> Result<()> {
+    let fenced = project_binary("fenced");
+    let names: String = (0..spec.nodes)
+        .map(|i| format!(" --node {}", node_name(i)))
+        .collect();
+    let t = spec.timing;
+    let configured = if let Some(luns) = &spec.configured_luns {
+        luns.clone()
+    } else if spec.paths > 1 {
+        // The extra LUNs are `/dev/sd*` too.
+        vec!["/dev/sd*".to_string()]
+    } else {
+        luns.to_vec()
+    };
+    let setup = |luns: &[String], out: &str, format: bool| {
+        let mut cmd = format!(
+            "{} setup --name lab{names} --uuid {CLUSTER_UUID} --this-node {} --config {out}",
+            fenced.display(),
+            node_name(i)
+        );
+        for d in vote_devs {
+            cmd.push_str(&format!(" --voting-disk {d}"));
+        }
+        for l in luns {
+            cmd.push_str(&format!(" --lun '{l}'"));
+        }
+        if format {
+            cmd.push_str(&format!(
+                " --format --poll-ms {} --io-deadline-ms {} --lease-ms {} --watchdog-ms {}",
+                t.poll, t.io_deadline, t.lease, t.watchdog
+            ));
+        }
+        cmd
+    };
+    // The same configuration without LUNs, for `fenced status` to report the voting disks and
+    // the running daemon's own view without reading every LUN (which takes seconds per dozen
+    // LUNs under TCG): [`Cluster::daemon_status`].
+    g.run_ok(&format!(
+        "{} && {}",
+        setup(&configured, "/etc/fenced/fenced.toml", format),
+        setup(&[], DAEMON_STATUS_CONFIG, false)
+    ))?;
+    Ok(())
 }
 
 /// The name of node `i` (0-based).
@@ -286,7 +358,7 @@ impl Cluster {
         } else {
             None
         };
-        let specs = (0..spec.nodes)
+        let specs: Vec<GuestSpec> = (0..spec.nodes)
             .map(|i| {
                 let mut s = target.node_spec(&node_name(i)).systemd(spec.systemd);
                 if let Some(port) = lan_port {
@@ -304,7 +376,7 @@ impl Cluster {
                 s
             })
             .collect();
-        let nodes = lab.boot_all(specs)?;
+        let nodes = lab.boot_all(specs.clone())?;
         say(&format!(
             "{} node guests up{}, {} shared {:?} iSCSI LUN(s){}{}, 3 shared voting disks, an i6300esb in each (target {:.1} s, nodes {:.1} s)",
             spec.nodes,
@@ -329,13 +401,7 @@ impl Cluster {
         ));
         if spec.lan {
             for (i, g) in nodes.iter().enumerate() {
-                g.run_ok(&format!(
-                    "for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && dev=${{d##*/}}; done\n\
-                     [ -n \"$dev\" ] || {{ echo no NIC with MAC {mac} >&2; exit 1; }}\n\
-                     ip link set lo up && ip addr add {addr}/24 dev $dev && ip link set $dev up",
-                    mac = kmod_testing::lan_mac(lan_index(i)),
-                    addr = lan_address(i),
-                ))?;
+                lan_up(g, i)?;
             }
         }
         if let Some(script) = &spec.node_setup {
@@ -387,47 +453,8 @@ impl Cluster {
         // `fenced setup` writes each node's configuration as an operator would: on node1 with
         // --format (the voting disks get the cluster UUID and the timing), then on every other
         // node from the disks' header. The files state no [timeouts].
-        let names: String = (0..spec.nodes)
-            .map(|i| format!(" --node {}", node_name(i)))
-            .collect();
-        let t = spec.timing;
         for (i, (g, (luns, vote_devs))) in nodes.iter().zip(found).enumerate() {
-            let configured = if let Some(luns) = &spec.configured_luns {
-                luns.clone()
-            } else if spec.paths > 1 {
-                // The extra LUNs are `/dev/sd*` too.
-                vec!["/dev/sd*".to_string()]
-            } else {
-                luns.clone()
-            };
-            let setup = |luns: &[String], out: &str, format: bool| {
-                let mut cmd = format!(
-                    "{} setup --name lab{names} --uuid {CLUSTER_UUID} --this-node {} --config {out}",
-                    fenced.display(),
-                    node_name(i)
-                );
-                for d in &vote_devs {
-                    cmd.push_str(&format!(" --voting-disk {d}"));
-                }
-                for l in luns {
-                    cmd.push_str(&format!(" --lun '{l}'"));
-                }
-                if format {
-                    cmd.push_str(&format!(
-                        " --format --poll-ms {} --io-deadline-ms {} --lease-ms {} --watchdog-ms {}",
-                        t.poll, t.io_deadline, t.lease, t.watchdog
-                    ));
-                }
-                cmd
-            };
-            // The same configuration without LUNs, for `fenced status` to report the voting
-            // disks and the running daemon's own view without reading every LUN (which takes
-            // seconds per dozen LUNs under TCG): [`Cluster::daemon_status`].
-            g.run_ok(&format!(
-                "{} && {}",
-                setup(&configured, "/etc/fenced/fenced.toml", i == 0),
-                setup(&[], DAEMON_STATUS_CONFIG, false)
-            ))?;
+            write_config(g, i, spec, &luns, &vote_devs, i == 0)?;
             lun_devices.push(luns);
         }
         say(&format!(
@@ -455,6 +482,9 @@ impl Cluster {
             lab,
             timing: spec.timing,
             extra_luns: spec.extra_luns,
+            spec: spec.clone(),
+            boots: vec![1; specs.len()],
+            guest_specs: specs,
         };
         let t = Instant::now();
         let all_luns = spec.luns * spec.paths + spec.extra_luns;
@@ -490,6 +520,81 @@ impl Cluster {
             started.elapsed().as_secs_f64()
         ));
         Ok(cluster)
+    }
+
+    /// A cluster of guests a test built itself (one path per LUN, no LAN, no extra LUNs):
+    /// everything but [`Cluster::reboot`] works on it.
+    pub fn assemble(
+        lab: Lab,
+        target: Target,
+        nodes: Vec<Guest>,
+        lun_devices: Vec<Vec<String>>,
+        timing: Timing,
+    ) -> Cluster {
+        let mut spec = ClusterSpec::new("assembled", TargetKind::Lio);
+        spec.timing = timing;
+        Cluster {
+            daemons: nodes.iter().map(|_| None).collect(),
+            boots: vec![1; nodes.len()],
+            nodes,
+            lun_devices,
+            target,
+            extra_target: None,
+            lab,
+            timing,
+            extra_luns: 0,
+            spec,
+            guest_specs: Vec::new(),
+        }
+    }
+
+    /// Boots node `i` again after it reset (a reset ends its QEMU): the same guest spec (the
+    /// same iSCSI initiator, LUNs, voting disks and LAN), then what [`Cluster::start`] did on
+    /// it before any daemon: its LAN address, the node set-up script, its fenced.toml (a guest's
+    /// root is a fresh overlay at each boot). Nothing is registered or started: the caller
+    /// brings the node back the way the scenario says. The previous boot's run directory is
+    /// kept as `nodeN.boot1`, `nodeN.boot2`, ...
+    pub fn reboot(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].is_running() {
+            return Err(Error::Setup(format!(
+                "{} still runs: only a node that reset can be booted again",
+                self.nodes[i].name()
+            )));
+        }
+        let spec = self.guest_specs.get(i).cloned().ok_or_else(|| {
+            Error::Setup("a cluster not built by Cluster::start cannot boot a node again".into())
+        })?;
+        let name = node_name(i);
+        let dir = self.lab.dir().join(&name);
+        let kept = self.lab.dir().join(format!("{name}.boot{}", self.boots[i]));
+        std::fs::rename(&dir, &kept)
+            .map_err(|e| Error::Setup(format!("keeping {}: {e}", dir.display())))?;
+        self.nodes[i] = self.lab.boot(spec)?;
+        self.boots[i] += 1;
+        let g = &self.nodes[i];
+        if self.spec.lan {
+            lan_up(g, i)?;
+        }
+        if let Some(script) = &self.spec.node_setup {
+            let out = g.run_with_timeout(
+                &format!(
+                    "export FENCED_NODE={name} FENCED_NODE_ID={i} FENCED_KEY=0x{:x}\n{script}",
+                    node_key(i)
+                ),
+                Duration::from_secs(180),
+            )?;
+            if !out.success() {
+                return Err(Error::Setup(format!(
+                    "{name}: the node set-up script exited {}:\n{}{}",
+                    out.code, out.stdout, out.stderr
+                )));
+            }
+        }
+        let (luns, vote_devs) = node_devices(g, &self.spec)?;
+        write_config(g, i, &self.spec, &luns, &vote_devs, false)?;
+        self.lun_devices[i] = luns;
+        self.daemons[i] = None;
+        Ok(())
     }
 
     /// Each node's devices per LUN and path (`[node][lun][path]`) as they were at start:

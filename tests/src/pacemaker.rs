@@ -34,11 +34,19 @@ pub fn doc_block(name: &str) -> Result<String> {
 }
 
 /// Makes every node ready to start Pacemaker as the document says: the corosync.conf of
-/// [`DOC`], one authkey for all, the shipped fenced unit and Debian's corosync and pacemaker
-/// units in /etc/systemd/system (a systemd guest starts with none), and `fence_fenced` linked
-/// where Pacemaker looks for fence agents.
+/// [`DOC`] (for a cluster of two, [`two_node_conf`]), one authkey for all, the shipped fenced
+/// unit and Debian's corosync and pacemaker units in /etc/systemd/system (a systemd guest starts
+/// with none), and `fence_fenced` linked where Pacemaker looks for fence agents.
 pub fn install(c: &Cluster) -> Result<()> {
-    let conf = doc_block("corosync.conf")?;
+    let conf = match c.nodes.len() {
+        3 => doc_block("corosync.conf")?,
+        2 => two_node_conf()?,
+        n => {
+            return Err(Error::Setup(format!(
+                "{DOC} describes 2 or 3 nodes, not {n}"
+            )))
+        }
+    };
     let dir = c.lab.dir();
     let mut key = [0u8; 256];
     std::fs::File::open("/dev/urandom")
@@ -46,18 +54,44 @@ pub fn install(c: &Cluster) -> Result<()> {
         .and_then(|()| std::fs::write(dir.join("corosync.conf"), conf))
         .and_then(|()| std::fs::write(dir.join("authkey"), key))
         .map_err(|e| Error::Setup(format!("writing the corosync files: {e}")))?;
-    for g in &c.nodes {
-        install_fenced_unit(g)?;
-        g.run_ok(&format!(
-            "install -m 0644 {dir}/corosync.conf /etc/corosync/corosync.conf\n\
-             install -m 0400 {dir}/authkey /etc/corosync/authkey\n\
-             install -m 0644 /lib/systemd/system/corosync.service /lib/systemd/system/pacemaker.service /etc/systemd/system/\n\
-             ln -sf fenced /usr/sbin/fence_fenced\n\
-             systemctl daemon-reload",
-            dir = dir.display()
-        ))?;
+    for i in 0..c.nodes.len() {
+        install_node(c, i)?;
     }
     Ok(())
+}
+
+/// [`install`] on node `i` alone, with the files [`install`] wrote (after [`Cluster::reboot`]:
+/// a guest's root starts afresh at each boot).
+pub fn install_node(c: &Cluster, i: usize) -> Result<()> {
+    let g = &c.nodes[i];
+    install_fenced_unit(g)?;
+    g.run_ok(&format!(
+        "install -m 0644 {dir}/corosync.conf /etc/corosync/corosync.conf\n\
+         install -m 0400 {dir}/authkey /etc/corosync/authkey\n\
+         install -m 0644 /lib/systemd/system/corosync.service /lib/systemd/system/pacemaker.service /etc/systemd/system/\n\
+         ln -sf fenced /usr/sbin/fence_fenced\n\
+         systemctl daemon-reload",
+        dir = c.lab.dir().display()
+    ))?;
+    Ok(())
+}
+
+/// The document's corosync.conf made a two-node cluster as the document says: node3's entry
+/// gone and `two_node: 1` in the quorum section.
+pub fn two_node_conf() -> Result<String> {
+    let conf = doc_block("corosync.conf")?;
+    let node3 = conf
+        .find("    node {\n        name: node3")
+        .and_then(|at| conf[at..].find("    }\n").map(|len| (at, at + len + 6)))
+        .ok_or_else(|| Error::Setup(format!("{DOC}: no node3 entry in the corosync.conf")))?;
+    let without = format!("{}{}", &conf[..node3.0], &conf[node3.1..]);
+    let quorum = "    provider: corosync_votequorum\n";
+    if !without.contains(quorum) {
+        return Err(Error::Setup(format!(
+            "{DOC}: no votequorum in the corosync.conf"
+        )));
+    }
+    Ok(without.replace(quorum, &format!("{quorum}    two_node: 1\n")))
 }
 
 /// Runs the document's `start` block on each of `nodes` (at once) and returns each one's output.
@@ -99,11 +133,15 @@ fn tags<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// The nodes `crm_mon` shows online, by name.
+/// The nodes `crm_mon` shows online and joined (not pending, expected up by the DC), by name.
 pub fn online(xml: &str) -> Vec<String> {
     tags(xml, "node")
         .into_iter()
-        .filter(|t| attr(t, "online") == Some("true"))
+        .filter(|t| {
+            attr(t, "online") == Some("true")
+                && attr(t, "pending") != Some("true")
+                && attr(t, "expected_up") == Some("true")
+        })
         .filter_map(|t| attr(t, "name").map(String::from))
         .collect()
 }
@@ -195,12 +233,32 @@ mod tests {
     }
 
     #[test]
+    fn the_two_node_configuration_drops_node3_and_sets_two_node() {
+        let conf = two_node_conf().unwrap();
+        assert!(
+            !conf.contains("node3") && !conf.contains("192.168.100.13"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("name: node2") && conf.contains("two_node: 1"),
+            "{conf}"
+        );
+        assert_eq!(
+            conf.matches('{').count(),
+            conf.matches('}').count(),
+            "{conf}"
+        );
+        assert!(conf.contains("    }\n}\nquorum {"), "{conf}");
+    }
+
+    #[test]
     fn crm_mon_xml_is_read_for_nodes_and_resources() {
         let xml = r#"<pacemaker-result api-version="2.30" request="crm_mon -1 --output-as=xml">
   <summary><current_dc present="true" version="2.1.5" name="node1" id="1"/></summary>
   <nodes>
-    <node name="node1" id="1" online="true" standby="false" resources_running="1" type="member"/>
-    <node name="node2" id="2" online="false" standby="false" resources_running="0" type="member"/>
+    <node name="node1" id="1" online="true" standby="false" pending="false" expected_up="true" resources_running="1" type="member"/>
+    <node name="node2" id="2" online="false" standby="false" pending="false" expected_up="false" resources_running="0" type="member"/>
+    <node name="node3" id="3" online="true" standby="false" pending="true" expected_up="false" resources_running="0" type="member"/>
   </nodes>
   <resources>
     <resource id="fenced-fence" resource_agent="stonith:fence_fenced" role="Started" active="true" nodes_running_on="1">

@@ -196,16 +196,7 @@ fn boot(name: &str, luns: usize) -> Cluster {
         "BENCH setup: LIO storage guest with {luns} x {LUN_MB} MiB LUNs, {NODES} node guests up in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    Cluster {
-        daemons: (0..NODES).map(|_| None).collect(),
-        nodes,
-        lun_devices,
-        target,
-        extra_target: None,
-        lab,
-        timing,
-        extra_luns: 0,
-    }
+    Cluster::assemble(lab, target, nodes, lun_devices, timing)
 }
 
 /// fence_scsi: `-o on` on every node (timed), then `runs` x `-o off` of node2 from node1, node2's

@@ -296,7 +296,9 @@ fn node2_is_evicted(
 /// one node resets, the other keeps running with its key on the LUN, the loser's key gone, and
 /// Pacemaker on the survivor records the fence; then the loser boots again, is cleared and
 /// started as the document says, and both are online for the next round. Must not: both reset,
-/// or neither. Rounds: `FENCED_TWO_NODE_ROUNDS` (default 1; BENCHMARKS.md records 5).
+/// or neither. Rounds: `FENCED_TWO_NODE_ROUNDS` (default 1; BENCHMARKS.md records 5). Last,
+/// `stonith_admin --fence node2`: exit 0 with node2's key gone and node2 marked dead, then its
+/// reset.
 #[test]
 fn two_node_partition_leaves_exactly_one_survivor_each_round() {
     let rounds: usize = std::env::var("FENCED_TWO_NODE_ROUNDS")
@@ -402,6 +404,27 @@ fn two_node_partition_leaves_exactly_one_survivor_each_round() {
     println!(
         "MEASURED: two-node partition over {rounds} round(s): node1 won {}, node2 won {}; 0 rounds with two or zero survivors",
         tally[0], tally[1]
+    );
+
+    // A fence asked of Pacemaker by hand: `stonith_admin --fence` returns 0 only once node2's
+    // key is gone from the LUN and the voting disks mark it dead; node2 resets.
+    let t = Instant::now();
+    let fence = c.nodes[0].run("stonith_admin --fence node2").unwrap();
+    let took = t.elapsed();
+    assert!(fence.success(), "{fence:?}");
+    assert_eq!(c.registered(0).unwrap(), vec![node_name(0)]);
+    let st = c.daemon_status(0).unwrap();
+    assert_eq!(st["authority"]["dead"], serde_json::json!([1]), "{st}");
+    assert!(
+        c.nodes[1]
+            .wait_exit(c.timing.reset_bound() + Duration::from_secs(5))
+            .is_some(),
+        "node2 did not reset after stonith_admin --fence"
+    );
+    assert!(c.nodes[0].is_running());
+    println!(
+        "MEASURED: stonith_admin --fence node2 returned 0 after {:.1} s (host clock, the command's round trip included); node2 reset",
+        took.as_secs_f64()
     );
 }
 

@@ -163,55 +163,81 @@ pub fn resources(xml: &str) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
-/// Waits until `crm_mon` on node `from` shows exactly `names` online, with a DC elected.
-pub fn wait_online(c: &Cluster, from: usize, names: &[&str], timeout: Duration) -> Result<String> {
+/// Runs `crm_mon` on node `from` every second until `done` accepts its XML, for up to
+/// `timeout`; on time-out, the error shows `what` and the last XML read.
+fn poll_crm_mon<T>(
+    c: &Cluster,
+    from: usize,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&str) -> Option<T>,
+) -> Result<T> {
     let end = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < end {
         if let Ok(xml) = crm_mon(&c.nodes[from]) {
-            let mut on = online(&xml);
-            on.sort();
-            if on == names && xml.contains("<current_dc present=\"true\"") {
-                return Ok(xml);
+            if let Some(v) = done(&xml) {
+                return Ok(v);
             }
             last = xml;
         }
         std::thread::sleep(Duration::from_secs(1));
     }
     Err(Error::Setup(format!(
-        "{}: crm_mon did not show {names:?} online within {timeout:?}:\n{last}",
+        "{}: crm_mon did not show {what} within {timeout:?}:\n{last}",
         c.nodes[from].name()
     )))
 }
 
-/// Waits until every resource `crm_mon` on node `from` shows is Started (on some node); returns
-/// them.
+/// Waits until `crm_mon` on node `from` shows exactly `names` online, with a DC elected.
+pub fn wait_online(c: &Cluster, from: usize, names: &[&str], timeout: Duration) -> Result<String> {
+    poll_crm_mon(c, from, timeout, &format!("{names:?} online"), |xml| {
+        let mut on = online(xml);
+        on.sort();
+        (on == names && xml.contains("<current_dc present=\"true\"")).then(|| xml.to_string())
+    })
+}
+
+/// Waits until `crm_mon` on node `from` shows `count` resources, every one Started (on some
+/// node); returns them.
 pub fn wait_started(
     c: &Cluster,
     from: usize,
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<(String, String, Option<String>)>> {
-    let end = Instant::now() + timeout;
-    let mut last = Vec::new();
-    while Instant::now() < end {
-        if let Ok(xml) = crm_mon(&c.nodes[from]) {
-            let rs = resources(&xml);
-            if rs.len() == count
+    poll_crm_mon(
+        c,
+        from,
+        timeout,
+        &format!("all {count} resources started"),
+        |xml| {
+            let rs = resources(xml);
+            (rs.len() == count
                 && rs
                     .iter()
-                    .all(|(_, role, n)| role == "Started" && n.is_some())
-            {
-                return Ok(rs);
-            }
-            last = rs;
+                    .all(|(_, role, n)| role == "Started" && n.is_some()))
+            .then_some(rs)
+        },
+    )
+}
+
+/// Waits until Pacemaker's fencing history on `g` records a successful fence of `victim`.
+pub fn wait_fence_recorded(g: &Guest, victim: &str, timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    loop {
+        let history = g.run_ok(&format!("stonith_admin --history {victim} --output-as=xml"))?;
+        if history.contains("status=\"success\"") {
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_secs(1));
+        if Instant::now() >= end {
+            return Err(Error::Setup(format!(
+                "{}: no fence of {victim} recorded within {timeout:?}: {history}",
+                g.name()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
-    Err(Error::Setup(format!(
-        "{}: not all {count} resources started within {timeout:?}: {last:?}",
-        c.nodes[from].name()
-    )))
 }
 
 #[cfg(test)]

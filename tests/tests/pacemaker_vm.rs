@@ -7,8 +7,10 @@ use kmod_testing::iscsi::TargetKind;
 use kmod_testing::Guest;
 use std::time::{Duration, Instant};
 use tests::cluster::{node_name, Cluster, ClusterSpec};
-use tests::pacemaker::{self, crm_mon, doc_block, resources, wait_online, wait_started};
-use tests::systemd::show;
+use tests::pacemaker::{
+    self, crm_mon, doc_block, resources, wait_fence_recorded, wait_online, wait_started,
+};
+use tests::systemd::{journal_timeline_all, show, uptime_secs_to_us};
 
 fn narrate() -> impl FnMut(&str) {
     |s: &str| println!("    {s}")
@@ -28,27 +30,9 @@ fn unit_state(g: &Guest, unit: &str) -> String {
     )
 }
 
-/// The guest's CLOCK_MONOTONIC now, in µs (/proc/uptime: CLOCK_BOOTTIME, the same in a guest
-/// that never suspends; 10 ms resolution).
+/// The guest's CLOCK_MONOTONIC now, in µs.
 fn uptime_us(g: &Guest) -> u64 {
-    let out = g.run_ok("cut -d' ' -f1 /proc/uptime").unwrap();
-    let (s, frac) = out.trim().split_once('.').unwrap();
-    s.parse::<u64>().unwrap() * 1_000_000 + format!("{frac:0<6}")[..6].parse::<u64>().unwrap()
-}
-
-/// The journal's messages on `g` since `since` (CLOCK_MONOTONIC µs), with their time.
-fn journal_since(g: &Guest, since: u64) -> Vec<(u64, String)> {
-    let out = g
-        .run_ok("journalctl --no-pager -q -o json --output-fields=MESSAGE")
-        .unwrap();
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            let at: u64 = v["__MONOTONIC_TIMESTAMP"].as_str()?.parse().ok()?;
-            Some((at, v["MESSAGE"].as_str()?.to_string()))
-        })
-        .filter(|(at, _)| *at >= since)
-        .collect()
+    uptime_secs_to_us(g.run_ok("cut -d' ' -f1 /proc/uptime").unwrap().trim())
 }
 
 /// Runs `cmd` on `g` and returns its stdout; panics with both streams when it fails.
@@ -225,21 +209,11 @@ fn node2_is_evicted(
         .expect("node2 was not reset within 150 s of the cut");
     // node2 sees its dead mark and resets before the agent returns (it confirms the marker
     // with one more round), so Pacemaker records the fence a moment after the reset.
-    let recorded = Instant::now() + Duration::from_secs(60);
-    loop {
-        let history = ok(node1, "stonith_admin --history node2 --output-as=xml");
-        if history.contains("status=\"success\"") {
-            break;
-        }
-        assert!(
-            Instant::now() < recorded,
-            "no fence of node2 recorded: {history}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let fence_lines: Vec<(u64, String)> = journal_since(node1, cut_mono)
+    wait_fence_recorded(node1, "node2", Duration::from_secs(60)).unwrap();
+    let fence_lines: Vec<(u64, String)> = journal_timeline_all(node1)
+        .unwrap()
         .into_iter()
-        .filter(|(_, m)| m.contains("targeting node2"))
+        .filter(|(at, m)| *at >= cut_mono && m.contains("targeting node2"))
         .collect();
     let requested = fence_lines.first().map(|(at, _)| at - cut_mono);
     let confirmed = fence_lines
@@ -370,24 +344,8 @@ fn two_node_partition_leaves_exactly_one_survivor_each_round() {
         );
         let keys = c.registered(winner).unwrap();
         assert_eq!(keys, vec![node_name(winner)], "round {round}");
-        let recorded = Instant::now() + Duration::from_secs(60);
-        loop {
-            let h = ok(
-                &c.nodes[winner],
-                &format!(
-                    "stonith_admin --history {} --output-as=xml",
-                    node_name(loser)
-                ),
-            );
-            if h.contains("status=\"success\"") {
-                break;
-            }
-            assert!(
-                Instant::now() < recorded,
-                "round {round}: no fence recorded: {h}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        wait_fence_recorded(&c.nodes[winner], &node_name(loser), Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
         println!(
             "MEASURED: two-node partition round {round}: {} won, {} reset {:.1} s after the cut",
             node_name(winner),

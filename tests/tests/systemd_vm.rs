@@ -9,20 +9,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tests::cluster::{Cluster, ClusterSpec};
 use tests::kernel_time;
-use tests::systemd::{install_fenced_unit, journal, journal_timeline, show, show_u64};
+use tests::systemd::{
+    install_fenced_unit, journal, journal_timeline, show, show_u64, uptime_secs_to_us,
+};
 
 const UNIT: &str = "fenced.service";
 
 fn narrate() -> impl FnMut(&str) {
     |s: &str| println!("    {s}")
-}
-
-/// `/proc/uptime` seconds as µs. /proc/uptime is CLOCK_BOOTTIME, equal to CLOCK_MONOTONIC (the
-/// clock of systemd's `...TimestampMonotonic`) in a guest that never suspends; 10 ms resolution.
-fn secs_to_us(s: &str) -> u64 {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
-    let frac = format!("{frac:0<6}");
-    whole.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap()
 }
 
 /// The kernel timestamp (s) of the first console line containing `text`.
@@ -149,7 +143,7 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
             g.name(),
             out.stderr
         );
-        let returned_us = secs_to_us(out.stdout.trim());
+        let returned_us = uptime_secs_to_us(out.stdout.trim());
         let st = c.status(i).unwrap();
         assert_eq!(
             st["daemon"]["running"],

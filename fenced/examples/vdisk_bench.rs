@@ -115,6 +115,8 @@ fn main() {
             heartbeat_seq: 1,
             heartbeat_mono_ms: 1,
             marker: Marker::default(),
+            boot: fenced::vdisk::BootId::NIL,
+            fenced_boot: fenced::vdisk::BootId::NIL,
         };
         disks.write_own_slot(&b).expect("fill slots");
     }

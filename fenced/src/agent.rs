@@ -92,7 +92,7 @@ impl Action {
     /// What the action does, for fence_fenced(8).
     pub fn summary(self) -> &'static str {
         match self {
-            Action::On => "Let the node back in: clear its dead mark on the voting disks (as `fenced clear`); its key is registered again when its fenced daemon starts. Run it on a live node, not on the fenced one.",
+            Action::On => "Unfence: let the node back in once it has rebooted since its fence (its voting-disk slot shows it; refused otherwise): clear its dead mark (as `fenced clear`), then wait until its fenced daemon has registered its key on every LUN. Pacemaker runs it on a live node when the node joins (provides=unfencing).",
             Action::Off => "Fence the node: preempt its key on every shared LUN (verified with READ KEYS) and mark it dead on a majority of the voting disks (as `fenced fence`). The default action.",
             Action::Reboot => "Same as off: storage fencing cannot power-cycle a node (not advertised in the metadata; Pacemaker sends off instead).",
             Action::Status => "Exit 0 when the node is not fenced (its key is on every LUN and it is not marked dead: \"ON\"), 2 when it is (\"OFF\"), 1 when that cannot be read.",
@@ -674,9 +674,10 @@ pub fn metadata() -> String {
     }
     let _ = writeln!(x, "</parameters>");
     let _ = writeln!(x, "<actions>");
-    // `on` is not automatic and not run on the target: the target cannot clear its own dead
-    // mark (a node the authority marks dead never acts for itself); a live node runs it.
-    let _ = writeln!(x, "\t<action name=\"on\" automatic=\"0\"/>");
+    // `on` is automatic (Pacemaker unfences a node when it joins) and not run on the target:
+    // a node the authority marks dead never acts for itself; a live node clears its mark once
+    // its slot shows it rebooted, and its own fenced registers its key.
+    let _ = writeln!(x, "\t<action name=\"on\" automatic=\"1\"/>");
     for a in [
         Action::Off,
         Action::Status,
@@ -746,6 +747,30 @@ pub fn plug_state(config: &Config, node: &Member) -> Result<PlugState, String> {
         luns_without_key: without,
         luns: luns.len(),
     })
+}
+
+/// Waits up to `within` until `node` is not marked dead and its key is on every LUN (its
+/// daemon registers it once it reads that it is let back in), reading once a second.
+pub fn wait_registered(config: &Config, node: &Member, within: Duration) -> Result<(), String> {
+    let end = std::time::Instant::now() + within;
+    loop {
+        let last = match plug_state(config, node) {
+            Ok(st) if st.is_on() => return Ok(()),
+            Ok(st) if st.marked_dead => format!("{} is marked dead again", node.name),
+            Ok(st) => format!(
+                "{}'s key is not registered on {} of {} LUN(s) ({}): its fenced does not run, or has not registered yet",
+                node.name,
+                st.luns_without_key.len(),
+                st.luns,
+                st.luns_without_key.join(", ")
+            ),
+            Err(e) => e,
+        };
+        if std::time::Instant::now() >= end {
+            return Err(format!("after {within:?}: {last}"));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Whether `key` is registered on `lun`, read through its first path that answers.

@@ -22,7 +22,8 @@ Exit codes:
   4  a fence not confirmed on every LUN (the report names them): the node is not fenced
   5  status: the daemon runs healthy, but a LUN, a path or a voting disk is degraded
   6  status: no daemon runs, its loop is not healthy, or no read-majority of voting disks
-  7  status, run: the authority marks this node dead (it is fenced; run refuses to start)
+  7  status, run: the authority marks this node dead (it is fenced; run refuses to start
+     until the node has rebooted, then waits to be let back in)
 With --json a command prints its result as one JSON document on stdout; fence, clear and
 unfence print {\"ok\":false,\"error\":...} on failure too.
 
@@ -66,8 +67,8 @@ pub enum Group {
     Run(RunArgs),
     /// Fence a node: cut it off every shared LUN and mark it dead (exit 0 only when verified).
     Fence(NodeArgs),
-    /// Let a fenced node rejoin: a new marker without it in the dead set.
-    Clear(NodeArgs),
+    /// Let a fenced node rejoin once it has rebooted: a new marker without it in the dead set.
+    Clear(ClearArgs),
     /// Register this node's key on every path of every LUN again (after a reboot or a clear).
     Unfence(LocalArgs),
     /// Show voting disks, authority, heartbeats, keys per LUN, reservation holders, watchdogs.
@@ -105,6 +106,19 @@ pub struct NodeArgs {
     pub json: bool,
     /// The node (name or id).
     pub node: String,
+}
+
+/// `fenced clear NODE`.
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    /// The node to let back in.
+    #[command(flatten)]
+    pub target: NodeArgs,
+    /// Let it back in even though its voting-disk slot does not show that it rebooted since
+    /// its fence (a node known to be down, or one running a fenced that does not record
+    /// boots). A node that did not reboot may still run what it ran when it was evicted.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `fenced unfence` / `fenced status`.

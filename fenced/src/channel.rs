@@ -212,6 +212,10 @@ impl MarkerChannel for DaemonChannel {
         Ok(marker)
     }
 
+    fn rebooted(&self) -> vdisk::DeadSet {
+        self.shared.latest_peers().rebooted
+    }
+
     fn publish(&mut self, marker: Marker, deadline: Duration) -> Result<Instant, String> {
         let end = Instant::now() + deadline;
         self.shared
@@ -282,6 +286,10 @@ impl DiskChannel {
             heartbeat_seq: 0,
             heartbeat_mono_ms: 0,
             marker: Marker::default(),
+            // A command writes this node's boot and never the rejoin evidence: it can take the
+            // evidence away (a daemon started later in this boot then refuses), never make it.
+            boot: vdisk::current_boot().map_err(|e| format!("reading this node's boot id: {e}"))?,
+            fenced_boot: vdisk::BootId::NIL,
         };
         Ok(DiskChannel { disks, view, block })
     }
@@ -337,6 +345,10 @@ impl MarkerChannel for DiskChannel {
     fn authority(&mut self) -> Result<Marker, String> {
         self.poll()?;
         Ok(self.view.authority().map(|a| a.marker).unwrap_or_default())
+    }
+
+    fn rebooted(&self) -> vdisk::DeadSet {
+        self.view.rebooted()
     }
 
     fn publish(&mut self, marker: Marker, deadline: Duration) -> Result<Instant, String> {

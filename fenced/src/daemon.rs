@@ -1,9 +1,10 @@
 //! The daemon: start-up checks, then the loop that feeds the watchdog only while this node may
 //! keep writing to shared storage.
 //!
-//! Start: check the configuration → optional start-up delay → read the voting disks and refuse
-//! to start while the authority marks this node dead (before touching any LUN: registering the
-//! key of a fenced node would undo its fence) → unfence (register the key on every path of
+//! Start: check the configuration → optional start-up delay → read the voting disks; while the
+//! authority marks this node dead, touch no LUN (registering the key of a fenced node would undo
+//! its fence): refuse to start if the node has not rebooted since its fence, else wait to be let
+//! back in ([`fenced_in`], fenced/docs/voting-disk-format.md "Rejoin evidence") → unfence (register the key on every path of
 //! every LUN, reserve where nobody has, verify) → join our slot with a fresh incarnation → arm
 //! the watchdog → READY=1.
 //!
@@ -34,15 +35,15 @@ use crate::luns;
 use crate::notify::Notifier;
 use crate::storage::{Storage, SystemStorage};
 use crate::vdisk::{
-    self, Marker, NodeName, OpenOptions, QuorumView, SelfFenceCause, SlotBlock, SlotState,
+    self, BootId, Marker, NodeName, OpenOptions, QuorumView, SelfFenceCause, SlotBlock, SlotState,
     VotingDisks,
 };
 
 /// Why the daemon did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// This node is fenced; an operator or the cluster must let it back in.
-    #[error("this node ({node}) is marked dead by the voting-disk authority (epoch {epoch}, issued by node id {issuer}); it stays out until a live node runs `fenced clear {node}`")]
+    /// This node is fenced and has not rebooted since.
+    #[error("this node ({node}) is marked dead by the voting-disk authority (epoch {epoch}, issued by node id {issuer}) and has not rebooted since its fence (or its slot does not say): reboot it, and fenced then waits for the cluster to let it back in")]
     MarkedDead {
         /// This node.
         node: String,
@@ -51,9 +52,99 @@ pub enum StartError {
         /// Issuer slot.
         issuer: u8,
     },
+    /// Stopped (SIGTERM, SIGINT) while waiting to be let back in: nothing was registered.
+    #[error("stopped while waiting to be let back in; no key was registered")]
+    Stopped,
     /// Any other start-up failure, with what to do.
     #[error("{0}")]
     Failed(String),
+}
+
+/// The boot a node marked dead was fenced in, from its slot's last block (`boot`, and
+/// `fenced_boot` if a daemon already waited to be let back in): the fenced boot if set, else
+/// the boot of the last write; when the slot records neither (a fenced that predates the
+/// fields, a slot never written), the current boot, so that one more reboot is needed.
+pub fn fenced_in(last_boot: BootId, last_fenced_boot: BootId, current: BootId) -> BootId {
+    if !last_fenced_boot.is_nil() {
+        last_fenced_boot
+    } else if !last_boot.is_nil() {
+        last_boot
+    } else {
+        current
+    }
+}
+
+/// Waits, marked dead, until the authority lets this node back in: READY=1 (so that the
+/// clusterware, which requires fenced, starts and can ask for it), a heartbeat in our slot every
+/// P carrying the rejoin evidence (state joining, this boot, the boot it was fenced in), no key
+/// registered and no watchdog armed. Returns once a majority round no longer marks this node
+/// dead; a stop ends the wait.
+fn wait_to_be_let_back(
+    config: &Config,
+    disks: &mut VotingDisks,
+    view: &mut QuorumView,
+    block: &mut SlotBlock,
+    signals: &nix::sys::signalfd::SignalFd,
+    notifier: &Notifier,
+) -> Result<(), StartError> {
+    let epoch = view.authority().map_or(0, |a| a.marker.epoch);
+    tracing::warn!(
+        node = %config.me.name,
+        epoch,
+        boot = %block.boot,
+        fenced_in = %block.fenced_boot,
+        "marked dead by the voting-disk authority; this node has rebooted since its fence: waiting to be let back in (the cluster's unfencing, fence_fenced on, or `fenced clear` on a live node); no key is registered until then"
+    );
+    let _ = notifier.status(format_args!(
+        "fenced out (marked dead at epoch {epoch}), rebooted since: waiting to be let back in"
+    ));
+    let _ = notifier.ready();
+    let mut write_failed = false;
+    loop {
+        block.heartbeat_seq = view.next_own_seq();
+        block.heartbeat_mono_ms = vdisk::mono_ms();
+        if let Some(a) = view
+            .authority()
+            .filter(|a| a.marker.key() > block.marker.key())
+        {
+            block.marker = a.marker;
+        }
+        // Alive and doing what it should: systemd's watchdog (WatchdogSec=) is fed; no hardware
+        // watchdog is armed yet.
+        let _ = notifier.watchdog();
+        match disks.write_own_slot(block) {
+            Ok(_) => write_failed = false,
+            Err(e) if !write_failed => {
+                write_failed = true;
+                tracing::warn!(error = %e, "waiting to be let back in: writing our slot failed; retried every poll period");
+            }
+            Err(_) => {}
+        }
+        let next = Instant::now() + config.timing.poll;
+        while Instant::now() < next {
+            match signal(signals) {
+                Some(nix::sys::signal::Signal::SIGHUP) => tracing::info!(
+                    "reload asked while waiting to be let back in: nothing to hand over; ignored"
+                ),
+                Some(_) => return Err(StartError::Stopped),
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let round = disks.poll_round();
+        view.update(round, Instant::now());
+        if let Some(d) = view.duplicate_own_slot() {
+            return Err(StartError::Failed(format!(
+                "another daemon (incarnation {:#x}, node name {}) writes this node's voting-disk slot: two nodes share one slot, or fenced runs twice on this node",
+                d.incarnation, d.node_name
+            )));
+        }
+        if view.has_read_majority() && !view.self_dead() {
+            let epoch = view.authority().map_or(0, |a| a.marker.epoch);
+            tracing::warn!(node = %config.me.name, epoch, "let back in by the voting-disk authority: registering our key");
+            let _ = notifier.status(format_args!("let back in at epoch {epoch}: registering"));
+            return Ok(());
+        }
+    }
 }
 
 /// A transition the loop reports to the logging thread (Copy, so sending it never allocates).
@@ -229,16 +320,11 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
             round.disk_count()
         )));
     }
-    if let Some(a) = view.authority() {
-        if a.marker.dead.contains(config.me.id) {
-            return Err(StartError::MarkedDead {
-                node: config.me.name.clone(),
-                epoch: a.marker.epoch,
-                issuer: a.marker.issuer,
-            });
-        }
-    }
-
+    let boot = vdisk::current_boot().map_err(|e| {
+        failed(format!(
+            "reading this node's boot id (/proc/sys/kernel/random/boot_id): {e}"
+        ))
+    })?;
     let mut block = SlotBlock {
         cluster: config.cluster,
         slot: config.me.id,
@@ -249,12 +335,46 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
         heartbeat_seq: view.next_own_seq(),
         heartbeat_mono_ms: vdisk::mono_ms(),
         marker: view.authority().map(|a| a.marker).unwrap_or_default(),
+        boot,
+        fenced_boot: BootId::NIL,
     };
+    let join_within = config.timing.lease;
+    let join_pause = config.timing.poll / 4;
+    if let Some(a) = view
+        .authority()
+        .copied()
+        .filter(|a| a.marker.dead.contains(config.me.id))
+    {
+        let own = view.node(config.me.id);
+        let fenced_in = fenced_in(
+            own.map_or(BootId::NIL, |n| n.boot),
+            own.map_or(BootId::NIL, |n| n.fenced_boot),
+            boot,
+        );
+        // A reload's previous image ran in this boot and was healthy: this image was marked
+        // dead meanwhile, and exits with the watchdog armed.
+        if fenced_in == boot || adopted.is_some() {
+            return Err(StartError::MarkedDead {
+                node: config.me.name.clone(),
+                epoch: a.marker.epoch,
+                issuer: a.marker.issuer,
+            });
+        }
+        block.fenced_boot = fenced_in;
+        wait_to_be_let_back(
+            &config, &mut disks, &mut view, &mut block, &signals, &notifier,
+        )?;
+        // The evidence goes before the key is registered: a fence from now on finds a slot
+        // that says this boot may have had write access.
+        block.fenced_boot = BootId::NIL;
+        block.heartbeat_seq = view.next_own_seq();
+        block.heartbeat_mono_ms = vdisk::mono_ms();
+        join_slot(&mut disks, &block, join_within, join_pause, &|| {}).map_err(failed)?;
+    }
+
     // After a clean leave our slot says Leaving, and the nodes that stay take over any key of
     // ours they find: say Joining first, and register only once a takeover decided on an
     // earlier read has had its time.
-    let join_within = config.timing.lease;
-    let join_pause = config.timing.poll / 4;
     if view.node(config.me.id).and_then(|n| n.state) == Some(SlotState::Leaving) {
         join_slot(&mut disks, &block, join_within, join_pause, &|| {
             feed(&adopted)
@@ -500,6 +620,7 @@ impl Daemon {
             let peers = Peers {
                 leaving: self.view.leaving(),
                 live: self.view.live_peer(read_at, lease),
+                rebooted: self.view.rebooted(),
             };
             self.shared.loop_record_authority(
                 authority,
@@ -731,4 +852,25 @@ impl Daemon {
 
 fn round_answered(disks: &VotingDisks) -> usize {
     disks.last_round().answered_disks()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: u8) -> BootId {
+        BootId(if n == 0 { [0; 16] } else { [n; 16] })
+    }
+
+    #[test]
+    fn the_boot_a_node_was_fenced_in_is_its_slots_fenced_boot_then_its_last_boot_then_this_one() {
+        // Waited before (in boot 2, fenced in boot 1), now in boot 3: still fenced in boot 1.
+        assert_eq!(fenced_in(b(2), b(1), b(3)), b(1));
+        // The last write was a member's in boot 1.
+        assert_eq!(fenced_in(b(1), b(0), b(3)), b(1));
+        // Restarted in the boot it was fenced in: no reboot since.
+        assert_eq!(fenced_in(b(3), b(0), b(3)), b(3));
+        // Nothing recorded (an older fenced, a slot never written): one more reboot needed.
+        assert_eq!(fenced_in(b(0), b(0), b(3)), b(3));
+    }
 }

@@ -47,6 +47,9 @@ pub trait MarkerChannel: AuthoritySource {
     /// Writes `marker` in this node's slot to a majority of voting disks; returns when it got
     /// there (t0).
     fn publish(&mut self, marker: Marker, deadline: Duration) -> Result<Instant, String>;
+    /// The other slots that showed, in the round [`authority`](Self::authority) last read,
+    /// that their node rebooted since its fence (the rejoin evidence).
+    fn rebooted(&self) -> DeadSet;
 }
 
 /// Why a fence failed.
@@ -55,6 +58,12 @@ pub enum FenceError {
     /// The command was refused before anything changed.
     #[error("{0}")]
     Refused(String),
+    /// `clear` of a node whose slot does not show it rebooted since its fence.
+    #[error("{node} is marked dead and its voting-disk slot does not show it rebooted since: a node that has not rebooted since its fence may still run what it ran when it was evicted, so it stays out. Reboot it: its fenced then waits to be let back in, and the cluster's unfencing (fence_fenced on) or `fenced clear {node}` lets it in. Only if you know {node} is down, or rebooted under a fenced that does not record boots, `fenced clear --force {node}`")]
+    NotRebooted {
+        /// The node.
+        node: String,
+    },
     /// Another node fenced us first.
     #[error("lost the fence race: our key is gone from {lun}; this node is the one fenced (its daemon resets it)")]
     LostRace {
@@ -341,16 +350,26 @@ pub fn fence(
     Ok(report)
 }
 
-/// Lets `node` back in: a new marker (epoch + 1) without it in the dead set. The node then
-/// registers its key again when its daemon starts (`fenced unfence`).
+/// Lets `node` back in: a new marker (epoch + 1) without it in the dead set. Only a node whose
+/// slot shows it rebooted since its fence (its daemon waits to be let back in and registers its
+/// key once the mark is gone), unless `force`d by the operator.
 pub fn clear(
     config: &Config,
     node: &Member,
     channel: &mut dyn MarkerChannel,
+    force: bool,
 ) -> Result<Option<u64>, FenceError> {
     let authority = channel.authority().map_err(FenceError::Quorum)?;
     if !authority.is_present() || !authority.dead.contains(node.id) {
         return Ok(None);
+    }
+    if !channel.rebooted().contains(node.id) {
+        if !force {
+            return Err(FenceError::NotRebooted {
+                node: node.name.clone(),
+            });
+        }
+        tracing::warn!(node = %node.name, "clearing a node whose slot does not show it rebooted since its fence (--force)");
     }
     if authority.dead.contains(config.me.id) {
         return Err(FenceError::Refused(format!(
@@ -699,6 +718,8 @@ watchdog = 1000
         before_reverify: Option<Hook>,
         /// Slots whose block says leaving.
         leaving: crate::vdisk::DeadSet,
+        /// Slots whose block shows the rejoin evidence.
+        rebooted: DeadSet,
     }
 
     impl Votes {
@@ -708,6 +729,7 @@ watchdog = 1000
                 reads: 0,
                 before_reverify: None,
                 leaving: crate::vdisk::DeadSet::default(),
+                rebooted: DeadSet::default(),
             }
         }
     }
@@ -740,6 +762,56 @@ watchdog = 1000
             self.marker = marker;
             Ok(Instant::now())
         }
+
+        fn rebooted(&self) -> DeadSet {
+            self.rebooted
+        }
+    }
+
+    fn marked_dead(slots: &[u8]) -> Votes {
+        let mut v = Votes::new();
+        v.marker.epoch = 4;
+        for &s in slots {
+            v.marker.dead.insert(s);
+        }
+        v
+    }
+
+    #[test]
+    fn clear_refuses_a_node_whose_slot_does_not_show_it_rebooted_since_its_fence() {
+        let config = config();
+        let mut v = marked_dead(&[2]);
+        let err = clear(&config, &config.members[2], &mut v, false).unwrap_err();
+        assert!(matches!(err, FenceError::NotRebooted { .. }), "{err}");
+        assert_eq!(v.marker.epoch, 4, "nothing published");
+    }
+
+    #[test]
+    fn clear_lets_back_a_node_that_rebooted_since_its_fence_and_keeps_the_others_dead() {
+        let config = config();
+        let mut v = marked_dead(&[1, 2]);
+        v.rebooted.insert(2);
+        assert_eq!(
+            clear(&config, &config.members[2], &mut v, false).unwrap(),
+            Some(5)
+        );
+        assert!(!v.marker.dead.contains(2) && v.marker.dead.contains(1));
+        // Not marked dead: nothing to do, evidence or not.
+        assert_eq!(
+            clear(&config, &config.members[2], &mut v, false).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn clear_force_lets_back_a_node_without_the_evidence() {
+        let config = config();
+        let mut v = marked_dead(&[2]);
+        assert_eq!(
+            clear(&config, &config.members[2], &mut v, true).unwrap(),
+            Some(5)
+        );
+        assert!(!v.marker.dead.contains(2));
     }
 
     /// Two LUNs, each with one path per node; every node registered, node1 holds both.

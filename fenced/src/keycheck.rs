@@ -264,6 +264,8 @@ pub struct Peers {
     /// Whether another node is joined with a fresh heartbeat (one that can take over this
     /// node's reservations when it leaves).
     pub live: bool,
+    /// Slots whose block shows the node rebooted since its fence (the rejoin evidence).
+    pub rebooted: DeadSet,
 }
 
 struct PathState {
@@ -1284,6 +1286,7 @@ mod tests {
             Peers {
                 leaving,
                 live: !*self.votes.alone.lock().unwrap(),
+                rebooted: DeadSet::default(),
             }
         }
     }

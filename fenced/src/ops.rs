@@ -94,10 +94,14 @@ pub fn fence_node(config: &Config, node: &str) -> Result<FenceReport, FenceFailu
     }
 }
 
-/// Clears `node`'s dead mark through the running daemon, or directly. `Ok(None)` when it was
-/// not marked dead.
-pub fn clear_node(config: &Config, node: &str) -> Result<Option<u64>, String> {
-    let req = Request::Clear { node: node.into() };
+/// Clears `node`'s dead mark through the running daemon, or directly: only with the rejoin
+/// evidence in its slot unless `force` ([`fence::clear`]). `Ok(None)` when it was not marked
+/// dead.
+pub fn clear_node(config: &Config, node: &str, force: bool) -> Result<Option<u64>, String> {
+    let req = Request::Clear {
+        node: node.into(),
+        force,
+    };
     if let Some(reply) = via_daemon(config, &req)? {
         return match reply {
             Reply::Cleared { epoch } => Ok(epoch),
@@ -107,7 +111,7 @@ pub fn clear_node(config: &Config, node: &str) -> Result<Option<u64>, String> {
     }
     let m = member(config, node)?.clone();
     let mut channel = DiskChannel::open(config).map_err(|e| format!("voting disks: {e}"))?;
-    fence::clear(config, &m, &mut channel).map_err(|e| e.to_string())
+    fence::clear(config, &m, &mut channel, force).map_err(|e| e.to_string())
 }
 
 /// The member named `node`, or an error naming the cluster.

@@ -219,11 +219,49 @@ fn off_on_and_status_on_voting_disk_files() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let o = a.args(&["-o", "off", "-n", "node1"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    // Unfencing a node whose slot does not show it rebooted since its fence is refused.
     let o = a.stdin("action=on\nplug=node2\n");
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("does not show it rebooted since"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(status(&a).status.code(), Some(2), "node2 stays OFF");
+    // node2's daemon after a reboot: its slot says the boot it was fenced in and a new one.
+    write_slot(&votes, 1, "node2", ("b2", "b1"));
+    let o = a.stdin("action=on\nplug=node2\nnodename=node2\n");
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert!(text(&o.stderr).contains("may rejoin"), "{}", show(&o));
+    assert_eq!(text(&o.stdout), "Success: Powered ON\n");
     let o = status(&a);
     assert_eq!(o.status.code(), Some(0), "node2 ON again: {}", show(&o));
+}
+
+/// Writes `slot`'s block on every voting disk as a daemon waiting to be let back in does:
+/// state joining, `boots` = (this boot, the boot it was fenced in), as `b<n>` shorthands.
+fn write_slot(votes: &[PathBuf], slot: u8, name: &str, boots: (&str, &str)) {
+    use fenced::vdisk::format::{encode_slot, slot_offset};
+    use fenced::vdisk::{AlignedBlock, BootId, NodeName, SlotBlock, SlotState};
+    use std::os::unix::fs::FileExt;
+    let boot = |s: &str| -> BootId { format!("{:0>32}", &s[1..]).parse().unwrap() };
+    let block = SlotBlock {
+        cluster: CLUSTER.parse().unwrap(),
+        slot,
+        state: SlotState::Joining,
+        node_name: NodeName::new(name).unwrap(),
+        incarnation: 0x77,
+        heartbeat_seq: 1,
+        heartbeat_mono_ms: 0,
+        marker: Default::default(),
+        boot: boot(boots.0),
+        fenced_boot: boot(boots.1),
+    };
+    let mut b = AlignedBlock::ZERO;
+    encode_slot(&block, &mut b.0);
+    for v in votes {
+        let f = std::fs::OpenOptions::new().write(true).open(v).unwrap();
+        f.write_all_at(&b.0, slot_offset(slot)).unwrap();
+    }
 }
 
 #[test]

@@ -161,6 +161,8 @@ fn dump_shows_slots_verdicts_and_authority() {
         heartbeat_seq: 10,
         heartbeat_mono_ms: 5000,
         marker,
+        boot: fenced::vdisk::BootId::NIL,
+        fenced_boot: fenced::vdisk::BootId::NIL,
     };
     let mut b = AlignedBlock::ZERO;
     encode_slot(&block, &mut b.0);
@@ -299,6 +301,8 @@ fn watch_prints_rounds_and_a_summary() {
             dead,
             issuer: 1,
         },
+        boot: fenced::vdisk::BootId::NIL,
+        fenced_boot: fenced::vdisk::BootId::NIL,
     };
     encode_slot(&slot, &mut block.0);
     for path in &paths[..2] {

@@ -73,6 +73,8 @@ fn poll_rounds_and_writes_do_not_allocate() {
             epoch: 1,
             ..Marker::default()
         },
+        boot: fenced::vdisk::BootId::NIL,
+        fenced_boot: fenced::vdisk::BootId::NIL,
     };
     // Warm-up (first use of the clock, the ring's first enter).
     view.update(disks.poll_round(), Instant::now());

@@ -24,6 +24,8 @@ fn block(slot: u8, incarnation: u64, seq: u64, marker: Marker) -> SlotBlock {
         heartbeat_seq: seq,
         heartbeat_mono_ms: seq * 1000,
         marker,
+        boot: fenced::vdisk::BootId::NIL,
+        fenced_boot: fenced::vdisk::BootId::NIL,
     }
 }
 

@@ -222,17 +222,52 @@ pub fn wait_started(
     )
 }
 
-/// Waits until Pacemaker's fencing history on `g` records a successful fence of `victim`.
-pub fn wait_fence_recorded(g: &Guest, victim: &str, timeout: Duration) -> Result<()> {
+/// Pacemaker's fence history of `victim` (`stonith_admin --history --verbose`: without
+/// `--verbose` it shows one event per node): (action, status) of each
+/// event, e.g. ("off", "success"); unfencing shows as "on".
+pub fn fence_history(g: &Guest, victim: &str) -> Result<Vec<(String, String)>> {
+    let xml = g.run_ok(&format!(
+        "stonith_admin --history {victim} --verbose --output-as=xml"
+    ))?;
+    Ok(history_events(&xml))
+}
+
+fn history_events(xml: &str) -> Vec<(String, String)> {
+    tags(xml, "fence_event")
+        .into_iter()
+        .filter_map(|t| Some((attr(t, "action")?.into(), attr(t, "status")?.into())))
+        .collect()
+}
+
+/// How many of `history` are successful fences (any action but unfencing's `on`).
+pub fn fences_done(history: &[(String, String)]) -> usize {
+    history
+        .iter()
+        .filter(|(a, s)| a != "on" && s == "success")
+        .count()
+}
+
+/// Waits until node `g`'s fencer records at least `count` successful fences of `victim`
+/// (unfencing not counted).
+pub fn wait_fences_recorded(
+    g: &Guest,
+    victim: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<()> {
     let end = Instant::now() + timeout;
     loop {
-        let history = g.run_ok(&format!("stonith_admin --history {victim} --output-as=xml"))?;
-        if history.contains("status=\"success\"") {
+        let history = fence_history(g, victim)?;
+        if fences_done(&history) >= count {
             return Ok(());
         }
         if Instant::now() >= end {
+            let why = g
+                .run("stonith_admin --history '*' --verbose; stonith_admin --history '*' --output-as=xml; journalctl --no-pager -q -o short-monotonic -t pacemaker-fenced -t fence_fenced -t pacemaker-controld | tail -80")
+                .map(|o| format!("{}{}", o.stdout, o.stderr))
+                .unwrap_or_default();
             return Err(Error::Setup(format!(
-                "{}: no fence of {victim} recorded within {timeout:?}: {history}",
+                "{}: {count} fence(s) of {victim} not recorded within {timeout:?}: {history:?}\n{why}",
                 g.name()
             )));
         }
@@ -243,6 +278,22 @@ pub fn wait_fence_recorded(g: &Guest, victim: &str, timeout: Duration) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fence_history_counts_fences_not_unfencing() {
+        let xml = r#"<pacemaker-result api-version="2.30" request="stonith_admin --history node2 --output-as=xml">
+  <fence_history status="0">
+    <fence_event action="on" target="node2" client="pacemaker-controld.1" origin="node1" status="success" completed="2026-12-02 15:00:01Z"/>
+    <fence_event action="off" target="node2" client="pacemaker-controld.1" origin="node1" status="failed" exit-reason="x"/>
+    <fence_event action="reboot" target="node2" client="pacemaker-controld.1" origin="node1" status="success" delegate="node3"/>
+  </fence_history>
+  <status code="0" message="OK"/>
+</pacemaker-result>"#;
+        let h = history_events(xml);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h[0], ("on".to_string(), "success".to_string()));
+        assert_eq!(fences_done(&h), 1);
+    }
 
     #[test]
     fn the_documents_blocks_are_found() {

@@ -392,7 +392,7 @@ fn clear_node2(c: &Cluster) {
     for attempt in 1.. {
         let out = ok(
             &c.nodes[0],
-            &format!("{} clear node2", fenced.display()),
+            &format!("{} clear --force node2", fenced.display()),
             LONG,
         );
         if !out.stdout.contains("epoch null") {

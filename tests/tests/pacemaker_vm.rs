@@ -6,9 +6,11 @@
 use kmod_testing::iscsi::TargetKind;
 use kmod_testing::Guest;
 use std::time::{Duration, Instant};
+use tests::blocks;
 use tests::cluster::{node_name, Cluster, ClusterSpec};
 use tests::pacemaker::{
-    self, crm_mon, doc_block, resources, wait_fence_recorded, wait_online, wait_started,
+    self, crm_mon, doc_block, fence_history, fences_done, resources, wait_fences_recorded,
+    wait_online, wait_started,
 };
 use tests::systemd::{journal_timeline_all, show, uptime_secs_to_us};
 
@@ -49,18 +51,26 @@ fn ok(g: &Guest, cmd: &str) -> String {
     out.stdout
 }
 
-/// Starts: the clusterware starts only where fenced runs healthy, and a node the voting disks
-/// mark dead gets neither fenced nor corosync nor Pacemaker until a live node clears it.
-/// Then the partition: node2's cluster-network link is cut from the host (its corosync loses the
-/// token, its storage stays reachable).
-/// Must: Pacemaker on node1 and node3 (quorate) fences node2 through the stonith device the
-/// document configures (`fence_fenced`), the fence is recorded successful, node2's key is gone
-/// from the LUN and the voting disks mark it dead, node2 resets within L + W + P of the fence,
-/// and the resources on node1 and node3 keep running where they ran; `stonith_admin` lists,
-/// queries and describes the device. Must not: node1 or node3 reset, a resource stop on them.
+/// One 3-node cluster, in turn:
+/// - Start order. Fault: node3 marked dead before anything starts (in this boot). Must: fenced
+///   refuses there (exit 7, not restarted), so corosync and Pacemaker do not start on node3;
+///   node1 and node2 form the cluster. Then the operator's override (`fenced clear --force`:
+///   node3 never ran anything) and the start commands: all three online.
+/// - Eviction by partition (proof 1). Fault: node2's cluster-network link cut from the host
+///   (its corosync loses the token, its storage stays reachable). Must: see
+///   [`node2_is_evicted`].
+/// - Rejoin (proof 3). node2 boots again and runs the document's start commands, nothing else:
+///   must: its fenced waits without a key, Pacemaker unfences it through fence_fenced `on`, and
+///   only then is its key back; all three online, no resource failed.
+/// - Hung node (proofs 2 and 3's negative). Fault: node2's guest paused (its kernel frozen).
+///   Must: Pacemaker fences it; `stonith_admin --unfence node2` and `fenced clear node2` are
+///   refused while it is still frozen; when it resumes its write does not reach the LUN and it
+///   resets. Must not: node2's key back, a survivor reset.
+/// - `stonith_admin --fence node3` (proof 5): exit 0 with node3's key gone and node3 marked
+///   dead; node3 resets; node1 stays.
 #[test]
-fn pacemaker_fences_a_partitioned_node_through_fence_fenced() {
-    let c = boot("pacemaker-partition");
+fn pacemaker_fences_node2_and_lets_it_back_only_after_a_reboot() {
+    let mut c = boot("pacemaker");
     let say = |s: String| println!("    {s}");
 
     // node3 is marked dead before anything starts (no daemon runs yet: `fenced fence` works on
@@ -94,8 +104,15 @@ fn pacemaker_fences_a_partitioned_node_through_fence_fenced() {
     wait_online(&c, 0, &["node1", "node2"], Duration::from_secs(180)).unwrap();
     assert!(!c.registered(0).unwrap().contains(&node_name(2)));
 
-    // Let node3 back: cleared from node1 (through node1's daemon), then the start commands.
-    let cleared = c.fenced(0, "clear node3").unwrap();
+    // node3 has not rebooted, so only the override lets it back (nothing ran on it).
+    let refused = c.fenced(0, "clear node3").unwrap();
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("does not show it rebooted since"),
+        "{}",
+        refused.stderr
+    );
+    let cleared = c.fenced(0, "clear --force node3").unwrap();
     assert!(cleared.success(), "{}", cleared.stderr);
     let again = pacemaker::start(&c, &[2]).unwrap();
     assert!(again[0].success(), "{:?}", again[0]);
@@ -108,8 +125,8 @@ fn pacemaker_fences_a_partitioned_node_through_fence_fenced() {
     )
     .unwrap();
     say(format!(
-        "node3 cleared and started: fenced {}, all three online ({:.1} s)",
-        unit_state(node3, "fenced.service"),
+        "node3 cleared (--force) and started: fenced {}, all three online ({:.1} s)",
+        unit_state(&c.nodes[2], "fenced.service"),
         t.elapsed().as_secs_f64()
     ));
     let keys = c.registered(0).unwrap();
@@ -119,6 +136,34 @@ fn pacemaker_fences_a_partitioned_node_through_fence_fenced() {
     node2_is_evicted(&c, &before, "node2's cluster link cut", || {
         c.nodes[1].set_lan_link(false).unwrap()
     });
+    rejoin(&mut c, 1, 0);
+    frozen_node2_stays_out(&c);
+
+    // A fence asked of Pacemaker by hand: `stonith_admin --fence` returns 0 only once node3's
+    // key is gone from the LUN and the voting disks mark it dead; node3 resets.
+    let t = Instant::now();
+    let fence = c.nodes[0].run("stonith_admin --fence node3").unwrap();
+    let took = t.elapsed();
+    assert!(fence.success(), "{fence:?}");
+    assert!(!c.registered(0).unwrap().contains(&node_name(2)));
+    let st = c.daemon_status(0).unwrap();
+    let dead = &st["authority"]["dead"];
+    assert!(
+        dead.as_array()
+            .is_some_and(|d| d.contains(&serde_json::json!(2))),
+        "{st}"
+    );
+    assert!(
+        c.nodes[2]
+            .wait_exit(c.timing.reset_bound() + Duration::from_secs(5))
+            .is_some(),
+        "node3 did not reset after stonith_admin --fence"
+    );
+    assert!(c.nodes[0].is_running());
+    println!(
+        "MEASURED: stonith_admin --fence node3 returned 0 after {:.1} s (host clock, the command's round trip included); node3 reset",
+        took.as_secs_f64()
+    );
 }
 
 /// Three systemd node guests on a LAN, fenced unfenced on each (keys registered, no daemon),
@@ -201,6 +246,7 @@ fn node2_is_evicted(
     // Pacemaker's messages) is taken just before it: the times below are late by at most the
     // agent's round trip (~0.1 s).
     let cut_mono = uptime_us(node1);
+    let fences = fences_done(&fence_history(node1, "node2").unwrap());
     let cut = Instant::now();
     fault();
     let reset_at = c.nodes[1]
@@ -209,11 +255,16 @@ fn node2_is_evicted(
         .expect("node2 was not reset within 150 s of the cut");
     // node2 sees its dead mark and resets before the agent returns (it confirms the marker
     // with one more round), so Pacemaker records the fence a moment after the reset.
-    wait_fence_recorded(node1, "node2", Duration::from_secs(60)).unwrap();
+    wait_fences_recorded(node1, "node2", fences + 1, Duration::from_secs(60)).unwrap();
     let fence_lines: Vec<(u64, String)> = journal_timeline_all(node1)
         .unwrap()
         .into_iter()
-        .filter(|(at, m)| *at >= cut_mono && m.contains("targeting node2"))
+        .filter(|(at, m)| {
+            *at >= cut_mono
+                && m.contains("targeting node2")
+                && !m.contains("'on'")
+                && !m.contains("(on)")
+        })
         .collect();
     let requested = fence_lines.first().map(|(at, _)| at - cut_mono);
     let confirmed = fence_lines
@@ -265,15 +316,16 @@ fn node2_is_evicted(
 
 /// Two nodes (`two_node: 1`, no fence delay). First node2's clusterware hangs (SIGSTOP of
 /// corosync and Pacemaker; its fenced runs on): as for the partition ([`node2_is_evicted`]),
-/// then node2 rejoins. Then the race: the cluster loses its cluster network;
+/// then node2 rejoins ([`rejoin`]). Then the race: the cluster loses its cluster network;
 /// both nodes keep quorum and fence each other through fence_fenced. Per round, must: exactly
 /// one node resets, the other keeps running with its key on the LUN, the loser's key gone, and
-/// Pacemaker on the survivor records the fence; then the loser boots again, is cleared and
-/// started as the document says, and both are online for the next round. Must not: both reset,
-/// or neither. Rounds: `FENCED_TWO_NODE_ROUNDS` (default 1; BENCHMARKS.md records 5). Last,
-/// `stonith_admin --fence node2`: exit 0 with node2's key gone and node2 marked dead, then its
-/// reset.
+/// Pacemaker on the survivor records the fence; then the loser boots again and is let back in
+/// by Pacemaker's unfencing, both online for the next round. Must not: both reset, or neither.
+/// Long (about 6 min for one round), so not in the default suite: `FENCED_TWO_NODE_ROUNDS=5
+/// cargo nextest run --profile long -p tests --test pacemaker_vm --run-ignored only
+/// --no-capture` (BENCHMARKS.md records 5 rounds).
 #[test]
+#[ignore = "long: the two-node race rounds; see the doc comment for the command"]
 fn two_node_partition_leaves_exactly_one_survivor_each_round() {
     let rounds: usize = std::env::var("FENCED_TWO_NODE_ROUNDS")
         .ok()
@@ -308,6 +360,10 @@ fn two_node_partition_leaves_exactly_one_survivor_each_round() {
 
     let mut tally = [0usize; 2];
     for round in 1..=rounds {
+        // Fences of each node recorded so far, as the other node's fencer tells.
+        let fences: Vec<usize> = (0..2)
+            .map(|i| fences_done(&fence_history(&c.nodes[1 - i], &node_name(i)).unwrap()))
+            .collect();
         let cut = Instant::now();
         c.nodes[0].set_lan_link(false).unwrap();
         // The first reset, then a quiet period in which the other must stay up.
@@ -344,8 +400,13 @@ fn two_node_partition_leaves_exactly_one_survivor_each_round() {
         );
         let keys = c.registered(winner).unwrap();
         assert_eq!(keys, vec![node_name(winner)], "round {round}");
-        wait_fence_recorded(&c.nodes[winner], &node_name(loser), Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        wait_fences_recorded(
+            &c.nodes[winner],
+            &node_name(loser),
+            fences[loser] + 1,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
         println!(
             "MEASURED: two-node partition round {round}: {} won, {} reset {:.1} s after the cut",
             node_name(winner),
@@ -363,52 +424,143 @@ fn two_node_partition_leaves_exactly_one_survivor_each_round() {
         "MEASURED: two-node partition over {rounds} round(s): node1 won {}, node2 won {}; 0 rounds with two or zero survivors",
         tally[0], tally[1]
     );
+}
 
-    // A fence asked of Pacemaker by hand: `stonith_admin --fence` returns 0 only once node2's
-    // key is gone from the LUN and the voting disks mark it dead; node2 resets.
+/// Brings `node`, reset by a fence, back with no command typed but the document's start
+/// commands: it boots again (same guest, LUNs and fenced.toml), runs `systemctl start
+/// pacemaker`; its fenced finds it marked dead after a reboot and waits without a key, corosync
+/// and Pacemaker start, and Pacemaker unfences it from `observer`'s side (fence_fenced `on`: the
+/// rejoin evidence in its slot, the dead mark cleared, its own fenced registers). Must: its key
+/// is back only after that, the authority marks nobody dead, all online with the resources
+/// started. Must not: a `fenced clear` or `stonith_admin --unfence` by the test.
+fn rejoin(c: &mut Cluster, node: usize, observer: usize) {
+    let name = node_name(node);
     let t = Instant::now();
-    let fence = c.nodes[0].run("stonith_admin --fence node2").unwrap();
-    let took = t.elapsed();
-    assert!(fence.success(), "{fence:?}");
-    assert_eq!(c.registered(0).unwrap(), vec![node_name(0)]);
-    let st = c.daemon_status(0).unwrap();
-    assert_eq!(st["authority"]["dead"], serde_json::json!([1]), "{st}");
+    c.reboot(node).unwrap();
+    pacemaker::install_node(c, node).unwrap();
+    let booted = t.elapsed();
+    let unfenced_before = fence_history(&c.nodes[observer], &name)
+        .unwrap()
+        .iter()
+        .filter(|(a, s)| a == "on" && s == "success")
+        .count();
+    let started = pacemaker::start(c, &[node]).unwrap();
+    assert!(started[0].success(), "{:?}", started[0]);
+    let start_returned = t.elapsed();
+    let end = Instant::now() + Duration::from_secs(180);
+    let registered_at = loop {
+        if c.registered(observer).unwrap().contains(&name) {
+            break t.elapsed();
+        }
+        assert!(
+            Instant::now() < end,
+            "{name}'s key not back within 180 s: fenced {}; its journal:\n{}",
+            unit_state(&c.nodes[node], "fenced.service"),
+            c.nodes[node]
+                .run("journalctl -u fenced --no-pager -o cat | tail -30")
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let names: Vec<String> = (0..c.nodes.len()).map(node_name).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_online(c, observer, &names, Duration::from_secs(180)).unwrap();
+    wait_online(c, node, &names, Duration::from_secs(60)).unwrap();
+    wait_started(c, node, 4, Duration::from_secs(60)).unwrap();
+    // The order on the node: waited without a key, then let back in, then registered.
+    let log = ok(&c.nodes[node], "journalctl -u fenced --no-pager -o cat");
+    let waited = log.find("waiting to be let back in");
+    let let_in = log.find("let back in by the voting-disk authority");
+    let registered = log.find("daemon: registered lun=");
     assert!(
-        c.nodes[1]
-            .wait_exit(c.timing.reset_bound() + Duration::from_secs(5))
-            .is_some(),
-        "node2 did not reset after stonith_admin --fence"
+        waited.is_some() && waited < let_in && let_in < registered,
+        "{name}'s fenced journal:\n{log}"
     );
-    assert!(c.nodes[0].is_running());
+    let unfenced = fence_history(&c.nodes[observer], &name)
+        .unwrap()
+        .iter()
+        .filter(|(a, s)| a == "on" && s == "success")
+        .count();
+    assert!(
+        unfenced > unfenced_before,
+        "Pacemaker did not record {name}'s unfencing"
+    );
+    let st = c.daemon_status(observer).unwrap();
+    assert_eq!(st["authority"]["dead"], serde_json::json!([]), "{st}");
+    let keys = c.registered(observer).unwrap();
+    assert_eq!(keys.len(), c.nodes.len(), "{keys:?}");
+    let xml = crm_mon(&c.nodes[observer]).unwrap();
+    assert!(!xml.contains("<failure "), "a resource failed:\n{xml}");
     println!(
-        "MEASURED: stonith_admin --fence node2 returned 0 after {:.1} s (host clock, the command's round trip included); node2 reset",
-        took.as_secs_f64()
+        "MEASURED: rejoin of {name} with no command typed: booted again in {:.1} s, `systemctl start pacemaker` returned at {:.1} s, its key registered (unfenced by Pacemaker) at {:.1} s, all online and started at {:.1} s",
+        booted.as_secs_f64(),
+        start_returned.as_secs_f64(),
+        registered_at.as_secs_f64(),
+        t.elapsed().as_secs_f64()
     );
 }
 
-/// Brings node `loser`, reset by a fence, back into the two-node cluster as the document says:
-/// booted again, cleared from node `winner`, Pacemaker started (fenced first); both online with
-/// both keys registered.
-fn rejoin(c: &mut Cluster, loser: usize, winner: usize) {
+/// node2's kernel frozen (its guest paused) in a running 3-node cluster. Must: Pacemaker on
+/// node1 and node3 fences it; while it is still frozen, `stonith_admin --unfence node2` (the
+/// agent's `on`) and `fenced clear node2` are refused (its slot shows no reboot since the
+/// fence) and its key stays off the LUN; when it resumes, its write does not reach the LUN and
+/// it resets within L + W + P. Must not: node1 or node3 reset.
+fn frozen_node2_stays_out(c: &Cluster) {
+    let node1 = &c.nodes[0];
+    let fences = fences_done(&fence_history(node1, "node2").unwrap());
     let t = Instant::now();
-    c.reboot(loser).unwrap();
-    pacemaker::install_node(c, loser).unwrap();
-    let cleared = c
-        .fenced(winner, &format!("clear {}", node_name(loser)))
-        .unwrap();
-    assert!(cleared.success(), "{}", cleared.stderr);
-    let started = pacemaker::start(c, &[loser]).unwrap();
-    assert!(started[0].success(), "{:?}", started[0]);
-    wait_online(c, winner, &["node1", "node2"], Duration::from_secs(180)).unwrap();
-    // Joined in full: the rejoined node has the cluster's configuration (the stonith device
-    // among it) and sees both nodes too.
-    wait_online(c, loser, &["node1", "node2"], Duration::from_secs(60)).unwrap();
-    wait_started(c, loser, 4, Duration::from_secs(60)).unwrap();
-    let keys = c.registered(winner).unwrap();
-    assert_eq!(keys, vec![node_name(0), node_name(1)]);
+    c.nodes[1].pause().unwrap();
+    wait_fences_recorded(node1, "node2", fences + 1, Duration::from_secs(120)).unwrap();
+    let fenced_after = t.elapsed();
+    assert!(!c.registered(0).unwrap().contains(&node_name(1)));
+    let st = c.daemon_status(0).unwrap();
+    assert_eq!(st["authority"]["dead"], serde_json::json!([1]), "{st}");
+
+    let unfence = node1.run("stonith_admin --unfence node2").unwrap();
+    assert!(!unfence.success(), "unfencing a frozen node2: {unfence:?}");
+    let clear = c.fenced(0, "clear node2").unwrap();
+    assert_eq!(clear.code, 1, "{clear:?}");
+    assert!(
+        clear.stderr.contains("does not show it rebooted since"),
+        "{}",
+        clear.stderr
+    );
+    assert!(!c.registered(0).unwrap().contains(&node_name(1)));
+    assert_eq!(
+        c.daemon_status(0).unwrap()["authority"]["dead"],
+        serde_json::json!([1])
+    );
     println!(
-        "    {} booted again, cleared and started: both online ({:.1} s)",
-        node_name(loser),
-        t.elapsed().as_secs_f64()
+        "    node2 frozen: fenced by Pacemaker {:.1} s after the pause; stonith_admin --unfence exit {}, fenced clear exit {}: {}",
+        fenced_after.as_secs_f64(),
+        unfence.code,
+        clear.code,
+        clear.stderr.trim()
+    );
+
+    let dev = |i: usize| c.lun_devices[i][0].clone();
+    let resumed = Instant::now();
+    c.nodes[1].resume().unwrap();
+    let write = match blocks::write(&c.nodes[1], &dev(1), 71, b'Z') {
+        Ok(w) => {
+            assert_ne!(w.code, 0, "node2's write after it resumed must fail");
+            "refused"
+        }
+        Err(_) => "cut short by the reset",
+    };
+    let reset = c.nodes[1]
+        .wait_exit(c.timing.reset_bound() + Duration::from_secs(5))
+        .expect("node2 must reset after it resumes");
+    assert_eq!(
+        blocks::distinct_bytes(node1, &dev(0), 71).unwrap(),
+        vec![0],
+        "node2's data must not be on the LUN"
+    );
+    assert!(c.nodes[0].is_running() && c.nodes[2].is_running());
+    println!(
+        "MEASURED: pacemaker, node2's guest paused: fence recorded {:.1} s after the pause; unfence refused while frozen; node2 reset {:.1} s after it resumed, its write {write} and not on the LUN",
+        fenced_after.as_secs_f64(),
+        reset.saturating_duration_since(resumed).as_secs_f64()
     );
 }

@@ -257,14 +257,14 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
         }
         Action::On => {
             let Some(m) = member else { return 1 };
-            match ops::clear_node(&config, &m.name) {
+            match ops::clear_node(&config, &m.name, false) {
                 Ok(Some(epoch)) => log.info(&format!(
-                    "{} is no longer marked dead (epoch {epoch})",
+                    "{} rebooted since its fence and is no longer marked dead (epoch {epoch})",
                     m.name
                 )),
-                Ok(None) => log.info(&format!("{} was not marked dead", m.name)),
+                Ok(None) => log.info(&format!("{} is not marked dead", m.name)),
                 Err(e) => {
-                    log.error(&format!("clearing {}: {e}", m.name));
+                    log.error(&format!("unfencing {}: {e}", m.name));
                     return 1;
                 }
             }
@@ -287,10 +287,16 @@ fn run(opts: &AgentOptions, log: &mut Log) -> u8 {
                     }
                 }
             } else {
-                log.warn(&format!(
-                    "{} may rejoin: its key is registered again when its fenced daemon starts (systemctl restart fenced there, or `fenced unfence`); until then status reports it OFF",
-                    m.name
-                ));
+                // A key is registered per I_T nexus, from the node itself: its fenced does it
+                // once it reads the new marker. "On" means it can write again, so wait for it.
+                let within = opts
+                    .power_timeout
+                    .unwrap_or(config.timing.lease * 2 + config.timing.fence_deadline);
+                if let Err(e) = agent::wait_registered(&config, &m, within) {
+                    log.error(&e);
+                    return 1;
+                }
+                log.info(&format!("{}'s key is registered on every LUN", m.name));
             }
             out("Success: Powered ON");
             0

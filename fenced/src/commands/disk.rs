@@ -117,6 +117,8 @@ fn slot_json(slot: usize, s: &Result<SlotBlock, BlockError>) -> Value {
             "incarnation": format!("{:#018x}", b.incarnation),
             "heartbeat_seq": b.heartbeat_seq,
             "heartbeat_mono_ms": b.heartbeat_mono_ms,
+            "boot": (!b.boot.is_nil()).then(|| b.boot.to_string()),
+            "fenced_boot": (!b.fenced_boot.is_nil()).then(|| b.fenced_boot.to_string()),
             "marker": if b.marker.is_present() { marker_json(&b.marker) } else { Value::Null },
         }),
         Err(e) => json!({ "slot": slot, "verdict": verdict_name(e), "error": e.to_string() }),
@@ -267,7 +269,7 @@ fn print_disk_text(d: &DiskDump) {
         match s {
             Err(BlockError::NeverWritten) => never += 1,
             Ok(b) => say!(
-                "  slot {i:3}: ok  node {:?} {}{} incarnation {:#018x} seq {} mono {} ms marker {}",
+                "  slot {i:3}: ok  node {:?} {}{} incarnation {:#018x} seq {} mono {} ms boot {}{} marker {}",
                 b.node_name.as_str(),
                 b.state.as_str(),
                 b.state
@@ -277,6 +279,12 @@ fn print_disk_text(d: &DiskDump) {
                 b.incarnation,
                 b.heartbeat_seq,
                 b.heartbeat_mono_ms,
+                if b.boot.is_nil() { "-".to_string() } else { b.boot.to_string() },
+                if b.fenced_boot.is_nil() {
+                    String::new()
+                } else {
+                    format!(" (waits to be let back in, fenced in boot {})", b.fenced_boot)
+                },
                 marker_text(&b.marker)
             ),
             Err(e) => say!("  slot {i:3}: REJECTED ({}): {e}", verdict_name(e)),

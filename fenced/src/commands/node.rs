@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use fenced::args::{ConfigArg, LocalArgs, NodeArgs, RunArgs};
+use fenced::args::{ClearArgs, ConfigArg, LocalArgs, NodeArgs, RunArgs};
 use fenced::channel::DiskChannel;
 use fenced::config::Config;
 use fenced::fence::{self, FenceReport};
@@ -38,6 +38,7 @@ pub fn run(args: &RunArgs) -> Exit {
             complain!("{e}");
             return match e {
                 fenced::daemon::StartError::MarkedDead { .. } => Exit::Fenced,
+                fenced::daemon::StartError::Stopped => Exit::Ok,
                 _ => Exit::Failure,
             };
         }
@@ -150,13 +151,14 @@ fn failed(json: bool, message: &str, code: Exit) -> Exit {
     code
 }
 
-/// `fenced clear NODE`.
-pub fn clear(args: &NodeArgs) -> Exit {
+/// `fenced clear [--force] NODE`.
+pub fn clear(clear: &ClearArgs) -> Exit {
+    let args = &clear.target;
     let config = match load_config(&args.config) {
         Ok(c) => c,
         Err(e) => return e,
     };
-    match fenced::ops::clear_node(&config, &args.node) {
+    match fenced::ops::clear_node(&config, &args.node, clear.force) {
         Ok(epoch) if args.json => {
             say!(
                 "{}",
@@ -165,7 +167,7 @@ pub fn clear(args: &NodeArgs) -> Exit {
             Exit::Ok
         }
         Ok(Some(epoch)) => {
-            say!("{} may rejoin (epoch {epoch}).", args.node);
+            say!("{} may rejoin (epoch {epoch}): its fenced registers its key once it reads the new marker (at start, or within a poll period if it waits to be let back in).", args.node);
             Exit::Ok
         }
         Ok(None) => {
@@ -304,6 +306,7 @@ pub fn status(args: &LocalArgs) -> Exit {
                         "heartbeat_seq": n.and_then(|n| n.heartbeat).map(|h| h.1),
                         "heartbeat_advancing": n.is_some_and(|n| n.rounds_since_change == 0 && n.heartbeat.is_some()),
                         "dead": view.is_dead(m.id),
+                        "rebooted_since_fence": view.is_dead(m.id) && n.is_some_and(|n| n.rebooted_since_fence()),
                     })
                 })
                 .collect();

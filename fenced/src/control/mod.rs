@@ -219,8 +219,8 @@ fn act(req: &Request, ctx: &Context) -> Reply {
                 Err(e) => refused(&e),
             }
         }
-        Request::Clear { node } => match member(node) {
-            Ok(m) => match fence::clear(config, &m, &mut channel) {
+        Request::Clear { node, force } => match member(node) {
+            Ok(m) => match fence::clear(config, &m, &mut channel, *force) {
                 Ok(epoch) => Reply::Cleared { epoch },
                 Err(e) => refused(&e),
             },
@@ -233,7 +233,7 @@ fn act(req: &Request, ctx: &Context) -> Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// A daemon holds the instance lock but does not answer yet.
-    #[error("the fenced daemon on this node is starting and does not answer on {} yet; retry", socket.display())]
+    #[error("the fenced daemon on this node is starting, or waits to be let back in after a fence, and does not answer on {} yet: retry, or run the command on a live node", socket.display())]
     Starting {
         /// The socket.
         socket: PathBuf,
@@ -494,6 +494,7 @@ mod tests {
         });
         let clear = Request::Clear {
             node: "node2".into(),
+            force: false,
         };
         let reply = call(&socket, &clear, Duration::from_secs(5))
             .unwrap()

@@ -37,6 +37,10 @@ pub enum Request {
     Clear {
         /// The member.
         node: String,
+        /// Without the rejoin evidence (the operator's override). Left out when false, so the
+        /// line is the one older daemons read.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
 }
 
@@ -241,6 +245,7 @@ mod tests {
             },
             Request::Clear {
                 node: "node2".into(),
+                force: false,
             },
         ]
     }
@@ -334,12 +339,14 @@ mod tests {
             (
                 Request::Clear {
                     node: "node2".into(),
+                    force: false,
                 },
                 Reply::Cleared { epoch: Some(5) },
             ),
             (
                 Request::Clear {
                     node: "node2".into(),
+                    force: false,
                 },
                 Reply::Cleared { epoch: None },
             ),
@@ -386,6 +393,7 @@ mod tests {
         ));
         let clear = Request::Clear {
             node: "node2".into(),
+            force: false,
         };
         assert!(matches!(
             decode_reply(1, &clear, r#"{"v":1,"ok":true,"epoch":null}"#).unwrap(),

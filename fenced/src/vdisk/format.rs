@@ -54,6 +54,12 @@ const S_EPOCH: usize = 128;
 const S_GENERATION: usize = 136;
 const S_DEAD: usize = 144;
 const S_ISSUER: usize = 176;
+/// The writer's kernel boot (`/proc/sys/kernel/random/boot_id`); zero from a fenced that
+/// predates the field (reserved zeros before it existed).
+const S_BOOT: usize = 184;
+/// While the node waits to be let back in after a fence: the boot it was fenced in. Zero
+/// otherwise, and from a fenced that predates the field.
+const S_FENCED_BOOT: usize = 200;
 /// Copy of the heartbeat sequence near the end of the block: a block whose CRC fails and whose
 /// two copies differ was torn by a partial write rather than corrupted at rest.
 const S_HB_SEQ_TAIL: usize = 4080;
@@ -189,6 +195,42 @@ fn hex_value(c: u8) -> Option<u8> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
+    }
+}
+
+/// A kernel boot: the 128-bit `/proc/sys/kernel/random/boot_id`, new at every boot. Nil means
+/// "not recorded".
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct BootId(pub [u8; 16]);
+
+impl BootId {
+    /// Not recorded.
+    pub const NIL: BootId = BootId([0; 16]);
+
+    /// Whether this is [`BootId::NIL`].
+    pub fn is_nil(&self) -> bool {
+        *self == Self::NIL
+    }
+}
+
+impl fmt::Display for BootId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&ClusterId(self.0), f)
+    }
+}
+
+impl fmt::Debug for BootId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BootId({self})")
+    }
+}
+
+impl FromStr for BootId {
+    type Err = ParseClusterIdError;
+
+    /// The kernel's text form (8-4-4-4-12 hex digits), surrounding white space ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim().parse::<ClusterId>().map(|c| BootId(c.0))
     }
 }
 
@@ -537,6 +579,11 @@ pub struct SlotBlock {
     pub heartbeat_mono_ms: u64,
     /// The fence event the owner issued or adopted (epoch 0 = none).
     pub marker: Marker,
+    /// The kernel boot the writer ran in.
+    pub boot: BootId,
+    /// Set only while the node waits to be let back in after a fence: the boot it was fenced
+    /// in (so a slot whose `boot` differs shows the node rebooted since).
+    pub fenced_boot: BootId,
 }
 
 fn put_u32(b: &mut Block, at: usize, v: u32) {
@@ -661,6 +708,8 @@ pub fn encode_slot(s: &SlotBlock, out: &mut Block) {
     put_u64(out, S_GENERATION, s.marker.generation);
     out[S_DEAD..S_DEAD + DEAD_BITMAP_LEN].copy_from_slice(&s.marker.dead.0);
     out[S_ISSUER] = s.marker.issuer;
+    out[S_BOOT..S_BOOT + 16].copy_from_slice(&s.boot.0);
+    out[S_FENCED_BOOT..S_FENCED_BOOT + 16].copy_from_slice(&s.fenced_boot.0);
     put_u64(out, S_HB_SEQ_TAIL, s.heartbeat_seq);
     seal(out);
 }
@@ -711,6 +760,8 @@ pub fn decode_slot_any(b: &Block) -> Result<SlotBlock, BlockError> {
             dead: DeadSet(array(b, S_DEAD)),
             issuer: b[S_ISSUER],
         },
+        boot: BootId(array(b, S_BOOT)),
+        fenced_boot: BootId(array(b, S_FENCED_BOOT)),
     })
 }
 
@@ -745,6 +796,32 @@ mod tests {
         assert_eq!(raw[S_CAUSE], 0);
     }
 
+    #[test]
+    fn boots_sit_at_184_and_200_and_blocks_without_them_read_as_nil() {
+        let mut b = sample();
+        b.fenced_boot = "00112233-4455-6677-8899-aabbccddeeff".parse().unwrap();
+        let mut raw = [0u8; BLOCK_SIZE];
+        encode_slot(&b, &mut raw);
+        assert_eq!(&raw[184..200], &b.boot.0);
+        assert_eq!(raw[200], 0x00);
+        assert_eq!(raw[215], 0xff);
+        assert_eq!(decode_slot_any(&raw).unwrap(), b);
+        // A v1 block from a fenced that predates the fields: reserved zeros there.
+        raw[184..216].fill(0);
+        let crc = crc32fast::hash(&raw[..CRC_OFFSET]);
+        raw[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        let old = decode_slot_any(&raw).unwrap();
+        assert!(old.boot.is_nil() && old.fenced_boot.is_nil());
+    }
+
+    #[test]
+    fn a_boot_id_parses_from_the_kernel_text_form() {
+        let id: BootId = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0\n".parse().unwrap();
+        assert_eq!(id.to_string(), "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0");
+        assert!(!id.is_nil());
+        assert!("not-a-boot".parse::<BootId>().is_err());
+    }
+
     fn sample() -> SlotBlock {
         let mut dead = DeadSet::default();
         dead.insert(3);
@@ -763,6 +840,8 @@ mod tests {
                 dead,
                 issuer: 1,
             },
+            boot: "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0".parse().unwrap(),
+            fenced_boot: BootId::NIL,
         }
     }
 
@@ -905,8 +984,9 @@ mod tests {
             any::<[u64; 5]>(),
             any::<[u8; DEAD_BITMAP_LEN]>(),
             any::<u8>(),
+            any::<[[u8; 16]; 2]>(),
         )
-            .prop_map(|(c, slot, state, name, n, dead, issuer)| SlotBlock {
+            .prop_map(|(c, slot, state, name, n, dead, issuer, boots)| SlotBlock {
                 cluster: ClusterId(c),
                 slot,
                 state,
@@ -920,6 +1000,8 @@ mod tests {
                     dead: DeadSet(dead),
                     issuer,
                 },
+                boot: BootId(boots[0]),
+                fenced_boot: BootId(boots[1]),
             })
     }
 

@@ -21,6 +21,8 @@
 //!     heartbeat_seq: view.next_own_seq(),
 //!     heartbeat_mono_ms: 0,
 //!     marker: view.authority().map(|a| a.marker).unwrap_or_default(),
+//!     boot: vdisk::BootId::NIL,
+//!     fenced_boot: vdisk::BootId::NIL,
 //! };
 //! if view.may_take_part() {
 //!     disks.write_own_slot(&block)?;
@@ -39,8 +41,8 @@ pub mod view;
 use std::io::{self, Read};
 
 pub use format::{
-    BlockError, ClusterId, DeadSet, Header, Marker, NodeName, SelfFenceCause, SlotBlock, SlotState,
-    Timeouts, BLOCK_SIZE, FORMAT_VERSION, MAX_SLOTS,
+    BlockError, BootId, ClusterId, DeadSet, Header, Marker, NodeName, SelfFenceCause, SlotBlock,
+    SlotState, Timeouts, BLOCK_SIZE, FORMAT_VERSION, MAX_SLOTS,
 };
 pub use quorum::{compute_authority, majority, Authority, AuthorityOutcome, Observation};
 pub use uring::{
@@ -74,6 +76,13 @@ pub fn mono_ms() -> u64 {
                 + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
         })
         .unwrap_or(0)
+}
+
+/// The kernel boot this process runs in (`/proc/sys/kernel/random/boot_id`).
+pub fn current_boot() -> io::Result<BootId> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    text.parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// A random (version 4) cluster UUID.

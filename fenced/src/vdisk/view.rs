@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::format::{DeadSet, Header, NodeName, SlotState};
+use super::format::{BootId, DeadSet, Header, NodeName, SlotState};
 use super::quorum::Authority;
 use super::uring::RoundReport;
 
@@ -23,9 +23,20 @@ pub struct NodeView {
     pub rounds_since_change: u64,
     /// This reader's CLOCK_MONOTONIC time when `heartbeat` last changed.
     pub last_change: Option<Instant>,
+    /// The kernel boot of the last block read for this slot (nil: not recorded).
+    pub boot: BootId,
+    /// The last block's fenced boot: set only while the node waits to be let back in.
+    pub fenced_boot: BootId,
 }
 
 impl NodeView {
+    /// Whether the slot shows the node rebooted since its fence and waits to be let back in:
+    /// its daemon wrote a fenced boot, and a different boot of its own (the rejoin evidence,
+    /// fenced/docs/voting-disk-format.md).
+    pub fn rebooted_since_fence(&self) -> bool {
+        !self.fenced_boot.is_nil() && !self.boot.is_nil() && self.boot != self.fenced_boot
+    }
+
     /// Time since the heartbeat last changed, on this reader's monotonic clock.
     pub fn age(&self, now: Instant) -> Option<Duration> {
         self.last_change.map(|t| now.saturating_duration_since(t))
@@ -79,6 +90,8 @@ impl QuorumView {
                     heartbeat: None,
                     rounds_since_change: 0,
                     last_change: None,
+                    boot: BootId::NIL,
+                    fenced_boot: BootId::NIL,
                 })
                 .collect(),
             own_last: vec![None; disks],
@@ -133,6 +146,8 @@ impl QuorumView {
                     node.heartbeat = Some((b.incarnation, b.heartbeat_seq));
                     node.node_name = Some(b.node_name);
                     node.state = Some(b.state);
+                    node.boot = b.boot;
+                    node.fenced_boot = b.fenced_boot;
                     node.rounds_since_change = 0;
                     node.last_change = Some(now);
                 }
@@ -244,6 +259,18 @@ impl QuorumView {
         set
     }
 
+    /// The other slots that show their node rebooted since its fence
+    /// ([`NodeView::rebooted_since_fence`]).
+    pub fn rebooted(&self) -> DeadSet {
+        let mut set = DeadSet::default();
+        for n in &self.nodes {
+            if n.slot != self.own_slot && n.rebooted_since_fence() {
+                set.insert(n.slot);
+            }
+        }
+        set
+    }
+
     /// Whether another node is joined with a heartbeat that changed within `lease` of `now`
     /// (one that can take over this node's reservations when it leaves).
     pub fn live_peer(&self, now: Instant, lease: Duration) -> bool {
@@ -257,5 +284,34 @@ impl QuorumView {
     /// Rounds folded in so far.
     pub fn rounds(&self) -> u64 {
         self.rounds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(boot: u8, fenced_boot: u8) -> NodeView {
+        let id = |b: u8| BootId(if b == 0 { [0; 16] } else { [b; 16] });
+        NodeView {
+            slot: 1,
+            node_name: None,
+            state: Some(SlotState::Joining),
+            heartbeat: Some((1, 1)),
+            rounds_since_change: 0,
+            last_change: None,
+            boot: id(boot),
+            fenced_boot: id(fenced_boot),
+        }
+    }
+
+    #[test]
+    fn only_a_slot_with_a_fenced_boot_and_another_boot_shows_a_reboot_since_the_fence() {
+        assert!(node(2, 1).rebooted_since_fence());
+        // A daemon that never waited (no fenced boot), or waits in the boot it was fenced in.
+        assert!(!node(2, 0).rebooted_since_fence());
+        assert!(!node(1, 1).rebooted_since_fence());
+        // A writer that records no boot proves nothing.
+        assert!(!node(0, 1).rebooted_since_fence());
     }
 }

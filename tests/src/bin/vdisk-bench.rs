@@ -129,6 +129,8 @@ fn rounds(n: usize, devs: &[String]) -> Result<(), String> {
             heartbeat_seq: 1,
             heartbeat_mono_ms: 1,
             marker: Marker::default(),
+            boot: fenced::vdisk::BootId::NIL,
+            fenced_boot: fenced::vdisk::BootId::NIL,
         };
         disks.write_own_slot(&b).map_err(|e| e.to_string())?;
     }

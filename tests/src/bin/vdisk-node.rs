@@ -188,6 +188,8 @@ fn main() -> ExitCode {
                 heartbeat_seq: view.next_own_seq(),
                 heartbeat_mono_ms: fenced::vdisk::mono_ms(),
                 marker,
+                boot: fenced::vdisk::BootId::NIL,
+                fenced_boot: fenced::vdisk::BootId::NIL,
             };
             let t = Instant::now();
             write = disks

@@ -859,7 +859,7 @@ mod tests {
     use super::*;
 
     fn b(n: u8) -> BootId {
-        BootId(if n == 0 { [0; 16] } else { [n; 16] })
+        BootId([n; 16])
     }
 
     #[test]

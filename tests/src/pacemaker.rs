@@ -247,6 +247,14 @@ pub fn fences_done(history: &[(String, String)]) -> usize {
         .count()
 }
 
+/// How many of `history` are successful unfencings (`on`).
+pub fn unfencings_done(history: &[(String, String)]) -> usize {
+    history
+        .iter()
+        .filter(|(a, s)| a == "on" && s == "success")
+        .count()
+}
+
 /// Waits until node `g`'s fencer records at least `count` successful fences of `victim`
 /// (unfencing not counted).
 pub fn wait_fences_recorded(

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tests::blocks;
 use tests::cluster::{node_name, Cluster, ClusterSpec};
 use tests::pacemaker::{
-    self, crm_mon, doc_block, fence_history, fences_done, resources, wait_fences_recorded,
-    wait_online, wait_started,
+    self, crm_mon, doc_block, fence_history, fences_done, resources, unfencings_done,
+    wait_fences_recorded, wait_online, wait_started,
 };
 use tests::systemd::{journal_timeline_all, show, uptime_secs_to_us};
 
@@ -105,13 +105,7 @@ fn pacemaker_fences_node2_and_lets_it_back_only_after_a_reboot() {
     assert!(!c.registered(0).unwrap().contains(&node_name(2)));
 
     // node3 has not rebooted, so only the override lets it back (nothing ran on it).
-    let refused = c.fenced(0, "clear node3").unwrap();
-    assert_eq!(refused.code, 1, "{refused:?}");
-    assert!(
-        refused.stderr.contains("does not show it rebooted since"),
-        "{}",
-        refused.stderr
-    );
+    clear_is_refused(&c, "node3");
     let cleared = c.fenced(0, "clear --force node3").unwrap();
     assert!(cleared.success(), "{}", cleared.stderr);
     let again = pacemaker::start(&c, &[2]).unwrap();
@@ -164,6 +158,19 @@ fn pacemaker_fences_node2_and_lets_it_back_only_after_a_reboot() {
         "MEASURED: stonith_admin --fence node3 returned 0 after {:.1} s (host clock, the command's round trip included); node3 reset",
         took.as_secs_f64()
     );
+}
+
+/// `fenced clear NODE` on node1 for a node whose slot does not show a reboot since its fence:
+/// exit 1, saying so. Returns the command's output.
+fn clear_is_refused(c: &Cluster, node: &str) -> kmod_testing::Output {
+    let out = c.fenced(0, &format!("clear {node}")).unwrap();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("does not show it rebooted since"),
+        "{}",
+        out.stderr
+    );
+    out
 }
 
 /// Three systemd node guests on a LAN, fenced unfenced on each (keys registered, no daemon),
@@ -439,11 +446,7 @@ fn rejoin(c: &mut Cluster, node: usize, observer: usize) {
     c.reboot(node).unwrap();
     pacemaker::install_node(c, node).unwrap();
     let booted = t.elapsed();
-    let unfenced_before = fence_history(&c.nodes[observer], &name)
-        .unwrap()
-        .iter()
-        .filter(|(a, s)| a == "on" && s == "success")
-        .count();
+    let unfenced_before = unfencings_done(&fence_history(&c.nodes[observer], &name).unwrap());
     let started = pacemaker::start(c, &[node]).unwrap();
     assert!(started[0].success(), "{:?}", started[0]);
     let start_returned = t.elapsed();
@@ -477,11 +480,7 @@ fn rejoin(c: &mut Cluster, node: usize, observer: usize) {
         waited.is_some() && waited < let_in && let_in < registered,
         "{name}'s fenced journal:\n{log}"
     );
-    let unfenced = fence_history(&c.nodes[observer], &name)
-        .unwrap()
-        .iter()
-        .filter(|(a, s)| a == "on" && s == "success")
-        .count();
+    let unfenced = unfencings_done(&fence_history(&c.nodes[observer], &name).unwrap());
     assert!(
         unfenced > unfenced_before,
         "Pacemaker did not record {name}'s unfencing"
@@ -519,13 +518,7 @@ fn frozen_node2_stays_out(c: &Cluster) {
 
     let unfence = node1.run("stonith_admin --unfence node2").unwrap();
     assert!(!unfence.success(), "unfencing a frozen node2: {unfence:?}");
-    let clear = c.fenced(0, "clear node2").unwrap();
-    assert_eq!(clear.code, 1, "{clear:?}");
-    assert!(
-        clear.stderr.contains("does not show it rebooted since"),
-        "{}",
-        clear.stderr
-    );
+    let clear = clear_is_refused(c, "node2");
     assert!(!c.registered(0).unwrap().contains(&node_name(1)));
     assert_eq!(
         c.daemon_status(0).unwrap()["authority"]["dead"],

@@ -250,11 +250,18 @@ impl QuorumView {
 
     /// The other slots whose last block says the node leaves or has left (a clean stop).
     pub fn leaving(&self) -> DeadSet {
+        self.others_where(|n| n.state == Some(SlotState::Leaving))
+    }
+
+    /// The other slots whose view satisfies `pred`.
+    fn others_where(&self, pred: impl Fn(&NodeView) -> bool) -> DeadSet {
         let mut set = DeadSet::default();
-        for n in &self.nodes {
-            if n.slot != self.own_slot && n.state == Some(SlotState::Leaving) {
-                set.insert(n.slot);
-            }
+        for n in self
+            .nodes
+            .iter()
+            .filter(|n| n.slot != self.own_slot && pred(n))
+        {
+            set.insert(n.slot);
         }
         set
     }
@@ -262,13 +269,7 @@ impl QuorumView {
     /// The other slots that show their node rebooted since its fence
     /// ([`NodeView::rebooted_since_fence`]).
     pub fn rebooted(&self) -> DeadSet {
-        let mut set = DeadSet::default();
-        for n in &self.nodes {
-            if n.slot != self.own_slot && n.rebooted_since_fence() {
-                set.insert(n.slot);
-            }
-        }
-        set
+        self.others_where(NodeView::rebooted_since_fence)
     }
 
     /// Whether another node is joined with a heartbeat that changed within `lease` of `now`
@@ -292,7 +293,7 @@ mod tests {
     use super::*;
 
     fn node(boot: u8, fenced_boot: u8) -> NodeView {
-        let id = |b: u8| BootId(if b == 0 { [0; 16] } else { [b; 16] });
+        let id = |b: u8| BootId([b; 16]);
         NodeView {
             slot: 1,
             node_name: None,

@@ -40,6 +40,8 @@ packages=(
   python3 iproute2  # used inside guests (a notify-socket stand-in; the storage guest's network)
   corosync pacemaker pacemaker-cli-utils pcs  # real clusterware in systemd guests (pacemaker_vm);
                     # their units are enabled on this host but never start in a guest unless a test installs them
+  watchdog          # the watchdog daemon that runs fence_scsi_check in the fence_scsi comparison (guests only)
+  man-db zsh fish   # the Debian package's man pages and shell completions, checked in a guest (systemd_vm)
 )
 
 missing=()
@@ -62,9 +64,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -n "$own_policy" ] && rm -f $policy
   [ $rc = 0 ] || die "apt-get install ${missing[*]} failed: run it by hand to see why"
   case " ${missing[*]} " in
-    *" corosync "*|*" pacemaker "*|*" pcs "*)
-      # ... nor at the host's next boot (the guests install these units themselves).
-      systemctl disable corosync.service pacemaker.service pcsd.service pcsd-ruby.service >/dev/null 2>&1 || true ;;
+    *" corosync "*|*" pacemaker "*|*" pcs "*|*" watchdog "*)
+      # ... nor at the host's next boot (the guests install these units themselves). The host
+      # must never run the watchdog daemon: a failing check of it reboots the machine.
+      systemctl disable corosync.service pacemaker.service pcsd.service pcsd-ruby.service \
+        watchdog.service wd_keepalive.service >/dev/null 2>&1 || true ;;
   esac
 fi
 

@@ -215,6 +215,9 @@ pub struct UnfenceReport {
     pub holder: Option<String>,
 }
 
+/// One LUN's result of [`unfence`]: its name, and what was registered or why not.
+pub type LunUnfenced = (String, Result<UnfenceReport, LunError>);
+
 /// Registers `reg.key` on every path of every LUN (REGISTER AND IGNORE EXISTING KEY, so a
 /// stale registration of this nexus is replaced, as after an iSCSI re-login), reserves (type 5)
 /// every LUN nobody reserved, and verifies with READ KEYS that the key is there. A path that
@@ -227,7 +230,7 @@ pub fn unfence(
     reg: Registration,
     timeout: Duration,
     deadline: Duration,
-) -> Vec<(String, Result<UnfenceReport, LunError>)> {
+) -> Vec<LunUnfenced> {
     let until = Instant::now() + deadline;
     let mut runner = storage.runner();
     // 1. Every path of every LUN at once: TEST UNIT READY (absorbs a power-on or re-login

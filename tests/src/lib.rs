@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod cluster;
 pub mod multipath;
 pub mod pacemaker;
+pub mod package;
 pub mod scenarios;
 pub mod sg_persist;
 pub mod sg_pr;

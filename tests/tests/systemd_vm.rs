@@ -1,7 +1,9 @@
-//! `fenced run` as systemd runs it: the shipped fenced/systemd/fenced.service on a 2-node guest
-//! cluster whose guests boot with systemd (Debian 12's, 252) as PID 1; tgt on the host, three
-//! shared voting disks, an i6300esb per node. The unit is installed unchanged; the built binary is
-//! bind-mounted at the path its ExecStart names (/usr/sbin/fenced).
+//! `fenced run` as systemd runs it, installed from the Debian package: `tests/package` builds it,
+//! and each node of a 2-node guest cluster whose guests boot with systemd (Debian 12's, 252) as
+//! PID 1 installs it with `apt-get install ./fenced_*.deb`; the cluster then runs from the
+//! installed files (/usr/sbin/fenced, /lib/systemd/system/fenced.service), and upgrades install
+//! newer builds of the package. tgt on the host (2 shared LUNs), three shared voting disks, an
+//! i6300esb per node.
 
 use kmod_testing::iscsi::TargetKind;
 use kmod_testing::Guest;
@@ -9,9 +11,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tests::cluster::{Cluster, ClusterSpec};
 use tests::kernel_time;
-use tests::systemd::{
-    install_fenced_unit, journal, journal_timeline, show, show_u64, uptime_secs_to_us,
-};
+use tests::package;
+use tests::sg_persist;
+use tests::systemd::{journal, journal_timeline, show, show_u64, uptime_secs_to_us};
 
 const UNIT: &str = "fenced.service";
 
@@ -76,6 +78,15 @@ fn thread_policies(g: &Guest, pid: u64) -> Vec<(u64, String, u32)> {
 
 /// Faults, in one cluster of two systemd guests:
 ///
+/// Install. `apt-get install ./fenced_VERSION-1_ARCH.deb` (what `tests/package` builds) on both
+///    nodes; each node's fenced.toml lists only the first LUN (the harness registered keys on
+///    both; node1's key is taken off the second). Must: apt resolves the dependencies from the
+///    guest's package database and installs it; `man` shows fenced(8), fence_fenced(8),
+///    sg-pr(8) and fenced.toml(5); the bash, zsh and fish completions load and complete
+///    `fenced st` to `status`; `systemd-analyze verify` passes on the installed unit; the
+///    installed fence_fenced is the same binary (a link); nothing is started (the operator
+///    configures first); `fenced unfence` on a terminal shows a progress line and erases it,
+///    and with `--json` shows none.
 /// 0. `systemctl start fenced` on both nodes (the shipped unit: Type=notify, WatchdogSec=10s,
 ///    Restart=on-failure, RestartSec=1s). Must: it returns only once the unit is
 ///    `active (running)`, i.e. after READY=1, with the daemon joined (`fenced status` sees it
@@ -104,18 +115,23 @@ fn thread_policies(g: &Guest, pid: u64) -> Vec<(u64, String, u32)> {
 ///    (the watchdog was disarmed). Must not: a reset.
 /// 4. `systemctl start fenced` on node1 again: a rejoin after the leave. Must: it writes Joining,
 ///    waits its quiet time before registering (journal), and is Joined with its key registered.
-/// 5. `systemctl reload fenced` on node1: a re-execution in place. Must: the same MainPID, no
-///    restart, the journal shows the hand-over and the new image taking the armed watchdog
-///    over, the daemon healthy again, its slot Joined with the same incarnation, and node1 up
-///    past timeouts.watchdog + 2 s. Must not: a reset, a duplicate-slot warning.
-/// 6. Another reload, with node1's kernel frozen (the freeze module, stop_machine) as soon as the
-///    old image logs that it re-executes, i.e. during the hand-over. Must: the hardware watchdog
-///    resets the frozen node within timeouts.watchdog + one poll period: it was armed at that
-///    moment, as at every moment of a reload.
+/// 5. An upgrade on node1, with the second LUN added to its fenced.toml first: `dpkg -i` of a
+///    newer build of the package (Debian revision 2), whose postinst reloads the running
+///    service (`systemctl reload fenced`): a re-execution in place of the new /usr/sbin/fenced.
+///    Must: the same MainPID, no restart, the process runs the new file (its old one was
+///    replaced: /proc/PID/exe is no longer "(deleted)"), the journal shows the hand-over and the
+///    new image taking the armed watchdog over, the daemon healthy again, its slot Joined with
+///    the same incarnation, node1's key registered on the added LUN (no restart needed), and
+///    node1 up past timeouts.watchdog + 2 s. Must not: a reset, a duplicate-slot warning.
+/// 6. Another upgrade (revision 3), with node1's kernel frozen (the freeze module,
+///    stop_machine) as soon as the old image logs that it re-executes, i.e. during the
+///    hand-over. Must: the hardware watchdog resets the frozen node within timeouts.watchdog +
+///    one poll period: it was armed at that moment, as at every moment of an upgrade.
 #[test]
 fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences() {
     let mut spec = ClusterSpec::new("systemd-unit", TargetKind::Tgt);
     spec.nodes = 2;
+    spec.luns = 2;
     spec.daemons = false;
     spec.systemd = true;
     let began = Instant::now();
@@ -123,10 +139,90 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
     let cluster_up = began.elapsed();
     let t = c.timing;
 
-    // 0. Start through systemd.
-    for g in &c.nodes {
-        install_fenced_unit(g).unwrap();
+    // Install.
+    let debs: Vec<_> = (1..=3).map(|r| package::build(r).unwrap()).collect();
+    let added = |i: usize| c.lun_devices[i][1].clone();
+    for (i, g) in c.nodes.iter().enumerate() {
+        let t = Instant::now();
+        let apt = package::install(g, &debs[0]).unwrap();
+        println!(
+            "MEASURED: {}: apt-get install ./{} took {:.1} s",
+            g.name(),
+            debs[0].file_name().unwrap().to_string_lossy(),
+            t.elapsed().as_secs_f64()
+        );
+        assert!(
+            g.run_ok("dpkg-query -W -f '${Status}' fenced").unwrap() == "install ok installed",
+            "{apt}"
+        );
+        g.run_ok(&format!(
+            "sed -i '\\#^  \"{lun}\",$#d' /etc/fenced/fenced.toml && ! grep -q '{lun}' /etc/fenced/fenced.toml",
+            lun = added(i)
+        ))
+        .unwrap();
     }
+    let key1 = tests::cluster::node_key(0);
+    let g1 = &c.nodes[0];
+    g1.run_ok(&format!(
+        "sg_persist -n --out --register --param-rk=0x{key1:x} --param-sark=0 {}",
+        added(0)
+    ))
+    .unwrap();
+    assert!(!sg_persist::read_keys(g1, &added(0))
+        .unwrap()
+        .contains(&key1));
+    for page in ["8 fenced", "8 fence_fenced", "8 sg-pr", "5 fenced.toml"] {
+        let text = g1.run_ok(&format!("MANPAGER=cat man {page}")).unwrap();
+        let name = page.split(' ').nth(1).unwrap();
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(name)),
+            "man {page}:\n{text}"
+        );
+    }
+    let completions = g1
+        .run_ok(
+            "bash -c '. /usr/share/bash-completion/completions/fenced && COMP_WORDS=(fenced st) COMP_CWORD=1 && _fenced fenced st fenced && echo \"${COMPREPLY[*]}\"'\n\
+             zsh -c 'fpath=(/usr/share/zsh/vendor-completions $fpath); autoload -Uz compinit; compinit -u -D; echo ${_comps[fenced]}'\n\
+             fish -c 'complete -C \"fenced st\"' | cut -f1",
+        )
+        .unwrap();
+    assert_eq!(
+        completions.split_whitespace().collect::<Vec<_>>(),
+        ["status", "_fenced", "status"],
+        "bash, zsh and fish completions:\n{completions}"
+    );
+    g1.run_ok("systemd-analyze verify /lib/systemd/system/fenced.service")
+        .unwrap();
+    assert_eq!(
+        g1.run_ok("readlink /usr/sbin/fence_fenced").unwrap().trim(),
+        "fenced",
+        "fence_fenced is fenced under another name"
+    );
+    // Not enabled (no link to the unit in any .wants directory) and not started.
+    let state = g1
+        .run_ok("find /etc/systemd/system -path '*.wants/fenced.service'; systemctl is-active fenced || true")
+        .unwrap();
+    assert_eq!(
+        state.trim(),
+        "inactive",
+        "the package enables and starts nothing"
+    );
+    // Progress on a terminal (script(1) gives the command one), none with --json.
+    let tty = |cmd: &str| {
+        g1.run_ok(&format!("script -qec '{cmd}' /dev/null | od -An -c"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<String>()
+    };
+    let shown = tty("fenced unfence");
+    assert!(
+        shown.contains("\\rreadingthevotingdisks...") && shown.contains("\\r033[K"),
+        "a progress line, then erased: {shown}"
+    );
+    assert!(!tty("fenced unfence --json").contains("033[K"));
+    println!("    the package installed on both nodes: man pages, completions, unit verified");
+
+    // 0. Start through systemd.
     let starts: Vec<_> = c
         .nodes
         .iter()
@@ -385,7 +481,6 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
     );
 
     // 3. node1's daemon stopped by the operator.
-    let g1 = &c.nodes[0];
     assert!(
         started.elapsed() > Duration::from_secs(10),
         "node1's daemon ran longer than WatchdogSec before the stop"
@@ -449,16 +544,44 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
     assert_eq!(st["nodes"][0]["state"], "Joined", "{}", st["nodes"][0]);
     assert!(c.registered(0).unwrap().contains(&"node1".to_string()));
 
-    // 5. Reload in place.
+    // 5. An upgrade, with a LUN added to the configuration: the postinst reloads in place.
     let before = props(g1, &["MainPID", "NRestarts"]);
+    let pid = prop_u64(&before, "MainPID");
     let incarnation = st["nodes"][0]["incarnation"].clone();
-    let reload = Instant::now();
-    g1.run_ok("systemctl reload fenced").unwrap();
+    g1.run_ok(&format!(
+        "sed -i 's#^  \"{first}\",$#&\\n  \"{lun}\",#' /etc/fenced/fenced.toml && grep -q '\"{lun}\"' /etc/fenced/fenced.toml",
+        first = c.lun_devices[0][0],
+        lun = added(0)
+    ))
+    .unwrap();
+    let upgrade = Instant::now();
+    let dpkg = package::upgrade(g1, &debs[1]).unwrap();
     c.wait_daemons_healthy(&[0], Duration::from_secs(30))
         .unwrap();
     println!(
-        "MEASURED: `systemctl reload fenced` to a healthy daemon again: {:.2} s",
-        reload.elapsed().as_secs_f64()
+        "MEASURED: upgrade by `dpkg -i {}` (postinst: systemctl reload) to a healthy daemon again: {:.2} s",
+        debs[1].file_name().unwrap().to_string_lossy(),
+        upgrade.elapsed().as_secs_f64()
+    );
+    let installed = g1
+        .run_ok(&format!(
+            "dpkg-query -W -f '${{Version}}' fenced; echo; readlink /proc/{pid}/exe"
+        ))
+        .unwrap();
+    let installed: Vec<&str> = installed.lines().collect();
+    assert!(
+        installed.len() == 2
+            && installed[0].ends_with("-2")
+            // The guest's systemd runs chrooted from its initramfs: the link reads
+            // /newroot/usr/sbin/fenced.
+            && installed[1].ends_with("/usr/sbin/fenced"),
+        "revision 2 installed, and the daemon runs it, not the replaced file (\"(deleted)\"): {installed:?}\n{dpkg}"
+    );
+    assert!(
+        sg_persist::read_keys(g1, &added(0))
+            .unwrap()
+            .contains(&key1),
+        "node1's key is registered on the LUN added to its configuration, without a restart"
     );
     let after = props(g1, &["MainPID", "NRestarts", "ActiveState"]);
     assert_eq!(after["MainPID"], before["MainPID"], "re-executed in place");
@@ -483,14 +606,15 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
     c.wait_daemons_healthy(&[0], Duration::from_secs(10))
         .unwrap();
 
-    // 6. A reload frozen in the middle.
+    // 6. An upgrade frozen in the middle.
     let ko = c.lab.kernel().build_module("freeze").unwrap();
     let _frozen = g1
         .spawn(&format!(
             "n=$(journalctl -q -u {UNIT} -o cat | grep -c 'reload: re-executing'); \
-             systemctl reload {UNIT}; \
+             {} & \
              until [ \"$(journalctl -q -u {UNIT} -o cat | grep -c 'reload: re-executing')\" -gt \"$n\" ]; do sleep 0.05; done; \
              echo 'systemd_vm: freezing now' > /dev/kmsg; insmod {} seconds=30",
+            package::upgrade_command(&debs[2]),
             ko.display()
         ))
         .unwrap();
@@ -511,10 +635,10 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
     };
     let reset = g1
         .wait_exit(Duration::from_secs(40))
-        .expect("the watchdog resets node1 frozen during a reload");
+        .expect("the watchdog resets node1 frozen during an upgrade's reload");
     let bound = Duration::from_millis(u64::from(t.watchdog + t.poll)) + Duration::from_secs(1);
     println!(
-        "MEASURED: node1 frozen during a reload: reset {:.2} s after the freeze began ({:.2} s after the reload was asked for; bound W + P = {} ms, +1 s)",
+        "MEASURED: node1 frozen during an upgrade's reload: reset {:.2} s after the freeze began ({:.2} s after the upgrade began; bound W + P = {} ms, +1 s)",
         reset.saturating_duration_since(frozen).as_secs_f64(),
         reset.saturating_duration_since(asked).as_secs_f64(),
         t.watchdog + t.poll

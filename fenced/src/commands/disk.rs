@@ -8,6 +8,7 @@ use fenced::vdisk::{
     compute_authority, BlockError, ClusterId, Header, Marker, Observation, SlotBlock,
 };
 
+use super::progress::Progress;
 use super::Exit;
 
 /// Runs a voting-disk command.
@@ -62,8 +63,19 @@ pub(super) fn format_disks(devices: &[std::path::PathBuf], header: &Header, forc
         }
     }
     let mut status = Exit::Ok;
-    for dev in devices {
-        match admin::format_disk(dev, header, force) {
+    for (i, dev) in devices.iter().enumerate() {
+        let progress = Progress::start(
+            false,
+            format!(
+                "formatting voting disk {} of {}: {}",
+                i + 1,
+                devices.len(),
+                dev.display()
+            ),
+        );
+        let result = admin::format_disk(dev, header, force);
+        drop(progress);
+        match result {
             Ok(()) => say!(
                 "{}: formatted: cluster {}, {} slots, format v{}",
                 dev.display(),

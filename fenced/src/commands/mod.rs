@@ -27,6 +27,7 @@ pub mod disk;
 pub mod disk_watch;
 pub mod doctor;
 pub mod node;
+pub mod progress;
 pub mod setup;
 pub mod watchdog;
 

@@ -11,6 +11,7 @@ use fenced::fence::{self, FenceReport};
 use fenced::luns;
 use fenced::vdisk::{OpenOptions, QuorumView, SlotState, VotingDisks};
 
+use super::progress::Progress;
 use super::Exit;
 
 /// Loads and checks the configuration `--config` names; complains when it cannot.
@@ -107,7 +108,10 @@ pub fn fence(args: &NodeArgs) -> Exit {
         Ok(c) => c,
         Err(e) => return e,
     };
-    match fenced::ops::fence_node(&config, &args.node) {
+    let progress = Progress::start(args.json, format!("fencing {}", args.node));
+    let result = fenced::ops::fence_node(&config, &args.node);
+    drop(progress);
+    match result {
         Ok(report) => {
             print_report(&report, args.json);
             Exit::Ok
@@ -185,32 +189,13 @@ pub fn unfence(args: &LocalArgs) -> Exit {
         Ok(c) => c,
         Err(e) => return e,
     };
-    let mut channel = match DiskChannel::open(&config) {
-        Ok(c) => c,
-        Err(e) => return failed(args.json, &format!("voting disks: {e}"), Exit::Failure),
-    };
-    match fence::MarkerChannel::authority(&mut channel) {
-        Ok(a) if a.is_present() && a.dead.contains(config.me.id) => {
-            let message = format!(
-                "this node is marked dead (epoch {}): a live node must run `fenced clear {}` first",
-                a.epoch, config.me.name
-            );
-            return failed(args.json, &message, Exit::Failure);
-        }
-        Ok(_) => {}
-        Err(e) => return failed(args.json, &format!("voting disks: {e}"), Exit::Failure),
-    }
-    let luns = match fenced::ops::discover_luns(&config) {
-        Ok(l) => l,
+    let progress = Progress::start(args.json, "reading the voting disks");
+    let results = register_everywhere(&config, &progress);
+    drop(progress);
+    let results = match results {
+        Ok(r) => r,
         Err(e) => return failed(args.json, &e, Exit::Failure),
     };
-    let results = luns::unfence(
-        std::sync::Arc::new(fenced::storage::SystemStorage),
-        &luns,
-        config.registration(),
-        config.timing.fence_deadline / 2,
-        config.timing.fence_deadline,
-    );
     let ok = results.iter().all(|(_, r)| r.is_ok());
     if args.json {
         let per_lun: Vec<Value> = results
@@ -248,6 +233,37 @@ pub fn unfence(args: &LocalArgs) -> Exit {
     } else {
         Exit::Failure
     }
+}
+
+/// `fenced unfence`'s work: refused while the authority marks this node dead; else every path
+/// of every LUN registered ([`luns::unfence`]), the LUN's result each.
+fn register_everywhere(
+    config: &Config,
+    progress: &Progress,
+) -> Result<Vec<luns::LunUnfenced>, String> {
+    let mut channel = DiskChannel::open(config).map_err(|e| format!("voting disks: {e}"))?;
+    let a =
+        fence::MarkerChannel::authority(&mut channel).map_err(|e| format!("voting disks: {e}"))?;
+    if a.is_present() && a.dead.contains(config.me.id) {
+        return Err(format!(
+            "this node is marked dead (epoch {}): a live node must run `fenced clear {}` first",
+            a.epoch, config.me.name
+        ));
+    }
+    progress.set("finding the LUNs and their paths");
+    let luns = fenced::ops::discover_luns(config)?;
+    progress.set(format!(
+        "registering on {} path(s) of {} LUN(s)",
+        luns.iter().map(|l| l.paths.len()).sum::<usize>(),
+        luns.len()
+    ));
+    Ok(luns::unfence(
+        std::sync::Arc::new(fenced::storage::SystemStorage),
+        &luns,
+        config.registration(),
+        config.timing.fence_deadline / 2,
+        config.timing.fence_deadline,
+    ))
 }
 
 /// `fenced status`: what the voting disks, the LUNs and the watchdogs say now.

@@ -144,6 +144,26 @@ pub struct FenceReport {
     pub reverified_ms: u64,
 }
 
+/// The fault campaign's proof that its auditor catches a bad fence (tests/src/bin/campaign.rs):
+/// a fence that claims success and does nothing. A cargo feature of test builds only;
+/// tests/package refuses a binary that carries this message.
+#[cfg(feature = "broken-fence")]
+fn broken_fence(victim: &Member, start: Instant) -> Option<FenceReport> {
+    tracing::error!(victim = %victim.name, "broken-fence build: this fence is deliberately broken and does nothing");
+    Some(FenceReport {
+        victim: victim.name.clone(),
+        victim_key: format!("0x{:x}", victim.key.0),
+        arbiter: None,
+        marker_epoch: None,
+        luns: Vec::new(),
+        pr_confirmed_ms: 0,
+        marker_ms: None,
+        non_pr_safe_ms: 0,
+        victim_left: false,
+        reverified_ms: ms(start.elapsed()),
+    })
+}
+
 /// Fences `victim` on `luns`.
 pub fn fence(
     config: &Config,
@@ -166,6 +186,10 @@ pub fn fence(
             "this node ({}) is marked dead by the authority (epoch {}): a fenced node cannot fence another",
             config.me.name, authority.epoch
         )));
+    }
+    #[cfg(feature = "broken-fence")]
+    if let Some(report) = broken_fence(victim, start) {
+        return Ok(report);
     }
     let timeout = config.timing.fence_deadline / 2;
     let own = config.me.key;

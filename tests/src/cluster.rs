@@ -206,6 +206,14 @@ fn node_devices(g: &Guest, spec: &ClusterSpec) -> Result<(Vec<String>, Vec<Strin
     Ok((paths.concat(), vote_devs))
 }
 
+/// Starts `fenced run` in `g`, its stderr (info level) to the run directory's fenced.log.
+fn spawn_daemon(g: &Guest) -> Result<Pending> {
+    g.spawn(&format!(
+        "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
+        project_binary("fenced").display()
+    ))
+}
+
 /// Writes node `i`'s fenced.toml with `fenced setup` (and, with `format`, formats the voting
 /// disks), plus the LUN-less copy for [`Cluster::daemon_status`].
 fn write_config(
@@ -464,10 +472,7 @@ impl Cluster {
         let mut daemons = Vec::new();
         for g in &nodes {
             if spec.daemons {
-                daemons.push(Some(g.spawn(&format!(
-                    "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
-                    fenced.display()
-                ))?));
+                daemons.push(Some(spawn_daemon(g)?));
             } else {
                 g.run_ok(&format!("{} unfence", fenced.display()))?;
                 daemons.push(None);
@@ -594,6 +599,13 @@ impl Cluster {
         write_config(g, i, &self.spec, &luns, &vote_devs, false)?;
         self.lun_devices[i] = luns;
         self.daemons[i] = None;
+        Ok(())
+    }
+
+    /// Starts `fenced run` on node `i` as [`Cluster::start`] does (e.g. after
+    /// [`Cluster::reboot`]): its log in the node's `xchg/fenced.log` ([`Cluster::daemon_log`]).
+    pub fn start_daemon(&mut self, i: usize) -> Result<()> {
+        self.daemons[i] = Some(spawn_daemon(&self.nodes[i])?);
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod blocks;
+pub mod campaign;
 pub mod cluster;
 pub mod multipath;
 pub mod pacemaker;

@@ -1,0 +1,528 @@
+//! The fault campaign (issue 15): a seeded series of rounds on a 3-node guest cluster, each
+//! injecting a fault drawn from the catalogue ([`tests::campaign::Fault`]) at a random moment on
+//! random nodes, then healing and auditing from evidence outside fenced's own claims:
+//!
+//! - every node writes tagged 4 KiB blocks (node, boot, sequence) with O_DIRECT|O_DSYNC to its
+//!   own blocks of every shared LUN throughout; when a fence returns 0, the fencer reads the
+//!   victim's blocks, and any change to them before the victim is let back in is a violation;
+//! - which nodes reset (their QEMU ended) and when, against what the fault model says must
+//!   happen ([`tests::campaign::Fault::expect`]) and its bound; each reset's cause from the
+//!   node's daemon log (its "fencing this node" reason) or else the hardware watchdog;
+//! - after the heal, every node healthy again (a node that reset is booted again and let back in
+//!   as the GUIDE tells an operator: its fenced started, `fenced clear NODE` on a live node).
+//!
+//! ```text
+//! cargo run -p tests --release --bin campaign -- --seed N --rounds R
+//! ```
+//!
+//! One line per round, a table per fault kind, the same as JSON lines in
+//! `target/campaign/seed-N.jsonl` (or `--json PATH`), and last `campaign: R rounds, V violations`;
+//! the exit status is 1 when V > 0 (2 when the harness itself failed). It builds the fenced
+//! binary the guests run first, with the same profile and features as itself: built with the
+//! `broken-fence` feature (`--features broken-fence`, a separate `--target-dir`), the cluster runs
+//! a fenced whose fence claims success and does nothing, and the auditor must catch it.
+
+use clap::Parser;
+use kmod_testing::iscsi::TargetKind;
+use kmod_testing::{faults, project_binary, Guest, Pending, Result};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tests::campaign::{self, Fault, Observed, Reset, Round};
+use tests::cluster::{node_name, Cluster, ClusterSpec};
+
+#[derive(Parser)]
+#[command(about = "A seeded, randomized fault campaign on a guest cluster, with an auditor")]
+struct Args {
+    /// The seed: the same seed replays the same faults at the same moments.
+    #[arg(long)]
+    seed: u64,
+    /// Rounds to play.
+    #[arg(long)]
+    rounds: usize,
+    /// Where to write the machine-readable record (JSON lines; default
+    /// target/campaign/seed-N.jsonl).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print the rounds the seed plays and exit, without booting anything.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Nodes in the campaign's cluster.
+const NODES: usize = 3;
+/// Shared LUNs.
+const LUNS: usize = 2;
+/// Each node's tagged blocks on every LUN: 8 blocks from `WRITER_BASE + 16 * node`.
+const WRITER_BASE: u64 = 256;
+const WRITER_BLOCKS: u64 = 8;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("campaign: the harness failed: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Builds the fenced binary the guests run (next to this one, same profile and features).
+fn build_fenced() -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let exe = std::env::current_exe().map_err(|e| kmod_testing::Error::Setup(e.to_string()))?;
+    let target_dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .ok_or_else(|| kmod_testing::Error::Setup("no target directory".into()))?;
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "fenced", "--bins", "--target-dir"])
+        .arg(target_dir);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    if cfg!(feature = "broken-fence") {
+        cmd.args(["--features", "fenced/broken-fence"]);
+    }
+    let st = cmd
+        .status()
+        .map_err(|e| kmod_testing::Error::Setup(format!("running cargo: {e}")))?;
+    if !st.success() {
+        return Err(kmod_testing::Error::Setup(format!(
+            "building fenced failed ({st})"
+        )));
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<usize> {
+    let plan = campaign::plan(args.seed, args.rounds, NODES);
+    if args.dry_run {
+        for r in &plan {
+            println!(
+                "round {:>3} seed {}: {} at +{} ms",
+                r.number, args.seed, r.fault, r.inject_after_ms
+            );
+        }
+        return Ok(0);
+    }
+    build_fenced()?;
+    let json_path = args.json.clone().unwrap_or_else(|| {
+        kmod_testing::repo_root()
+            .join("target/campaign")
+            .join(format!("seed-{}.jsonl", args.seed))
+    });
+    if let Some(dir) = json_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut record = std::fs::File::create(&json_path)
+        .map_err(|e| kmod_testing::Error::Setup(format!("{}: {e}", json_path.display())))?;
+    println!(
+        "campaign: seed {}, {} rounds, fenced {}{}",
+        args.seed,
+        args.rounds,
+        project_binary("fenced").display(),
+        if cfg!(feature = "broken-fence") {
+            " (built with the broken-fence feature: its fences do nothing)"
+        } else {
+            ""
+        }
+    );
+    let began = Instant::now();
+    let mut spec = ClusterSpec::new(&format!("campaign-{}", args.seed), TargetKind::Lio);
+    spec.luns = LUNS;
+    spec.voting_via_dm = true;
+    let mut say = |s: &str| println!("  {s}");
+    let mut c = Cluster::start(&mut say, &spec)?;
+    let mut writers: Vec<Option<Pending>> = Vec::new();
+    for i in 0..NODES {
+        writers.push(Some(start_writer(&c, i)?));
+    }
+    let mut results: Vec<(Fault, Duration, Observed, usize)> = Vec::new();
+    let mut violations = 0;
+    for round in &plan {
+        let t = Instant::now();
+        let (seen, bound) = play(&mut c, round)?;
+        let mut seen = seen;
+        recover(&mut c, &mut writers, &mut seen)?;
+        let found = campaign::audit(&round.fault, bound, &seen);
+        violations += found.len();
+        let resets: Vec<String> = seen
+            .resets
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} +{:.1} s ({})",
+                    node_name(r.node),
+                    r.after.as_secs_f64(),
+                    r.cause
+                )
+            })
+            .collect();
+        println!(
+            "round {:>3} seed {}: {:<55} resets [{}] -> {} ({:.0} s)",
+            round.number,
+            args.seed,
+            round.fault.to_string(),
+            resets.join(", "),
+            if found.is_empty() {
+                "ok".to_string()
+            } else {
+                found
+                    .iter()
+                    .map(|v| format!("VIOLATION {}: {}", v.rule, v.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            t.elapsed().as_secs_f64()
+        );
+        let line = json!({
+            "seed": args.seed,
+            "round": round.number,
+            "fault": round.fault.to_json(),
+            "inject_after_ms": round.inject_after_ms,
+            "bound_s": bound.as_secs_f64(),
+            "resets": seen.resets.iter().map(|r| json!({
+                "node": node_name(r.node), "after_s": r.after.as_secs_f64(), "cause": r.cause
+            })).collect::<Vec<_>>(),
+            "fences": seen.fences.iter().map(|(n, code)| json!({"from": node_name(*n), "exit": code})).collect::<Vec<_>>(),
+            "violations": found.iter().map(|v| json!({"rule": v.rule, "detail": v.detail})).collect::<Vec<_>>(),
+            "seconds": t.elapsed().as_secs_f64(),
+        });
+        let _ = writeln!(record, "{line}");
+        results.push((round.fault.clone(), bound, seen, found.len()));
+    }
+    let table = campaign::tally(results.iter().map(|(f, b, s, v)| (f, *b, s, *v)));
+    println!("\n| fault | rounds | violations | worst reset / bound |\n|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (kind, t) in &table {
+        println!(
+            "| {kind} | {} | {} | {} |",
+            t.rounds,
+            t.violations,
+            t.worst_of_bound
+                .map_or("-".to_string(), |w| format!("{:.0} %", w * 100.0))
+        );
+        rows.push(json!({"kind": kind, "rounds": t.rounds, "violations": t.violations, "worst_reset_of_bound": t.worst_of_bound}));
+    }
+    let summary = json!({"seed": args.seed, "rounds": args.rounds, "violations": violations, "table": rows, "seconds": began.elapsed().as_secs_f64()});
+    let _ = writeln!(record, "{summary}");
+    println!(
+        "\n(record: {}; {:.0} s in all)",
+        json_path.display(),
+        began.elapsed().as_secs_f64()
+    );
+    println!("campaign: {} rounds, {violations} violations", args.rounds);
+    Ok(violations)
+}
+
+/// Starts node `i`'s writer: its tagged blocks on every LUN, one block per LUN every 250 ms,
+/// O_DIRECT|O_DSYNC; refused writes are ignored (a fenced node keeps trying, as an application
+/// would).
+fn start_writer(c: &Cluster, i: usize) -> Result<Pending> {
+    let devs = c.lun_devices[i].join(" ");
+    c.nodes[i].spawn(&format!(
+        "boot=$(cut -c1-8 /proc/sys/kernel/random/boot_id); seq=0\n\
+         while :; do\n\
+           seq=$((seq+1))\n\
+           for dev in {devs}; do\n\
+             printf 'FCAMP node={node} boot=%s seq=%010d\\n' $boot $seq | \
+               dd of=$dev bs=4096 count=1 seek=$(({base} + seq % {n})) conv=sync,notrunc oflag=direct,dsync status=none 2>/dev/null\n\
+           done\n\
+           sleep 0.25\n\
+         done",
+        node = node_name(i),
+        base = WRITER_BASE + 16 * i as u64,
+        n = WRITER_BLOCKS,
+    ))
+}
+
+/// The tags in `victim`'s blocks on every LUN, as node `reader` reads them (O_DIRECT).
+fn read_tags(c: &Cluster, reader: usize, victim: usize) -> Result<Vec<String>> {
+    let mut tags = Vec::new();
+    for (k, dev) in c.lun_devices[reader].iter().enumerate() {
+        let out = c.nodes[reader].run_ok(&format!(
+            "dd if={dev} bs=4096 skip={} count={WRITER_BLOCKS} iflag=direct status=none | tr -d '\\000' | grep -a FCAMP || true",
+            WRITER_BASE + 16 * victim as u64
+        ))?;
+        tags.extend(out.lines().map(|l| format!("LUN {k}: {}", l.trim())));
+    }
+    tags.sort();
+    Ok(tags)
+}
+
+/// What to undo when a timed fault ends.
+enum Heal {
+    Nothing,
+    Target,
+    VotingDisk { node: usize, disk: usize },
+    Clock { node: usize, secs: i64 },
+}
+
+/// Plays one round: waits its moment, injects its fault, watches every node until the fault's
+/// end plus the bound and a settling time, heals timed faults at their end, and returns what it
+/// saw with the bound that applied.
+fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
+    let t = c.timing;
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let bound = round
+        .fault
+        .reset_bound(ms(t.poll), ms(t.lease), ms(t.watchdog));
+    std::thread::sleep(Duration::from_millis(round.inject_after_ms));
+    let mut seen = Observed::default();
+    let mut snapshots: Vec<(usize, usize, Vec<String>)> = Vec::new();
+    let mut heal = Heal::Nothing;
+    let mut pending: Vec<Pending> = Vec::new();
+    let injected = Instant::now();
+    // When a fence returned: the victim's blocks are read then, and the bound of its reset
+    // counts the fence's own time too.
+    let mut fence_returned = None;
+    let sh = |g: &Guest, cmd: &str| -> Result<()> { g.run_ok(cmd).map(|_| ()) };
+    match round.fault {
+        Fault::KillDaemon { node } => sh(&c.nodes[node], "pkill -KILL -x fenced")?,
+        Fault::StopDaemon { node } => sh(&c.nodes[node], "pkill -STOP -x fenced")?,
+        Fault::FreezeKernel { node } => {
+            pending.push(faults::freeze_kernel(c.lab.kernel(), &c.nodes[node], 30)?)
+        }
+        Fault::Fence { from: f, victim } => {
+            let out = c.fence(f, victim)?.0;
+            fence_returned = Some(Instant::now());
+            seen.fences.push((f, out.code));
+            if out.code == 0 {
+                snapshots.push((f, victim, read_tags(c, f, victim)?));
+            }
+        }
+        Fault::MutualFence { a, b } => {
+            let pa = c.spawn_fenced(a, &format!("fence {}", node_name(b)))?;
+            let pb = c.spawn_fenced(b, &format!("fence {}", node_name(a)))?;
+            for (me, other, p) in [(a, b, pa), (b, a, pb)] {
+                // The loser may reset before its command returns.
+                let code = c.nodes[me]
+                    .wait(p, Duration::from_secs(60))
+                    .map_or(-1, |o| o.code);
+                seen.fences.push((me, code));
+                if code == 0 && c.nodes[me].is_running() {
+                    fence_returned = Some(Instant::now());
+                    if let Ok(tags) = read_tags(c, me, other) {
+                        snapshots.push((me, other, tags));
+                    }
+                }
+            }
+        }
+        Fault::TargetPaused { .. } => {
+            c.target.pause()?;
+            heal = Heal::Target;
+        }
+        Fault::PrStateLost => {
+            c.target.restart_dropping_pr_state()?;
+        }
+        Fault::VotingDiskErrors { node, disk, .. } => {
+            let raw = c.nodes[node].disk_by_serial(&format!("vote{disk}"))?;
+            faults::dm_reload(&c.nodes[node], &format!("vote{disk}"), &raw, "error", "")?;
+            heal = Heal::VotingDisk { node, disk };
+        }
+        Fault::VotingDiskSlow {
+            node,
+            disk,
+            delay_ms,
+            ..
+        } => {
+            let raw = c.nodes[node].disk_by_serial(&format!("vote{disk}"))?;
+            faults::dm_reload(
+                &c.nodes[node],
+                &format!("vote{disk}"),
+                &raw,
+                "delay",
+                &format!("0 {delay_ms}"),
+            )?;
+            heal = Heal::VotingDisk { node, disk };
+        }
+        Fault::CpuHogs { node, secs } => pending.push(c.nodes[node].spawn(&format!(
+            "cd /tmp && stress-ng --cpu 4 --timeout {secs}s --quiet"
+        ))?),
+        Fault::MemoryPressure { node, secs } => pending.push(c.nodes[node].spawn(&format!(
+            "cd /tmp && stress-ng --vm 2 --vm-bytes 40% --timeout {secs}s --quiet"
+        ))?),
+        Fault::IoFlood { node, secs } => pending.push(c.nodes[node].spawn(&format!(
+            "end=$((SECONDS + {secs})); while [ $SECONDS -lt $end ]; do \
+             dd if=/dev/zero of={dev} bs=4M count=1 seek={seek} oflag=direct status=none; done",
+            dev = c.lun_devices[node][0],
+            seek = node + 1
+        ))?),
+        Fault::ClockStep { node, secs } => {
+            sh(
+                &c.nodes[node],
+                &format!("date -s @$(( $(date +%s) + ({secs}) )) >/dev/null"),
+            )?;
+            heal = Heal::Clock { node, secs };
+        }
+    }
+    let bound = bound + fence_returned.map_or(Duration::ZERO, |at| at - injected);
+    let heal_at = injected + round.fault.duration();
+    let settle = ms(t.lease + t.watchdog + t.poll) + Duration::from_secs(3);
+    let end = heal_at + bound.max(settle);
+    let mut healed = false;
+    loop {
+        for (i, g) in c.nodes.iter().enumerate() {
+            if seen.resets.iter().any(|r| r.node == i) || g.is_running() {
+                continue;
+            }
+            if let Some(at) = g.wait_exit(Duration::ZERO) {
+                seen.resets.push(Reset {
+                    node: i,
+                    after: at.saturating_duration_since(injected),
+                    cause: cause(c, g),
+                });
+            }
+        }
+        let now = Instant::now();
+        if !healed && now >= heal_at {
+            healed = true;
+            match heal {
+                Heal::Nothing => {}
+                Heal::Target => c.target.resume()?,
+                Heal::VotingDisk { node, disk } => {
+                    if c.nodes[node].is_running() {
+                        let raw = c.nodes[node].disk_by_serial(&format!("vote{disk}"))?;
+                        faults::dm_reload(
+                            &c.nodes[node],
+                            &format!("vote{disk}"),
+                            &raw,
+                            "linear",
+                            "0",
+                        )?;
+                    }
+                }
+                Heal::Clock { node, secs } => {
+                    if c.nodes[node].is_running() {
+                        sh(
+                            &c.nodes[node],
+                            &format!("date -s @$(( $(date +%s) - ({secs}) )) >/dev/null"),
+                        )?;
+                    }
+                }
+            }
+        }
+        if healed && now >= end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(pending);
+    // No write of a fenced node after its fence returned: read its blocks again before it is
+    // let back in.
+    for (reader, victim, before) in snapshots {
+        if !c.nodes[reader].is_running() {
+            continue;
+        }
+        let after = read_tags(c, reader, victim)?;
+        let new: Vec<&String> = after.iter().filter(|t| !before.contains(t)).collect();
+        if !new.is_empty() {
+            seen.written_after_fence.push((
+                victim,
+                format!(
+                    "{} new tag(s), e.g. {}",
+                    new.len(),
+                    new.iter()
+                        .take(3)
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ),
+            ));
+        }
+    }
+    Ok((seen, bound))
+}
+
+/// Why node `g` reset, from its daemon's log: the reason of its last "fencing this node"
+/// line, else the hardware watchdog (the daemon stopped feeding it).
+fn cause(c: &Cluster, g: &Guest) -> String {
+    let log = c.daemon_log(g);
+    // `... fencing this node reason=<text> action=Reboot` (tracing's plain format).
+    match log.lines().rev().find(|l| l.contains("fencing this node")) {
+        Some(l) => {
+            let reason = l.split("reason=").nth(1).unwrap_or(l);
+            let reason = reason.split(" action=").next().unwrap_or(reason);
+            format!("self-fence: {}", reason.trim().trim_matches('"'))
+        }
+        None => "hardware watchdog".into(),
+    }
+}
+
+/// Brings the cluster back to every node healthy: stopped daemons resumed; a node that reset
+/// (or must be reset: its daemon hung or gone) booted again, its fenced and writer started, and
+/// let back in with `fenced clear` from a live node when marked dead; then every daemon healthy
+/// and every node's key on every LUN. What does not come back is a `recovery` finding.
+fn recover(c: &mut Cluster, writers: &mut [Option<Pending>], seen: &mut Observed) -> Result<()> {
+    for g in c.nodes.iter().filter(|g| g.is_running()) {
+        let _ = g.run("pkill -CONT -x fenced");
+    }
+    // A running node whose daemon is gone or not healthy cannot be trusted with the next
+    // round: reset it (the finding, if any, is the audit's).
+    for i in 0..NODES {
+        if c.nodes[i].is_running()
+            && c.wait_daemons_healthy(&[i], Duration::from_secs(20))
+                .is_err()
+        {
+            seen.not_recovered.push(format!(
+                "{}: its daemon was not healthy 20 s after the heal (reset by the campaign to go on)",
+                node_name(i)
+            ));
+            let _ = c.nodes[i].spawn("echo b > /proc/sysrq-trigger");
+            c.nodes[i].wait_exit(Duration::from_secs(20));
+        }
+    }
+    let down: Vec<usize> = (0..NODES).filter(|&i| !c.nodes[i].is_running()).collect();
+    for &i in &down {
+        writers[i] = None;
+        c.reboot(i)?;
+        c.start_daemon(i)?;
+    }
+    let live = (0..NODES).find(|i| !down.contains(i));
+    for &i in &down {
+        let Some(l) = live else { break };
+        // The rebooted daemon first writes its reboot evidence; `clear` refuses before that.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = c.fenced(l, &format!("clear {}", node_name(i)))?;
+            if out.success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                seen.not_recovered.push(format!(
+                    "{}: `fenced clear` on {} still refused after 60 s: {}",
+                    node_name(i),
+                    node_name(l),
+                    out.stderr.trim()
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let all: Vec<usize> = (0..NODES).collect();
+    if let Err(e) = c.wait_daemons_healthy(&all, Duration::from_secs(90)) {
+        seen.not_recovered
+            .push(format!("daemons not healthy 90 s after the heal: {e}"));
+    }
+    if let Err(e) = c.wait_until(Duration::from_secs(60), |st| {
+        st["luns"].as_array().is_some_and(|l| {
+            l.len() == LUNS
+                && l.iter()
+                    .all(|l| l["keys"].as_array().is_some_and(|k| k.len() == NODES))
+        })
+    }) {
+        seen.not_recovered.push(format!(
+            "not every key on every LUN 60 s after the heal: {e}"
+        ));
+    }
+    for &i in &down {
+        writers[i] = Some(start_writer(c, i)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,638 @@
+//! The fault campaign's model (issue 15): a seeded plan of faults drawn from a catalogue, what
+//! the fault model says each must and must not cause, and the auditor's verdicts on what was
+//! observed. The VM side (injecting, observing, healing) is `src/bin/campaign.rs`; everything
+//! here is pure, so the plan's replay and the verdicts are unit-tested.
+
+use serde_json::{json, Value};
+use std::fmt;
+use std::time::Duration;
+
+/// A small deterministic generator (SplitMix64): the same seed gives the same campaign on any
+/// machine, with no dependency whose stream could change between versions.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        // Bias below 2^-40 for the small n used here.
+        self.next_u64() % n.max(1)
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo) + 1)
+    }
+
+    /// One of `0..n` other than `not`.
+    fn other(&mut self, n: usize, not: usize) -> usize {
+        let k = usize::try_from(self.below(n as u64 - 1)).unwrap_or(0);
+        if k >= not {
+            k + 1
+        } else {
+            k
+        }
+    }
+
+    fn node(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).unwrap_or(0)
+    }
+}
+
+/// One fault of the catalogue, with where and how hard it hits. Nodes are 0-based.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // each variant's doc says what its fields are
+pub enum Fault {
+    /// The node's fenced killed with SIGKILL (a crash); nothing restarts it.
+    KillDaemon { node: usize },
+    /// The node's fenced stopped with SIGSTOP (a hung daemon, a healthy kernel), never resumed.
+    StopDaemon { node: usize },
+    /// The node's kernel frozen (the freeze module, stop_machine) for 30 s.
+    FreezeKernel { node: usize },
+    /// `fenced fence victim` on `from`: the clusterware evicting a healthy node.
+    Fence { from: usize, victim: usize },
+    /// `a` and `b` fence each other at the same moment (a split brain).
+    MutualFence { a: usize, b: usize },
+    /// The storage target paused: every data LUN unreachable on every node for `ms`.
+    TargetPaused { ms: u64 },
+    /// The target restarted without its PR state (every registration and the reservation
+    /// lost), as an array's reboot or failover can.
+    PrStateLost,
+    /// One voting disk failing every I/O on one node for `ms`.
+    VotingDiskErrors { node: usize, disk: usize, ms: u64 },
+    /// One voting disk slow (dm-delay, `delay_ms` per I/O) on one node for `ms`.
+    VotingDiskSlow {
+        node: usize,
+        disk: usize,
+        delay_ms: u64,
+        ms: u64,
+    },
+    /// CPU starvation on a node: stress-ng CPU hogs for `secs`.
+    CpuHogs { node: usize, secs: u64 },
+    /// Memory pressure on a node: a bounded malloc storm (stress-ng --vm) for `secs`.
+    MemoryPressure { node: usize, secs: u64 },
+    /// An I/O flood on a node: dd with 64 MiB blocks to a scratch file for `secs`.
+    IoFlood { node: usize, secs: u64 },
+    /// The node's wall clock stepped by `secs` (forward or back); CLOCK_MONOTONIC must not
+    /// care.
+    ClockStep { node: usize, secs: i64 },
+}
+
+/// The catalogue's kinds, in the order of the table.
+pub const KINDS: &[&str] = &[
+    "kill-daemon",
+    "stop-daemon",
+    "freeze-kernel",
+    "fence",
+    "mutual-fence",
+    "target-paused",
+    "pr-state-lost",
+    "voting-disk-errors",
+    "voting-disk-slow",
+    "cpu-hogs",
+    "memory-pressure",
+    "io-flood",
+    "clock-step",
+];
+
+/// What the fault model says a fault must cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No node resets; the cluster stays (or becomes again) healthy.
+    NoReset,
+    /// These nodes reset (and no other).
+    Reset(Vec<usize>),
+    /// Exactly one of the two resets (and no other node).
+    OneOf(usize, usize),
+}
+
+impl Fault {
+    /// Draws a fault of the catalogue for a cluster of `nodes` nodes (at least 2).
+    pub fn draw(rng: &mut Rng, nodes: usize) -> Fault {
+        let kind = KINDS[usize::try_from(rng.below(KINDS.len() as u64)).unwrap_or(0)];
+        let node = rng.node(nodes);
+        match kind {
+            "kill-daemon" => Fault::KillDaemon { node },
+            "stop-daemon" => Fault::StopDaemon { node },
+            "freeze-kernel" => Fault::FreezeKernel { node },
+            "fence" => Fault::Fence {
+                from: node,
+                victim: rng.other(nodes, node),
+            },
+            "mutual-fence" => Fault::MutualFence {
+                a: node,
+                b: rng.other(nodes, node),
+            },
+            "target-paused" => Fault::TargetPaused {
+                ms: rng.between(2_000, 9_000),
+            },
+            "pr-state-lost" => Fault::PrStateLost,
+            "voting-disk-errors" => Fault::VotingDiskErrors {
+                node,
+                disk: rng.node(3),
+                ms: rng.between(2_000, 15_000),
+            },
+            "voting-disk-slow" => Fault::VotingDiskSlow {
+                node,
+                disk: rng.node(3),
+                delay_ms: rng.between(100, 2_000),
+                ms: rng.between(3_000, 15_000),
+            },
+            "cpu-hogs" => Fault::CpuHogs {
+                node,
+                secs: rng.between(5, 20),
+            },
+            "memory-pressure" => Fault::MemoryPressure {
+                node,
+                secs: rng.between(5, 20),
+            },
+            "io-flood" => Fault::IoFlood {
+                node,
+                secs: rng.between(5, 20),
+            },
+            _ => Fault::ClockStep {
+                node,
+                secs: if rng.below(2) == 0 { 3_600 } else { -3_600 },
+            },
+        }
+    }
+
+    /// The catalogue kind ([`KINDS`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::KillDaemon { .. } => "kill-daemon",
+            Fault::StopDaemon { .. } => "stop-daemon",
+            Fault::FreezeKernel { .. } => "freeze-kernel",
+            Fault::Fence { .. } => "fence",
+            Fault::MutualFence { .. } => "mutual-fence",
+            Fault::TargetPaused { .. } => "target-paused",
+            Fault::PrStateLost => "pr-state-lost",
+            Fault::VotingDiskErrors { .. } => "voting-disk-errors",
+            Fault::VotingDiskSlow { .. } => "voting-disk-slow",
+            Fault::CpuHogs { .. } => "cpu-hogs",
+            Fault::MemoryPressure { .. } => "memory-pressure",
+            Fault::IoFlood { .. } => "io-flood",
+            Fault::ClockStep { .. } => "clock-step",
+        }
+    }
+
+    /// What the model says must happen. Only the cluster's authority resets a healthy node:
+    /// a fence (the victim, or exactly one of two fencers), a daemon that no longer feeds its
+    /// watchdog, a frozen kernel. Everything storage, load or clock does degrades and recovers.
+    pub fn expect(&self) -> Expect {
+        match *self {
+            Fault::KillDaemon { node }
+            | Fault::StopDaemon { node }
+            | Fault::FreezeKernel { node } => Expect::Reset(vec![node]),
+            Fault::Fence { victim, .. } => Expect::Reset(vec![victim]),
+            Fault::MutualFence { a, b } => Expect::OneOf(a, b),
+            _ => Expect::NoReset,
+        }
+    }
+
+    /// How long after the injection a reset the model requires may come, for a cluster with
+    /// poll period `p`, lease `l` and watchdog timeout `w`: a daemon that stopped feeding (killed,
+    /// stopped, frozen) resets within W of its last feed, at most P before the fault; a fenced
+    /// node within L + W + P of its mark on the voting disks (its lease, then its watchdog,
+    /// plus a round; its daemon usually sees the mark in its next round), which the caller
+    /// counts from the fence's return by adding the fence's own time. One second of slack for
+    /// the harness's own observation.
+    pub fn reset_bound(&self, p: Duration, l: Duration, w: Duration) -> Duration {
+        let slack = Duration::from_secs(1);
+        match self {
+            Fault::Fence { .. } | Fault::MutualFence { .. } => l + w + p + slack,
+            _ => w + p + slack,
+        }
+    }
+
+    /// How long the fault lasts once injected (0 for an instant fault).
+    pub fn duration(&self) -> Duration {
+        match *self {
+            Fault::FreezeKernel { .. } => Duration::from_secs(30),
+            Fault::TargetPaused { ms }
+            | Fault::VotingDiskErrors { ms, .. }
+            | Fault::VotingDiskSlow { ms, .. } => Duration::from_millis(ms),
+            Fault::CpuHogs { secs, .. }
+            | Fault::MemoryPressure { secs, .. }
+            | Fault::IoFlood { secs, .. } => Duration::from_secs(secs),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The fault as data (the machine-readable round line).
+    pub fn to_json(&self) -> Value {
+        json!({ "kind": self.kind(), "what": self.to_string() })
+    }
+}
+
+fn name(node: usize) -> String {
+    crate::cluster::node_name(node)
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Fault::KillDaemon { node } => write!(f, "fenced SIGKILLed on {}", name(node)),
+            Fault::StopDaemon { node } => write!(f, "fenced SIGSTOPped on {}", name(node)),
+            Fault::FreezeKernel { node } => write!(f, "{}'s kernel frozen 30 s", name(node)),
+            Fault::Fence { from, victim } => {
+                write!(f, "{} fences {}", name(from), name(victim))
+            }
+            Fault::MutualFence { a, b } => {
+                write!(f, "{} and {} fence each other", name(a), name(b))
+            }
+            Fault::TargetPaused { ms } => write!(f, "storage target paused {ms} ms"),
+            Fault::PrStateLost => write!(f, "target restarted without its PR state"),
+            Fault::VotingDiskErrors { node, disk, ms } => {
+                write!(
+                    f,
+                    "voting disk {disk} failing on {} for {ms} ms",
+                    name(node)
+                )
+            }
+            Fault::VotingDiskSlow {
+                node,
+                disk,
+                delay_ms,
+                ms,
+            } => write!(
+                f,
+                "voting disk {disk} slow ({delay_ms} ms per I/O) on {} for {ms} ms",
+                name(node)
+            ),
+            Fault::CpuHogs { node, secs } => write!(f, "CPU hogs on {} for {secs} s", name(node)),
+            Fault::MemoryPressure { node, secs } => {
+                write!(f, "malloc storm on {} for {secs} s", name(node))
+            }
+            Fault::IoFlood { node, secs } => write!(f, "I/O flood on {} for {secs} s", name(node)),
+            Fault::ClockStep { node, secs } => {
+                write!(f, "{}'s wall clock stepped {secs:+} s", name(node))
+            }
+        }
+    }
+}
+
+/// One round of a campaign: its fault and when it is injected after the round starts (the
+/// writers and daemons running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Round {
+    /// 1-based.
+    pub number: usize,
+    /// The fault.
+    pub fault: Fault,
+    /// Milliseconds between the round's start and the injection.
+    pub inject_after_ms: u64,
+}
+
+/// The campaign `seed` plays over `rounds` rounds on `nodes` nodes: the same arguments give the
+/// same rounds.
+pub fn plan(seed: u64, rounds: usize, nodes: usize) -> Vec<Round> {
+    let mut rng = Rng::new(seed);
+    (1..=rounds)
+        .map(|number| Round {
+            number,
+            fault: Fault::draw(&mut rng, nodes),
+            inject_after_ms: rng.between(0, 3_000),
+        })
+        .collect()
+}
+
+/// A node's reset as the harness saw it (its QEMU ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    /// The node.
+    pub node: usize,
+    /// After the injection (for a fence: after the fence returned, when it did).
+    pub after: Duration,
+    /// What caused it, from the node's own evidence: its daemon's last "fencing this node"
+    /// line (the reason), else the hardware watchdog (the daemon stopped feeding it).
+    pub cause: String,
+}
+
+/// What a round observed, from evidence outside fenced's claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Every node that reset during the round's window.
+    pub resets: Vec<Reset>,
+    /// For a fence: the exit code of each fence command (by fencing node).
+    pub fences: Vec<(usize, i32)>,
+    /// Nodes whose tagged blocks changed after a fence of them returned 0 (the survivor's
+    /// snapshot against its read at the end of the round).
+    pub written_after_fence: Vec<(usize, String)>,
+    /// The nodes that were not healthy again (or rejoined) after the heal, and why.
+    pub not_recovered: Vec<String>,
+}
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The auditor's rule: `write-after-fence`, `one-survivor`, `false-self-fence`, `bounded`,
+    /// `recovery`.
+    pub rule: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The auditor's verdict on a round: the violations (none when the round kept every rule).
+pub fn audit(fault: &Fault, bound: Duration, seen: &Observed) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let mut push = |rule: &'static str, detail: String| v.push(Violation { rule, detail });
+    for (node, detail) in &seen.written_after_fence {
+        push(
+            "write-after-fence",
+            format!(
+                "{}'s blocks changed after its fence returned 0: {detail}",
+                name(*node)
+            ),
+        );
+    }
+    let reset = |n: usize| seen.resets.iter().find(|r| r.node == n);
+    let must: Vec<usize> = match fault.expect() {
+        Expect::NoReset => Vec::new(),
+        Expect::Reset(nodes) => nodes,
+        Expect::OneOf(a, b) => {
+            let survivors: Vec<usize> =
+                [a, b].into_iter().filter(|&n| reset(n).is_none()).collect();
+            if survivors.len() != 1 {
+                push(
+                    "one-survivor",
+                    format!(
+                        "{} of {} and {} survived their mutual fence (fence exits {:?})",
+                        survivors.len(),
+                        name(a),
+                        name(b),
+                        seen.fences
+                    ),
+                );
+            }
+            [a, b].into_iter().filter(|&n| reset(n).is_some()).collect()
+        }
+    };
+    if let Fault::Fence { from, .. } = fault {
+        if let Some((_, code)) = seen.fences.iter().find(|(n, code)| n == from && *code != 0) {
+            push(
+                "bounded",
+                format!(
+                    "the fence from {} failed (exit {code}): the victim was not cut off",
+                    name(*from)
+                ),
+            );
+        }
+    }
+    for r in &seen.resets {
+        if !must.contains(&r.node)
+            && !matches!(fault.expect(), Expect::OneOf(a, b) if r.node == a || r.node == b)
+        {
+            push(
+                "false-self-fence",
+                format!(
+                    "{} reset {:.1} s after the fault ({})",
+                    name(r.node),
+                    r.after.as_secs_f64(),
+                    r.cause
+                ),
+            );
+        }
+    }
+    for &n in &must {
+        match reset(n) {
+            None => push("bounded", format!("{} did not reset", name(n))),
+            Some(r) if r.after > bound => push(
+                "bounded",
+                format!(
+                    "{} reset {:.1} s after the fault, past the bound of {:.1} s ({})",
+                    name(n),
+                    r.after.as_secs_f64(),
+                    bound.as_secs_f64(),
+                    r.cause
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    for what in &seen.not_recovered {
+        push("recovery", what.clone());
+    }
+    v
+}
+
+/// Per fault kind: rounds, violations, and the longest reset against its bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KindTally {
+    /// Rounds of this kind.
+    pub rounds: usize,
+    /// Violations found in them.
+    pub violations: usize,
+    /// The worst required reset's time over its bound (e.g. 0.8 = 80 % of the bound used).
+    pub worst_of_bound: Option<f64>,
+}
+
+/// The table per fault kind, from each round's fault, bound, observation and verdict.
+pub fn tally<'a>(
+    rounds: impl IntoIterator<Item = (&'a Fault, Duration, &'a Observed, usize)>,
+) -> Vec<(&'static str, KindTally)> {
+    let mut table: Vec<(&'static str, KindTally)> =
+        KINDS.iter().map(|k| (*k, KindTally::default())).collect();
+    for (fault, bound, seen, violations) in rounds {
+        let Some((_, t)) = table.iter_mut().find(|(k, _)| *k == fault.kind()) else {
+            continue;
+        };
+        t.rounds += 1;
+        t.violations += violations;
+        for r in &seen.resets {
+            let share = r.after.as_secs_f64() / bound.as_secs_f64().max(1e-9);
+            if t.worst_of_bound.is_none_or(|w| share > w) {
+                t.worst_of_bound = Some(share);
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_replays_the_same_campaign_and_another_seed_does_not() {
+        assert_eq!(plan(42, 50, 3), plan(42, 50, 3));
+        assert_ne!(plan(42, 50, 3), plan(43, 50, 3));
+        // A longer campaign starts with the shorter one's rounds.
+        assert_eq!(plan(7, 100, 3)[..20], plan(7, 20, 3)[..]);
+    }
+
+    #[test]
+    fn a_long_plan_draws_every_kind_and_only_valid_nodes() {
+        let rounds = plan(1, 400, 3);
+        for kind in KINDS {
+            assert!(
+                rounds.iter().any(|r| r.fault.kind() == *kind),
+                "{kind} never drawn"
+            );
+        }
+        for r in &rounds {
+            match r.fault {
+                Fault::Fence { from, victim } => assert!(from != victim && from < 3 && victim < 3),
+                Fault::MutualFence { a, b } => assert!(a != b && a < 3 && b < 3),
+                Fault::VotingDiskErrors { node, disk, .. } => assert!(node < 3 && disk < 3),
+                _ => {}
+            }
+            assert!(r.inject_after_ms <= 3_000);
+        }
+    }
+
+    fn reset(node: usize, secs: f64, cause: &str) -> Reset {
+        Reset {
+            node,
+            after: Duration::from_secs_f64(secs),
+            cause: cause.into(),
+        }
+    }
+
+    fn rules(v: &[Violation]) -> Vec<&'static str> {
+        v.iter().map(|v| v.rule).collect()
+    }
+
+    const BOUND: Duration = Duration::from_secs(7);
+
+    #[test]
+    fn a_storage_fault_that_resets_a_node_is_a_false_self_fence() {
+        let fault = Fault::TargetPaused { ms: 8_000 };
+        assert!(audit(&fault, BOUND, &Observed::default()).is_empty());
+        let seen = Observed {
+            resets: vec![reset(1, 9.0, "watchdog")],
+            ..Observed::default()
+        };
+        assert_eq!(rules(&audit(&fault, BOUND, &seen)), ["false-self-fence"]);
+    }
+
+    #[test]
+    fn a_required_reset_must_come_and_come_within_the_bound() {
+        let fault = Fault::KillDaemon { node: 2 };
+        let on_time = Observed {
+            resets: vec![reset(2, 5.5, "watchdog")],
+            ..Observed::default()
+        };
+        assert!(audit(&fault, BOUND, &on_time).is_empty());
+        let late = Observed {
+            resets: vec![reset(2, 7.5, "watchdog")],
+            ..Observed::default()
+        };
+        assert_eq!(rules(&audit(&fault, BOUND, &late)), ["bounded"]);
+        assert_eq!(
+            rules(&audit(&fault, BOUND, &Observed::default())),
+            ["bounded"]
+        );
+        let and_another = Observed {
+            resets: vec![reset(2, 5.5, "watchdog"), reset(0, 6.0, "loop late")],
+            ..Observed::default()
+        };
+        assert_eq!(
+            rules(&audit(&fault, BOUND, &and_another)),
+            ["false-self-fence"]
+        );
+    }
+
+    #[test]
+    fn a_mutual_fence_must_leave_exactly_one_of_the_two() {
+        let fault = Fault::MutualFence { a: 0, b: 1 };
+        let one = Observed {
+            resets: vec![reset(1, 2.0, "marked dead")],
+            fences: vec![(0, 0), (1, 1)],
+            ..Observed::default()
+        };
+        assert!(audit(&fault, BOUND, &one).is_empty());
+        let both = Observed {
+            resets: vec![reset(0, 2.0, "marked dead"), reset(1, 2.0, "marked dead")],
+            ..Observed::default()
+        };
+        assert_eq!(rules(&audit(&fault, BOUND, &both)), ["one-survivor"]);
+        assert_eq!(
+            rules(&audit(&fault, BOUND, &Observed::default())),
+            ["one-survivor"]
+        );
+        let third = Observed {
+            resets: vec![reset(1, 2.0, "marked dead"), reset(2, 3.0, "watchdog")],
+            ..Observed::default()
+        };
+        assert_eq!(rules(&audit(&fault, BOUND, &third)), ["false-self-fence"]);
+    }
+
+    #[test]
+    fn a_victim_write_after_its_fence_and_a_failed_fence_are_violations() {
+        let fault = Fault::Fence { from: 0, victim: 2 };
+        let written = Observed {
+            resets: vec![reset(2, 1.5, "marked dead")],
+            fences: vec![(0, 0)],
+            written_after_fence: vec![(2, "block 3 of LUN 0: seq 41 -> 44".into())],
+            ..Observed::default()
+        };
+        assert_eq!(
+            rules(&audit(&fault, BOUND, &written)),
+            ["write-after-fence"]
+        );
+        let failed = Observed {
+            resets: vec![],
+            fences: vec![(0, 4)],
+            ..Observed::default()
+        };
+        assert_eq!(
+            rules(&audit(&fault, BOUND, &failed)),
+            ["bounded", "bounded"]
+        );
+    }
+
+    #[test]
+    fn a_cluster_not_healthy_after_the_heal_is_a_recovery_violation() {
+        let seen = Observed {
+            not_recovered: vec!["node2: daemon not healthy within 60 s".into()],
+            ..Observed::default()
+        };
+        assert_eq!(
+            rules(&audit(&Fault::PrStateLost, BOUND, &seen)),
+            ["recovery"]
+        );
+    }
+
+    #[test]
+    fn the_table_counts_rounds_violations_and_the_worst_share_of_the_bound() {
+        let kill = Fault::KillDaemon { node: 0 };
+        let pause = Fault::TargetPaused { ms: 3_000 };
+        let fast = Observed {
+            resets: vec![reset(0, 3.5, "watchdog")],
+            ..Observed::default()
+        };
+        let slow = Observed {
+            resets: vec![reset(0, 5.6, "watchdog")],
+            ..Observed::default()
+        };
+        let none = Observed::default();
+        let t = tally([
+            (&kill, BOUND, &fast, 0),
+            (&kill, BOUND, &slow, 0),
+            (&pause, BOUND, &none, 1),
+        ]);
+        let row = |k: &str| t.iter().find(|(kind, _)| *kind == k).unwrap().1.clone();
+        assert_eq!(row("kill-daemon").rounds, 2);
+        assert!((row("kill-daemon").worst_of_bound.unwrap() - 0.8).abs() < 1e-9);
+        assert_eq!(
+            (row("target-paused").rounds, row("target-paused").violations),
+            (1, 1)
+        );
+        assert_eq!(row("fence").rounds, 0);
+    }
+}

@@ -649,7 +649,11 @@ impl Daemon {
                 self.watch.start_leaving();
                 self.block.state = SlotState::Leaving;
                 leaving = Some(started);
-                let _ = self.notifier.stopping();
+                // The leave may take up to its limit: systemd must not kill the daemon (its
+                // watchdog armed) before, whatever TimeoutStopSec says. A round's margin.
+                let _ = self
+                    .notifier
+                    .stopping_within(leave_limit + self.config.timing.poll);
                 let _ = self
                     .notifier
                     .status(format_args!("leaving the cluster (stop requested)"));

@@ -1,4 +1,5 @@
-//! systemd's notification protocol (sd_notify): READY=1, WATCHDOG=1, STATUS=..., STOPPING=1.
+//! systemd's notification protocol (sd_notify): READY=1, WATCHDOG=1, STATUS=..., STOPPING=1
+//! with EXTEND_TIMEOUT_USEC=.
 //!
 //! Our own small client rather than the sd-notify crate: that crate fails on abstract sockets
 //! (`NOTIFY_SOCKET=@...`, ENOENT), and the daemon loop needs a send that never allocates: the
@@ -64,9 +65,25 @@ impl Notifier {
         self.send(b"WATCHDOG=1")
     }
 
-    /// STOPPING=1.
-    pub fn stopping(&self) -> io::Result<()> {
-        self.send(b"STOPPING=1")
+    /// STOPPING=1, with `EXTEND_TIMEOUT_USEC=` the time the stop may take: systemd then kills
+    /// the daemon only past the later of `TimeoutStopSec=` and now + `within` (since systemd
+    /// 236). A leave whose limit exceeds the unit's stop timeout (long timeouts) is not killed
+    /// halfway, which would leave the watchdog armed and reset the node.
+    pub fn stopping_within(&self, within: std::time::Duration) -> io::Result<()> {
+        if self.socket.is_none() {
+            return Ok(());
+        }
+        let mut buf = [0u8; 64];
+        let mut w = StackWriter {
+            buf: &mut buf,
+            len: 0,
+        };
+        let _ = std::fmt::write(
+            &mut w,
+            format_args!("STOPPING=1\nEXTEND_TIMEOUT_USEC={}", within.as_micros()),
+        );
+        let len = w.len;
+        self.send(&buf[..len])
     }
 
     /// `STATUS=<line>`, formatted into a stack buffer (truncated to [`STATUS_CAPACITY`]).
@@ -133,6 +150,19 @@ mod tests {
         let mut buf = [0u8; 64];
         let len = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
+    }
+
+    #[test]
+    fn stopping_asks_for_the_time_the_leave_may_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::connect(path.to_str().unwrap()).unwrap();
+        n.stopping_within(std::time::Duration::from_millis(27_500))
+            .unwrap();
+        let mut buf = [0u8; 128];
+        let len = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"STOPPING=1\nEXTEND_TIMEOUT_USEC=27500000");
     }
 
     #[test]

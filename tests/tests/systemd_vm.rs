@@ -108,7 +108,9 @@ fn thread_policies(g: &Guest, pid: u64) -> Vec<(u64, String, u32)> {
 ///    "sysrq: Resetting") and the guest resets within lease + watchdog + poll. Must
 ///    not: another fenced run on node2 on that boot: the kernel restarts less than RestartSec
 ///    after the daemon's decision, and a watcher on node2 sees one MainPID, NRestarts 1.
-/// 3. `systemctl stop fenced` on node1, the only node left: a clean leave. Must: the unit stops
+/// 3. `systemctl stop fenced` on node1, the only node left: a clean leave, with the unit's
+///    TimeoutStopSec lowered to 1 s (a drop-in), shorter than the leave. Must: the daemon extends
+///    the stop timeout (EXTEND_TIMEOUT_USEC) and the unit stops
 ///    cleanly (inactive, Result=success, no restart) within the leave's limit, the journal says
 ///    it left, node1's slot says Leaving, its key is off the LUN (no other node could take it
 ///    over, so it unregistered itself), and node1 keeps running past timeouts.watchdog + 2 s
@@ -486,13 +488,28 @@ fn fenced_service_under_systemd_notifies_restarts_after_a_crash_and_self_fences(
         "node1's daemon ran longer than WatchdogSec before the stop"
     );
     assert!(c.registered(0).unwrap().contains(&"node1".to_string()));
+    // A stop timeout shorter than the leave, as long fenced timeouts make the shipped 60 s:
+    // the daemon's EXTEND_TIMEOUT_USEC must keep systemd from killing it halfway.
+    let drop_in = "/etc/systemd/system/fenced.service.d/stop-timeout.conf";
+    g1.run_ok(&format!(
+        "mkdir -p /etc/systemd/system/fenced.service.d && \
+         printf '[Service]\\nTimeoutStopSec=1s\\n' > {drop_in} && systemctl daemon-reload && \
+         systemctl show -p TimeoutStopUSec fenced | grep -qx TimeoutStopUSec=1s"
+    ))
+    .unwrap();
     let stop = Instant::now();
     g1.run_ok("systemctl stop fenced").unwrap();
     let stopped = Instant::now();
     println!(
-        "MEASURED: `systemctl stop fenced` (a leave with no other node live) returned after {:.2} s",
+        "MEASURED: `systemctl stop fenced` (a leave with no other node live; TimeoutStopSec=1s, extended by the daemon) returned after {:.2} s",
         stopped.duration_since(stop).as_secs_f64()
     );
+    assert!(
+        stopped.duration_since(stop) > Duration::from_secs(1),
+        "the leave outlasted TimeoutStopSec=1s: only the extension let it finish"
+    );
+    g1.run_ok(&format!("rm {drop_in} && systemctl daemon-reload"))
+        .unwrap();
     let p = props(g1, &["ActiveState", "Result", "NRestarts"]);
     assert_eq!(
         (

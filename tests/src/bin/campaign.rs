@@ -104,8 +104,12 @@ fn run(args: &Args) -> Result<usize> {
     if args.dry_run {
         for r in &plan {
             println!(
-                "round {:>3} seed {}: {} at +{} ms",
-                r.number, args.seed, r.fault, r.inject_after_ms
+                "round {:>3} seed {}: {}: {} at +{} ms",
+                r.number,
+                args.seed,
+                r.fault.kind(),
+                r.fault,
+                r.inject_after_ms
             );
         }
         return Ok(0);
@@ -277,7 +281,7 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
     let mut snapshots: Vec<(usize, usize, Vec<String>)> = Vec::new();
     let mut heal = Heal::Nothing;
     let mut pending: Vec<Pending> = Vec::new();
-    let injected = Instant::now();
+    let mut injected = Instant::now();
     // When a fence returned: the victim's blocks are read then, and the bound of its reset
     // counts the fence's own time too.
     let mut fence_returned = None;
@@ -286,7 +290,24 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
         Fault::KillDaemon { node } => sh(&c.nodes[node], "pkill -KILL -x fenced")?,
         Fault::StopDaemon { node } => sh(&c.nodes[node], "pkill -STOP -x fenced")?,
         Fault::FreezeKernel { node } => {
-            pending.push(faults::freeze_kernel(c.lab.kernel(), &c.nodes[node], 30)?)
+            // Timed from the freeze itself, as the console shows it: loading the module takes
+            // a second or so under TCG, and the watchdog's bound starts at the freeze.
+            let ko = c.lab.kernel().build_module("freeze")?;
+            let g = &c.nodes[node];
+            let mark = "campaign: freezing now";
+            let before = g.console().matches(mark).count();
+            pending.push(g.spawn(&format!(
+                "echo '{mark}' > /dev/kmsg; rmmod freeze 2>/dev/null; insmod {} seconds=30",
+                ko.display()
+            ))?);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while g.console().matches(mark).count() == before
+                && g.is_running()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            injected = Instant::now();
         }
         Fault::Fence { from: f, victim } => {
             let out = c.fence(f, victim)?.0;
@@ -507,22 +528,43 @@ fn recover(c: &mut Cluster, writers: &mut [Option<Pending>], seen: &mut Observed
     }
     let all: Vec<usize> = (0..NODES).collect();
     if let Err(e) = c.wait_daemons_healthy(&all, Duration::from_secs(90)) {
-        seen.not_recovered
-            .push(format!("daemons not healthy 90 s after the heal: {e}"));
+        seen.not_recovered.push(format!(
+            "daemons not healthy 90 s after the heal: {}",
+            short(&e)
+        ));
     }
+    // Every node's key on every LUN. A node booted again may be listed twice: its new QEMU
+    // process logs in with a new ISID (a new I_T nexus) and the old boot's registration stays
+    // beside it, with the same key (a preempt of the key removes both).
     if let Err(e) = c.wait_until(Duration::from_secs(60), |st| {
         st["luns"].as_array().is_some_and(|l| {
             l.len() == LUNS
-                && l.iter()
-                    .all(|l| l["keys"].as_array().is_some_and(|k| k.len() == NODES))
+                && l.iter().all(|l| {
+                    (0..NODES).all(|i| {
+                        l["keys"]
+                            .as_array()
+                            .is_some_and(|k| k.iter().any(|k| k["node"] == node_name(i).as_str()))
+                    })
+                })
         })
     }) {
         seen.not_recovered.push(format!(
-            "not every key on every LUN 60 s after the heal: {e}"
+            "not every node's key on every LUN 60 s after the heal: {}",
+            short(&e)
         ));
     }
     for &i in &down {
         writers[i] = Some(start_writer(c, i)?);
     }
     Ok(())
+}
+
+/// The first 300 characters of an error (a status document can be long); the round's
+/// directory under target/vm-runs has the rest.
+fn short(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
 }

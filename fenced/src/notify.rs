@@ -70,36 +70,30 @@ impl Notifier {
     /// 236). A leave whose limit exceeds the unit's stop timeout (long timeouts) is not killed
     /// halfway, which would leave the watchdog armed and reset the node.
     pub fn stopping_within(&self, within: std::time::Duration) -> io::Result<()> {
-        if self.socket.is_none() {
-            return Ok(());
-        }
-        let mut buf = [0u8; 64];
-        let mut w = StackWriter {
-            buf: &mut buf,
-            len: 0,
-        };
-        let _ = std::fmt::write(
-            &mut w,
+        self.send_formatted(
+            &mut [0u8; 64],
             format_args!("STOPPING=1\nEXTEND_TIMEOUT_USEC={}", within.as_micros()),
-        );
-        let len = w.len;
-        self.send(&buf[..len])
+        )
     }
 
     /// `STATUS=<line>`, formatted into a stack buffer (truncated to [`STATUS_CAPACITY`]).
     pub fn status(&self, args: std::fmt::Arguments<'_>) -> io::Result<()> {
+        self.send_formatted(
+            &mut [0u8; STATUS_CAPACITY + 7],
+            format_args!("STATUS={args}"),
+        )
+    }
+
+    /// Formats `args` into `buf` (truncated to its length: no allocation) and sends it; nothing
+    /// is formatted when systemd is not listening.
+    fn send_formatted(&self, buf: &mut [u8], args: std::fmt::Arguments<'_>) -> io::Result<()> {
         if self.socket.is_none() {
             return Ok(());
         }
-        let mut buf = [0u8; STATUS_CAPACITY + 7];
-        buf[..7].copy_from_slice(b"STATUS=");
-        let mut w = StackWriter {
-            buf: &mut buf[7..],
-            len: 0,
-        };
+        let mut w = StackWriter { buf, len: 0 };
         let _ = std::fmt::write(&mut w, args);
-        let len = 7 + w.len;
-        self.send(&buf[..len])
+        let len = w.len;
+        self.send(&w.buf[..len])
     }
 }
 

@@ -289,6 +289,21 @@ pub struct VotingDisks {
     scratch: Vec<Observation>,
     report: RoundReport,
     write_status: Vec<DiskStatus>,
+    /// Per disk: the slot as last written there durably (RWF_DSYNC, acknowledged in time),
+    /// its heartbeat fields cleared ([`durable_part`]).
+    durable: Vec<Option<SlotBlock>>,
+    /// Per disk: whether the write in flight is a durable one.
+    durable_pending: Vec<bool>,
+}
+
+/// What of a slot must be on stable media before a write of it is claimed: all of it but the
+/// heartbeat, which the owner rewrites every round and nobody needs after a power loss.
+fn durable_part(block: &SlotBlock) -> SlotBlock {
+    SlotBlock {
+        heartbeat_seq: 0,
+        heartbeat_mono_ms: 0,
+        ..*block
+    }
 }
 
 fn buf_id(disk: usize, role: usize) -> usize {
@@ -299,11 +314,16 @@ fn user_data(tag: u64, id: usize) -> u64 {
     UD_IO | ((tag & UD_TAG_MASK) << UD_TAG_SHIFT) | (id as u64 & 0xffff)
 }
 
+/// O_DIRECT, without O_DSYNC: the writes that must be durable ask for it (RWF_DSYNC). On a
+/// disk with a volatile write cache and no FUA (virtio-blk, some LUNs), every durable write
+/// waits for the block layer's flush sequence, which runs on kblockd's kworkers at normal
+/// priority: real-time load that starves them held every heartbeat past its deadline and reset
+/// a healthy node (the fault campaign's `rt-hogs` below the loop's priority).
 fn open_disk(path: &Path) -> io::Result<File> {
     FsOpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .custom_flags(libc::O_DIRECT)
         .open(path)
 }
 
@@ -364,6 +384,8 @@ impl VotingDisks {
             scratch: Vec::new(),
             report: RoundReport::new(n, 0),
             write_status: vec![DiskStatus::Excluded; n],
+            durable: vec![None; n],
+            durable_pending: vec![false; n],
         };
 
         // Probe: read block 0 of every disk.
@@ -722,9 +744,11 @@ impl VotingDisks {
         &self.report
     }
 
-    /// Writes this node's slot block to every disk in parallel (O_DIRECT|O_DSYNC, linked
-    /// timeouts). Succeeds only when a majority acknowledged the whole block by the deadline;
-    /// otherwise nothing may be claimed (fail closed). Allocates nothing.
+    /// Writes this node's slot block to every disk in parallel (O_DIRECT, linked timeouts;
+    /// RWF_DSYNC where the disk has not yet stored durably what the block says besides its
+    /// heartbeat: a marker, a state). Succeeds only when a majority acknowledged the whole
+    /// block by the deadline; otherwise nothing may be claimed (fail closed). Allocates
+    /// nothing.
     pub fn write_own_slot(&mut self, block: &SlotBlock) -> Result<WriteAck, WriteError> {
         if block.cluster != self.header.cluster || block.slot >= self.header.slots {
             return Err(WriteError::InvalidBlock {
@@ -743,6 +767,7 @@ impl VotingDisks {
         self.batch.clear();
         let n = self.paths.len();
         let offset = slot_offset(block.slot);
+        let durable = durable_part(block);
         for disk in 0..n {
             let Some(fd) = self.files[disk].as_ref().map(AsRawFd::as_raw_fd) else {
                 self.write_status[disk] = DiskStatus::Excluded;
@@ -757,14 +782,21 @@ impl VotingDisks {
             encode_slot(block, &mut buf.mem[0].0);
             let ptr = buf.mem.as_ptr().cast::<u8>();
             let len = u32::try_from(BLOCK_SIZE).unwrap_or(0);
+            // Durable when anything but the heartbeat changed since this disk last stored the
+            // slot durably (a marker, a state, a new incarnation): a heartbeat alone is not.
+            let dsync = self.durable[disk] != Some(durable);
+            self.durable_pending[disk] = dsync;
+            let rw_flags = if dsync { libc::RWF_DSYNC } else { 0 };
             let write = if self.fixed_buffers {
                 let index = u16::try_from(disk * REGISTERED_ROLES + ROLE_WRITE).unwrap_or(u16::MAX);
                 opcode::WriteFixed::new(types::Fd(fd), ptr, len, index)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             } else {
                 opcode::Write::new(types::Fd(fd), ptr, len)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             };
             if self.push_linked(write, tag, id) {
@@ -783,8 +815,12 @@ impl VotingDisks {
                 continue;
             };
             buf.state = BufState::Free;
-            self.write_status[id / ROLES] = if usize::try_from(res).ok() == Some(BLOCK_SIZE) {
+            let disk = id / ROLES;
+            self.write_status[disk] = if usize::try_from(res).ok() == Some(BLOCK_SIZE) {
                 acked += 1;
+                if self.durable_pending[disk] {
+                    self.durable[disk] = Some(durable);
+                }
                 DiskStatus::Answered
             } else if res == -libc::ECANCELED || res == -libc::EINTR {
                 DiskStatus::TimedOut
@@ -838,5 +874,52 @@ impl Drop for VotingDisks {
                 tracing::warn!("voting-disk buffer still in flight at shutdown; leaked on purpose");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vdisk::format::{Marker, NodeName, SlotState};
+    use crate::vdisk::{BootId, ClusterId};
+
+    #[test]
+    fn a_heartbeat_alone_needs_no_durable_write_and_any_other_change_does() {
+        let block = SlotBlock {
+            cluster: ClusterId::NIL,
+            slot: 1,
+            state: SlotState::Joined,
+            node_name: NodeName::new("node2").unwrap(),
+            incarnation: 7,
+            heartbeat_seq: 41,
+            heartbeat_mono_ms: 1_000,
+            marker: Marker::default(),
+            boot: BootId::NIL,
+            fenced_boot: BootId::NIL,
+        };
+        let next_beat = SlotBlock {
+            heartbeat_seq: 42,
+            heartbeat_mono_ms: 2_000,
+            ..block
+        };
+        assert_eq!(durable_part(&block), durable_part(&next_beat));
+        let fenced = SlotBlock {
+            marker: Marker {
+                epoch: 1,
+                ..Marker::default()
+            },
+            ..next_beat
+        };
+        assert_ne!(durable_part(&block), durable_part(&fenced));
+        let leaving = SlotBlock {
+            state: SlotState::Leaving,
+            ..next_beat
+        };
+        assert_ne!(durable_part(&block), durable_part(&leaving));
+        let restarted = SlotBlock {
+            incarnation: 8,
+            ..next_beat
+        };
+        assert_ne!(durable_part(&block), durable_part(&restarted));
     }
 }

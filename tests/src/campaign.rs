@@ -90,7 +90,36 @@ pub enum Fault {
     /// The node's wall clock stepped by `secs` (forward or back); CLOCK_MONOTONIC must not
     /// care.
     ClockStep { node: usize, secs: i64 },
+    /// One path of data LUN `lun` offline on `node` (the SCSI device's state) for `ms`; with
+    /// `flap_ms` > 0 it goes offline and back every `flap_ms` instead (a flapping link).
+    PathDown {
+        node: usize,
+        lun: usize,
+        path: usize,
+        ms: u64,
+        flap_ms: u64,
+    },
+    /// Voting disk `disk` returning bad blocks: its block `block` (0 the header, 1 + s slot s)
+    /// overwritten on the disk every 200 ms for `ms`, torn (the block as read, its second half
+    /// zeroed: a write that reached the disk only in part) or with garbage; the header is
+    /// restored afterwards, a slot is rewritten by its owner.
+    VotingDiskCorrupt {
+        disk: usize,
+        block: u64,
+        torn: bool,
+        ms: u64,
+    },
+    /// Real-time CPU hogs on a node: one SCHED_FIFO hog per vCPU at `priority` for `secs`.
+    RtHogs {
+        node: usize,
+        priority: u8,
+        secs: u64,
+    },
 }
+
+/// The real-time priority of fenced's loop (SCHED_FIFO; fenced/src/daemon.rs): real-time hogs
+/// below it must not delay the loop, hogs at or above it starve it.
+pub const LOOP_PRIORITY: u8 = 10;
 
 /// The catalogue's kinds, in the order of the table.
 pub const KINDS: &[&str] = &[
@@ -107,6 +136,10 @@ pub const KINDS: &[&str] = &[
     "memory-pressure",
     "io-flood",
     "clock-step",
+    "path-down",
+    "path-flapping",
+    "voting-disk-corrupt",
+    "rt-hogs",
 ];
 
 /// What the fault model says a fault must cause.
@@ -121,9 +154,10 @@ pub enum Expect {
 }
 
 impl Fault {
-    /// Draws a fault of the catalogue for a cluster of `nodes` nodes (at least 2).
-    pub fn draw(rng: &mut Rng, nodes: usize) -> Fault {
-        let kind = KINDS[usize::try_from(rng.below(KINDS.len() as u64)).unwrap_or(0)];
+    /// Draws a fault of the kinds `kinds` (of [`KINDS`]) for a cluster of `nodes` nodes (at
+    /// least 2) with `luns` data LUNs of `paths` paths each.
+    pub fn draw(rng: &mut Rng, kinds: &[&str], nodes: usize, luns: usize, paths: usize) -> Fault {
+        let kind = kinds[usize::try_from(rng.below(kinds.len() as u64)).unwrap_or(0)];
         let node = rng.node(nodes);
         match kind {
             "kill-daemon" => Fault::KillDaemon { node },
@@ -164,6 +198,30 @@ impl Fault {
                 node,
                 secs: rng.between(5, 20),
             },
+            "path-down" | "path-flapping" => Fault::PathDown {
+                node,
+                lun: rng.node(luns),
+                path: rng.node(paths),
+                ms: rng.between(2_000, 15_000),
+                flap_ms: if kind == "path-flapping" {
+                    rng.between(300, 2_000)
+                } else {
+                    0
+                },
+            },
+            "voting-disk-corrupt" => Fault::VotingDiskCorrupt {
+                disk: rng.node(3),
+                block: rng.below(nodes as u64 + 1),
+                torn: rng.below(2) == 0,
+                ms: rng.between(2_000, 15_000),
+            },
+            "rt-hogs" => Fault::RtHogs {
+                node,
+                // Mostly below the loop's priority (the case a deployment meets: an RT
+                // application beside fenced), sometimes at or above it.
+                priority: u8::try_from(rng.between(1, u64::from(LOOP_PRIORITY) + 5)).unwrap_or(1),
+                secs: rng.between(3, 15),
+            },
             _ => Fault::ClockStep {
                 node,
                 secs: if rng.below(2) == 0 { 3_600 } else { -3_600 },
@@ -187,17 +245,26 @@ impl Fault {
             Fault::MemoryPressure { .. } => "memory-pressure",
             Fault::IoFlood { .. } => "io-flood",
             Fault::ClockStep { .. } => "clock-step",
+            Fault::PathDown { flap_ms: 0, .. } => "path-down",
+            Fault::PathDown { .. } => "path-flapping",
+            Fault::VotingDiskCorrupt { .. } => "voting-disk-corrupt",
+            Fault::RtHogs { .. } => "rt-hogs",
         }
     }
 
     /// What the model says must happen. Only the cluster's authority resets a healthy node:
     /// a fence (the victim, or exactly one of two fencers), a daemon that no longer feeds its
-    /// watchdog, a frozen kernel. Everything storage, load or clock does degrades and recovers.
+    /// watchdog, a frozen kernel, a loop starved by real-time hogs at or above its priority
+    /// (its own loop late). Everything storage, load or clock does degrades and recovers —
+    /// real-time hogs below the loop's priority included.
     pub fn expect(&self) -> Expect {
         match *self {
             Fault::KillDaemon { node }
             | Fault::StopDaemon { node }
             | Fault::FreezeKernel { node } => Expect::Reset(vec![node]),
+            Fault::RtHogs { node, priority, .. } if priority >= LOOP_PRIORITY => {
+                Expect::Reset(vec![node])
+            }
             Fault::Fence { victim, .. } => Expect::Reset(vec![victim]),
             Fault::MutualFence { a, b } => Expect::OneOf(a, b),
             _ => Expect::NoReset,
@@ -225,10 +292,13 @@ impl Fault {
             Fault::FreezeKernel { .. } => Duration::from_secs(30),
             Fault::TargetPaused { ms }
             | Fault::VotingDiskErrors { ms, .. }
-            | Fault::VotingDiskSlow { ms, .. } => Duration::from_millis(ms),
+            | Fault::VotingDiskSlow { ms, .. }
+            | Fault::PathDown { ms, .. }
+            | Fault::VotingDiskCorrupt { ms, .. } => Duration::from_millis(ms),
             Fault::CpuHogs { secs, .. }
             | Fault::MemoryPressure { secs, .. }
-            | Fault::IoFlood { secs, .. } => Duration::from_secs(secs),
+            | Fault::IoFlood { secs, .. }
+            | Fault::RtHogs { secs, .. } => Duration::from_secs(secs),
             _ => Duration::ZERO,
         }
     }
@@ -282,6 +352,51 @@ impl fmt::Display for Fault {
             Fault::ClockStep { node, secs } => {
                 write!(f, "{}'s wall clock stepped {secs:+} s", name(node))
             }
+            Fault::PathDown {
+                node,
+                lun,
+                path,
+                ms,
+                flap_ms: 0,
+            } => write!(
+                f,
+                "LUN {lun} path {path} down on {} for {ms} ms",
+                name(node)
+            ),
+            Fault::PathDown {
+                node,
+                lun,
+                path,
+                ms,
+                flap_ms,
+            } => write!(
+                f,
+                "LUN {lun} path {path} flapping every {flap_ms} ms on {} for {ms} ms",
+                name(node)
+            ),
+            Fault::VotingDiskCorrupt {
+                disk,
+                block,
+                torn,
+                ms,
+            } => write!(
+                f,
+                "voting disk {disk}'s {} {} for {ms} ms",
+                match block {
+                    0 => "header".to_string(),
+                    b => format!("slot {}", b - 1),
+                },
+                if torn { "torn" } else { "garbage" }
+            ),
+            Fault::RtHogs {
+                node,
+                priority,
+                secs,
+            } => write!(
+                f,
+                "SCHED_FIFO {priority} hogs on {} for {secs} s",
+                name(node)
+            ),
         }
     }
 }
@@ -298,14 +413,25 @@ pub struct Round {
     pub inject_after_ms: u64,
 }
 
-/// The campaign `seed` plays over `rounds` rounds on `nodes` nodes: the same arguments give the
-/// same rounds.
-pub fn plan(seed: u64, rounds: usize, nodes: usize) -> Vec<Round> {
+/// Where a campaign plays: its nodes, data LUNs and paths per LUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Nodes (at least 2).
+    pub nodes: usize,
+    /// Data LUNs.
+    pub luns: usize,
+    /// Paths per data LUN.
+    pub paths: usize,
+}
+
+/// The campaign `seed` plays over `rounds` rounds on a cluster of `shape`, drawing from `kinds`
+/// (every kind: [`KINDS`]): the same arguments give the same rounds.
+pub fn plan(seed: u64, rounds: usize, shape: Shape, kinds: &[&str]) -> Vec<Round> {
     let mut rng = Rng::new(seed);
     (1..=rounds)
         .map(|number| Round {
             number,
-            fault: Fault::draw(&mut rng, nodes),
+            fault: Fault::draw(&mut rng, kinds, shape.nodes, shape.luns, shape.paths),
             inject_after_ms: rng.between(0, 3_000),
         })
         .collect()
@@ -467,17 +593,53 @@ pub fn tally<'a>(
 mod tests {
     use super::*;
 
+    const SHAPE: Shape = Shape {
+        nodes: 3,
+        luns: 2,
+        paths: 2,
+    };
+
     #[test]
     fn the_same_seed_replays_the_same_campaign_and_another_seed_does_not() {
-        assert_eq!(plan(42, 50, 3), plan(42, 50, 3));
-        assert_ne!(plan(42, 50, 3), plan(43, 50, 3));
+        assert_eq!(plan(42, 50, SHAPE, KINDS), plan(42, 50, SHAPE, KINDS));
+        assert_ne!(plan(42, 50, SHAPE, KINDS), plan(43, 50, SHAPE, KINDS));
         // A longer campaign starts with the shorter one's rounds.
-        assert_eq!(plan(7, 100, 3)[..20], plan(7, 20, 3)[..]);
+        assert_eq!(
+            plan(7, 100, SHAPE, KINDS)[..20],
+            plan(7, 20, SHAPE, KINDS)[..]
+        );
+    }
+
+    #[test]
+    fn a_plan_restricted_to_some_kinds_draws_only_those() {
+        let kinds = ["rt-hogs", "path-flapping"];
+        let rounds = plan(5, 60, SHAPE, &kinds);
+        for kind in kinds {
+            assert!(rounds.iter().any(|r| r.fault.kind() == kind), "{kind}");
+        }
+        assert!(rounds.iter().all(|r| kinds.contains(&r.fault.kind())));
+    }
+
+    #[test]
+    fn real_time_hogs_reset_the_node_only_at_or_above_the_loop_priority() {
+        let hogs = |priority| Fault::RtHogs {
+            node: 1,
+            priority,
+            secs: 5,
+        };
+        assert_eq!(hogs(LOOP_PRIORITY - 1).expect(), Expect::NoReset);
+        assert_eq!(hogs(LOOP_PRIORITY).expect(), Expect::Reset(vec![1]));
+        assert_eq!(hogs(LOOP_PRIORITY + 5).expect(), Expect::Reset(vec![1]));
+        let below = plan(3, 400, SHAPE, &["rt-hogs"])
+            .iter()
+            .filter(|r| r.fault.expect() == Expect::NoReset)
+            .count();
+        assert!(below > 200 && below < 400, "{below} of 400 below the loop");
     }
 
     #[test]
     fn a_long_plan_draws_every_kind_and_only_valid_nodes() {
-        let rounds = plan(1, 400, 3);
+        let rounds = plan(1, 400, SHAPE, KINDS);
         for kind in KINDS {
             assert!(
                 rounds.iter().any(|r| r.fault.kind() == *kind),
@@ -489,6 +651,11 @@ mod tests {
                 Fault::Fence { from, victim } => assert!(from != victim && from < 3 && victim < 3),
                 Fault::MutualFence { a, b } => assert!(a != b && a < 3 && b < 3),
                 Fault::VotingDiskErrors { node, disk, .. } => assert!(node < 3 && disk < 3),
+                Fault::PathDown {
+                    node, lun, path, ..
+                } => assert!(node < 3 && lun < 2 && path < 2),
+                Fault::VotingDiskCorrupt { disk, block, .. } => assert!(disk < 3 && block <= 3),
+                Fault::RtHogs { priority, .. } => assert!((1..=99).contains(&priority)),
                 _ => {}
             }
             assert!(r.inject_after_ms <= 3_000);

@@ -49,12 +49,18 @@ struct Args {
     /// Print the rounds the seed plays and exit, without booting anything.
     #[arg(long)]
     dry_run: bool,
+    /// Draw only these kinds (comma-separated; default: the whole catalogue). Another set of
+    /// kinds is another campaign: the same seed then plays other rounds.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(campaign::KINDS))]
+    kinds: Vec<String>,
 }
 
 /// Nodes in the campaign's cluster.
 const NODES: usize = 3;
 /// Shared LUNs.
 const LUNS: usize = 2;
+/// Paths per shared LUN (target ports; every node attaches each LUN through each).
+const PATHS: usize = 2;
 /// Each node's tagged blocks on every LUN: 8 blocks from `WRITER_BASE + 16 * node`.
 const WRITER_BASE: u64 = 256;
 const WRITER_BLOCKS: u64 = 8;
@@ -100,7 +106,17 @@ fn build_fenced() -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<usize> {
-    let plan = campaign::plan(args.seed, args.rounds, NODES);
+    let kinds: Vec<&str> = if args.kinds.is_empty() {
+        campaign::KINDS.to_vec()
+    } else {
+        args.kinds.iter().map(String::as_str).collect()
+    };
+    let shape = campaign::Shape {
+        nodes: NODES,
+        luns: LUNS,
+        paths: PATHS,
+    };
+    let plan = campaign::plan(args.seed, args.rounds, shape, &kinds);
     if args.dry_run {
         for r in &plan {
             println!(
@@ -126,9 +142,14 @@ fn run(args: &Args) -> Result<usize> {
     let mut record = std::fs::File::create(&json_path)
         .map_err(|e| kmod_testing::Error::Setup(format!("{}: {e}", json_path.display())))?;
     println!(
-        "campaign: seed {}, {} rounds, fenced {}{}",
+        "campaign: seed {}, {} rounds{}, fenced {}{}",
         args.seed,
         args.rounds,
+        if args.kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" of {}", kinds.join(", "))
+        },
         project_binary("fenced").display(),
         if cfg!(feature = "broken-fence") {
             " (built with the broken-fence feature: its fences do nothing)"
@@ -139,6 +160,7 @@ fn run(args: &Args) -> Result<usize> {
     let began = Instant::now();
     let mut spec = ClusterSpec::new(&format!("campaign-{}", args.seed), TargetKind::Lio);
     spec.luns = LUNS;
+    spec.paths = PATHS;
     spec.voting_via_dm = true;
     let mut say = |s: &str| println!("  {s}");
     let mut c = Cluster::start(&mut say, &spec)?;
@@ -224,9 +246,9 @@ fn run(args: &Args) -> Result<usize> {
     Ok(violations)
 }
 
-/// Starts node `i`'s writer: its tagged blocks on every LUN, one block per LUN every 250 ms,
-/// O_DIRECT|O_DSYNC; refused writes are ignored (a fenced node keeps trying, as an application
-/// would).
+/// Starts node `i`'s writer: its tagged blocks on every LUN through every path, one block per
+/// path every 250 ms, O_DIRECT|O_DSYNC; refused writes are ignored (a fenced node keeps trying,
+/// as an application would, and a fence must cut every path).
 fn start_writer(c: &Cluster, i: usize) -> Result<Pending> {
     let devs = c.lun_devices[i].join(" ");
     c.nodes[i].spawn(&format!(
@@ -245,10 +267,12 @@ fn start_writer(c: &Cluster, i: usize) -> Result<Pending> {
     ))
 }
 
-/// The tags in `victim`'s blocks on every LUN, as node `reader` reads them (O_DIRECT).
+/// The tags in `victim`'s blocks on every LUN, as node `reader` reads them (O_DIRECT, through
+/// each LUN's first path).
 fn read_tags(c: &Cluster, reader: usize, victim: usize) -> Result<Vec<String>> {
     let mut tags = Vec::new();
-    for (k, dev) in c.lun_devices[reader].iter().enumerate() {
+    for (k, paths) in c.lun_paths()[reader].iter().enumerate() {
+        let dev = &paths[0];
         let out = c.nodes[reader].run_ok(&format!(
             "dd if={dev} bs=4096 skip={} count={WRITER_BLOCKS} iflag=direct status=none | tr -d '\\000' | grep -a FCAMP || true",
             WRITER_BASE + 16 * victim as u64
@@ -263,8 +287,33 @@ fn read_tags(c: &Cluster, reader: usize, victim: usize) -> Result<Vec<String>> {
 enum Heal {
     Nothing,
     Target,
-    VotingDisk { node: usize, disk: usize },
-    Clock { node: usize, secs: i64 },
+    VotingDisk {
+        node: usize,
+        disk: usize,
+    },
+    Clock {
+        node: usize,
+        secs: i64,
+    },
+    /// A path back online (after its flapping loop, if any, ended).
+    Path {
+        node: usize,
+        dev: String,
+    },
+    /// A corrupted voting-disk block: wait for the corrupting loop on node 0, then write back
+    /// the header saved before (a slot block is rewritten by its owner every round).
+    Corrupt {
+        raw: String,
+        header: bool,
+    },
+}
+
+/// Where node 0 keeps a voting disk's header during a `voting-disk-corrupt` round.
+const SAVED_HEADER: &str = "/tmp/campaign-vote-header";
+
+/// `ms` as seconds for timeout(1) and sleep(1).
+fn secs(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// Plays one round: waits its moment, injects its fault, watches every node until the fault's
@@ -281,6 +330,8 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
     let mut snapshots: Vec<(usize, usize, Vec<String>)> = Vec::new();
     let mut heal = Heal::Nothing;
     let mut pending: Vec<Pending> = Vec::new();
+    // A loop on a node that must have ended before the heal (it would undo it).
+    let mut ends_before_heal: Option<(usize, Pending)> = None;
     let mut injected = Instant::now();
     // When a fence returned: the victim's blocks are read then, and the bound of its reset
     // counts the fence's own time too.
@@ -300,14 +351,7 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
                 "echo '{mark}' > /dev/kmsg; rmmod freeze 2>/dev/null; insmod {} seconds=30",
                 ko.display()
             ))?);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while g.console().matches(mark).count() == before
-                && g.is_running()
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            injected = Instant::now();
+            injected = console_mark(g, mark, before);
         }
         Fault::Fence { from: f, victim } => {
             let out = c.fence(f, victim)?.0;
@@ -342,8 +386,7 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
             c.target.restart_dropping_pr_state()?;
         }
         Fault::VotingDiskErrors { node, disk, .. } => {
-            let raw = c.nodes[node].disk_by_serial(&format!("vote{disk}"))?;
-            faults::dm_reload(&c.nodes[node], &format!("vote{disk}"), &raw, "error", "")?;
+            vote_table(c, node, disk, "error", "")?;
             heal = Heal::VotingDisk { node, disk };
         }
         Fault::VotingDiskSlow {
@@ -352,14 +395,7 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
             delay_ms,
             ..
         } => {
-            let raw = c.nodes[node].disk_by_serial(&format!("vote{disk}"))?;
-            faults::dm_reload(
-                &c.nodes[node],
-                &format!("vote{disk}"),
-                &raw,
-                "delay",
-                &format!("0 {delay_ms}"),
-            )?;
+            vote_table(c, node, disk, "delay", &format!("0 {delay_ms}"))?;
             heal = Heal::VotingDisk { node, disk };
         }
         Fault::CpuHogs { node, secs } => pending.push(c.nodes[node].spawn(&format!(
@@ -380,6 +416,90 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
                 &format!("date -s @$(( $(date +%s) + ({secs}) )) >/dev/null"),
             )?;
             heal = Heal::Clock { node, secs };
+        }
+        Fault::PathDown {
+            node,
+            lun,
+            path,
+            ms,
+            flap_ms,
+        } => {
+            let dev = c.lun_paths()[node][lun][path].clone();
+            if flap_ms == 0 {
+                faults::path_offline(&c.nodes[node], &dev)?;
+            } else {
+                let state = format!(
+                    "/sys/block/{}/device/state",
+                    dev.trim_start_matches("/dev/")
+                );
+                ends_before_heal = Some((
+                    node,
+                    c.nodes[node].spawn(&format!(
+                        "timeout {} sh -c 'while :; do echo offline > {state}; sleep {f}; \
+                         echo running > {state}; sleep {f}; done'; echo running > {state}",
+                        secs(ms),
+                        f = secs(flap_ms)
+                    ))?,
+                ));
+            }
+            heal = Heal::Path { node, dev };
+        }
+        Fault::VotingDiskCorrupt {
+            disk,
+            block,
+            torn,
+            ms,
+        } => {
+            let g = &c.nodes[0];
+            let raw = g.disk_by_serial(&format!("vote{disk}"))?;
+            if block == 0 {
+                sh(
+                    g,
+                    &format!(
+                        "dd if={raw} of={SAVED_HEADER} bs=4096 count=1 iflag=direct status=none"
+                    ),
+                )?;
+            }
+            let write = if torn {
+                format!(
+                    "dd if={raw} bs=4096 skip={block} count=1 iflag=direct status=none | head -c 2048 > /tmp/campaign-torn; \
+                     head -c 2048 /dev/zero >> /tmp/campaign-torn; \
+                     dd if=/tmp/campaign-torn of={raw} bs=4096 seek={block} count=1 oflag=direct conv=notrunc status=none"
+                )
+            } else {
+                format!(
+                    "dd if=/dev/urandom of={raw} bs=4096 seek={block} count=1 oflag=direct conv=notrunc status=none"
+                )
+            };
+            ends_before_heal = Some((
+                0,
+                g.spawn(&format!(
+                    "timeout {} sh -c 'while :; do {write}; sleep 0.2; done'; true",
+                    secs(ms)
+                ))?,
+            ));
+            heal = Heal::Corrupt {
+                raw,
+                header: block == 0,
+            };
+        }
+        Fault::RtHogs {
+            node,
+            priority,
+            secs,
+        } => {
+            // One busy loop per vCPU, each SCHED_FIFO from its first instruction (chrt execs
+            // it so), timed from the first one's mark on the console: starting a program
+            // under TCG takes a second or more, and the bound starts when the CPUs are taken.
+            let g = &c.nodes[node];
+            let mark = "campaign: real-time hog running";
+            let before = g.console().matches(mark).count();
+            pending.push(g.spawn(&format!(
+                "for i in $(seq $(nproc)); do \
+                   timeout {secs} chrt -f {priority} sh -c 'echo \"{mark}\" > /dev/kmsg; while :; do :; done' & \
+                 done; wait"
+            ))?);
+            injected = console_mark(g, mark, before);
         }
     }
     let bound = bound + fence_returned.map_or(Duration::ZERO, |at| at - injected);
@@ -403,19 +523,17 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
         let now = Instant::now();
         if !healed && now >= heal_at {
             healed = true;
-            match heal {
+            if let Some((node, p)) = ends_before_heal.take() {
+                if c.nodes[node].is_running() {
+                    c.nodes[node].wait(p, Duration::from_secs(30))?;
+                }
+            }
+            match std::mem::replace(&mut heal, Heal::Nothing) {
                 Heal::Nothing => {}
                 Heal::Target => c.target.resume()?,
                 Heal::VotingDisk { node, disk } => {
                     if c.nodes[node].is_running() {
-                        let raw = c.nodes[node].disk_by_serial(&format!("vote{disk}"))?;
-                        faults::dm_reload(
-                            &c.nodes[node],
-                            &format!("vote{disk}"),
-                            &raw,
-                            "linear",
-                            "0",
-                        )?;
+                        vote_table(c, node, disk, "linear", "0")?;
                     }
                 }
                 Heal::Clock { node, secs } => {
@@ -423,6 +541,21 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
                         sh(
                             &c.nodes[node],
                             &format!("date -s @$(( $(date +%s) - ({secs}) )) >/dev/null"),
+                        )?;
+                    }
+                }
+                Heal::Path { node, dev } => {
+                    if c.nodes[node].is_running() {
+                        faults::path_online(&c.nodes[node], &dev)?;
+                    }
+                }
+                Heal::Corrupt { raw, header } => {
+                    if header && c.nodes[0].is_running() {
+                        sh(
+                            &c.nodes[0],
+                            &format!(
+                                "dd if={SAVED_HEADER} of={raw} bs=4096 count=1 oflag=direct conv=notrunc status=none"
+                            ),
                         )?;
                     }
                 }
@@ -460,18 +593,53 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
     Ok((seen, bound))
 }
 
+/// When `mark` appeared on `g`'s console once more than the `before` times it had (waiting at
+/// most 20 s, or until the guest is gone): the moment a fault took effect in the guest.
+fn console_mark(g: &Guest, mark: &str, before: usize) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.console().matches(mark).count() == before && g.is_running() && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Instant::now()
+}
+
+/// Reloads node `node`'s device-mapper device over voting disk `disk` (`voteN`) with the
+/// table `target args` on its raw disk: `error`, `delay`, or `linear` to heal.
+fn vote_table(c: &Cluster, node: usize, disk: usize, target: &str, args: &str) -> Result<()> {
+    let name = format!("vote{disk}");
+    let raw = c.nodes[node].disk_by_serial(&name)?;
+    faults::dm_reload(&c.nodes[node], &name, &raw, target, args)
+}
+
 /// Why node `g` reset, from its daemon's log: the reason of its last "fencing this node"
-/// line, else the hardware watchdog (the daemon stopped feeding it).
+/// line; else the hardware watchdog, with the reason the daemon last gave for not feeding it
+/// when its last verdict was "unhealthy" (none: the daemon stopped, hung or was starved).
 fn cause(c: &Cluster, g: &Guest) -> String {
     let log = c.daemon_log(g);
-    // `... fencing this node reason=<text> action=Reboot` (tracing's plain format).
-    match log.lines().rev().find(|l| l.contains("fencing this node")) {
-        Some(l) => {
-            let reason = l.split("reason=").nth(1).unwrap_or(l);
-            let reason = reason.split(" action=").next().unwrap_or(reason);
-            format!("self-fence: {}", reason.trim().trim_matches('"'))
+    // `... fencing this node reason=<text> action=Reboot`, `... unhealthy: not feeding the
+    // watchdog node=<n> reason=<text>` (tracing's plain format).
+    let reason = |l: &str| {
+        let r = l.split("reason=").nth(1).unwrap_or(l);
+        r.split(" action=")
+            .next()
+            .unwrap_or(r)
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
+    if let Some(l) = log.lines().rev().find(|l| l.contains("fencing this node")) {
+        return format!("self-fence: {}", reason(l));
+    }
+    match log
+        .lines()
+        .rev()
+        .find(|l| l.contains("unhealthy: not feeding") || l.contains("healthy: feeding"))
+    {
+        Some(l) if l.contains("unhealthy: not feeding") => {
+            format!("hardware watchdog, the daemon unhealthy: {}", reason(l))
         }
-        None => "hardware watchdog".into(),
+        _ => "hardware watchdog".into(),
     }
 }
 

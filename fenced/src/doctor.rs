@@ -11,7 +11,7 @@
 //!   warned about (dm-multipath's PR preempt never sets the abort flag); per LUN: REPORT
 //!   CAPABILITIES (type 5, Write Exclusive – Registrants Only, in the type mask; PTPL), READ FULL
 //!   STATUS (one registration of our key per configured path), the reservation (type 5 held),
-//!   and PREEMPT AND ABORT support, probed by [`preempt_abort_probe`]: PREEMPT AND ABORT for a
+//!   and PREEMPT AND ABORT support, probed by [`sg_pr::PrDevice::probe_preempt_abort`]: PREEMPT AND ABORT for a
 //!   key nobody holds, which a target that implements it must refuse with RESERVATION CONFLICT
 //!   and one that does not rejects as an ILLEGAL REQUEST. What the target declares in REPORT
 //!   SUPPORTED OPERATION CODES is only the fallback, reported beside the probe: LIO does not
@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
-use sg_pr::{DataTransfer, PersistentReservations, PrType, ScsiStatus, ScsiTransport};
+use sg_pr::{PersistentReservations, PrType, PreemptAbort};
 
 use crate::config::{Config, WatchdogPolicy};
 use crate::luns::{self, FENCING_TYPE};
@@ -250,113 +250,7 @@ fn voting_disks(config: &Config, r: &mut Report) {
     }
 }
 
-/// PREEMPT AND ABORT support as the target declares it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PreemptAbort {
-    /// The target says it supports it.
-    Supported,
-    /// The target says it does not.
-    NotSupported,
-    /// The target did not say (why).
-    Unknown(String),
-}
-
-/// Asks the target through REPORT SUPPORTED OPERATION CODES (MAINTENANCE IN, service action
-/// 0x0C), one-command form with service action (REPORTING OPTIONS 010b), for PERSISTENT RESERVE
-/// OUT (0x5F) service action PREEMPT AND ABORT (0x05). The reply's SUPPORT field (byte 1 bits
-/// 2..0): 011b/101b supported, 001b not supported, 000b not available.
-pub fn preempt_abort_support<T: ScsiTransport + ?Sized>(
-    transport: &T,
-    timeout: Duration,
-) -> PreemptAbort {
-    let mut cdb = [0u8; 12];
-    cdb[0] = 0xa3;
-    cdb[1] = 0x0c;
-    cdb[2] = 0x02;
-    cdb[3] = 0x5f;
-    cdb[4..6].copy_from_slice(&5u16.to_be_bytes());
-    let mut buf = [0u8; 64];
-    let len = u32::try_from(buf.len()).unwrap_or(64);
-    cdb[6..10].copy_from_slice(&len.to_be_bytes());
-    // One retry absorbs a pending UNIT ATTENTION.
-    for _ in 0..2 {
-        let out = match transport.execute(&cdb, DataTransfer::FromDevice(&mut buf), timeout) {
-            Ok(o) => o,
-            Err(e) => return PreemptAbort::Unknown(e.to_string()),
-        };
-        if out.status == ScsiStatus::GOOD {
-            return match buf[1] & 0x07 {
-                0b011 | 0b101 => PreemptAbort::Supported,
-                0b001 => PreemptAbort::NotSupported,
-                s => PreemptAbort::Unknown(format!(
-                    "REPORT SUPPORTED OPERATION CODES answered SUPPORT {s:03b} (no data)"
-                )),
-            };
-        }
-        let sense = out.decoded_sense();
-        let unit_attention = sense
-            .as_ref()
-            .is_some_and(|s| s.key == sg_pr::SenseKey::UnitAttention);
-        if !unit_attention {
-            return PreemptAbort::Unknown(match sense {
-                Some(s) => {
-                    format!("the target does not support REPORT SUPPORTED OPERATION CODES ({s})")
-                }
-                None => format!("REPORT SUPPORTED OPERATION CODES: status {}", out.status),
-            });
-        }
-    }
-    PreemptAbort::Unknown("unit attentions kept arriving".into())
-}
-
-/// Tests PREEMPT AND ABORT support without changing anything: sends PREEMPT AND ABORT (type 5)
-/// with this nexus' registered key `own` for `absent`, a key no one holds. SPC's PREEMPT rules:
-/// when the service action key matches no registration (and is not the reservation holder's)
-/// the device server removes nothing and terminates the command with RESERVATION CONFLICT — a
-/// target that does not implement the service action rejects it first as ILLEGAL REQUEST
-/// (INVALID FIELD IN CDB). Seen in guests: LIO answers RESERVATION CONFLICT with keys,
-/// reservation and PR generation unchanged; tgt answers ILLEGAL REQUEST.
-///
-/// `own` must be registered through this nexus (an unregistered nexus gets RESERVATION CONFLICT
-/// for any PREEMPT), and `absent` must not be 0 or any registered key: the caller checks both.
-pub fn preempt_abort_probe<T: ScsiTransport + ?Sized>(
-    transport: &T,
-    own: sg_pr::ReservationKey,
-    absent: sg_pr::ReservationKey,
-    timeout: Duration,
-) -> PreemptAbort {
-    use sg_pr::cdb::{pr_out, pr_out_params, PrOutAction, PrOutFlags};
-    let cdb = pr_out(PrOutAction::PreemptAndAbort, Some(FENCING_TYPE));
-    let params = pr_out_params(own, absent, PrOutFlags::default());
-    for _ in 0..2 {
-        let out = match transport.execute(&cdb, DataTransfer::ToDevice(&params), timeout) {
-            Ok(o) => o,
-            Err(e) => return PreemptAbort::Unknown(format!("the probe failed: {e}")),
-        };
-        if out.status == ScsiStatus::RESERVATION_CONFLICT {
-            return PreemptAbort::Supported;
-        }
-        if out.status == ScsiStatus::GOOD {
-            return PreemptAbort::Unknown(
-                "the target accepted a PREEMPT AND ABORT of a key nobody holds (SPC requires RESERVATION CONFLICT)".into(),
-            );
-        }
-        match out.decoded_sense() {
-            Some(s) if s.key == sg_pr::SenseKey::UnitAttention => continue,
-            Some(s) if s.is_unsupported_command() => return PreemptAbort::NotSupported,
-            Some(s) => return PreemptAbort::Unknown(format!("the probe was answered {s}")),
-            None => {
-                return PreemptAbort::Unknown(format!(
-                    "the probe was answered with status {}",
-                    out.status
-                ))
-            }
-        }
-    }
-    PreemptAbort::Unknown("unit attentions kept arriving".into())
-}
-
-/// A key for [`preempt_abort_probe`]: random, not 0, not registered, not any member's.
+/// A key for [`sg_pr::PrDevice::probe_preempt_abort`]: random, not 0, not registered, not any member's.
 fn absent_key(
     config: &Config,
     registered: &sg_pr::RegisteredKeys,
@@ -367,13 +261,12 @@ fn absent_key(
     })
 }
 
-/// [`preempt_abort_probe`] on one LUN, with the preconditions checked and the registrations
-/// compared before and after: a definite answer (never [`PreemptAbort::Unknown`]) and the key
-/// probed, or why there is none.
+/// [`sg_pr::PrDevice::probe_preempt_abort`] on one LUN, with the preconditions checked and the
+/// registrations compared before and after: a definite answer (never
+/// [`PreemptAbort::Unknown`]) and the key probed, or why there is none.
 fn probe_preempt_abort(
     config: &Config,
     sg: &sg_pr::PrDevice<sg_pr::SgDevice>,
-    timeout: Duration,
 ) -> Result<(PreemptAbort, sg_pr::ReservationKey), String> {
     let own = config.me.key;
     let before = sg.keys().map_err(|e| format!("READ KEYS: {e}"))?.value;
@@ -381,7 +274,7 @@ fn probe_preempt_abort(
         return Err("not probed: this node's key is not registered through this path".into());
     }
     let absent = absent_key(config, &before).ok_or("not probed: no random key available")?;
-    let support = match preempt_abort_probe(sg.transport(), own, absent, timeout) {
+    let support = match sg.probe_preempt_abort(own, absent, FENCING_TYPE) {
         PreemptAbort::Unknown(why) => return Err(why),
         definite => definite,
     };
@@ -795,8 +688,8 @@ fn shared_luns(config: &Config, r: &mut Report) {
         }
         // The probe decides; the declaration is only a fallback: tgt declares PREEMPT AND ABORT
         // supported and then rejects it.
-        let declared = preempt_abort_support(sg.transport(), timeout);
-        let (support, how) = match probe_preempt_abort(config, sg, timeout) {
+        let declared = sg.preempt_abort_declared();
+        let (support, how) = match probe_preempt_abort(config, sg) {
             Ok((probed, key)) => {
                 let said = match declared {
                     PreemptAbort::Unknown(why) => why,
@@ -977,8 +870,6 @@ mod tests {
         );
         assert_eq!(multipath_reservation_key("defaults {\n}"), None);
     }
-    use sg_pr::fake::{ScriptedTransport, Step};
-    use sg_pr::ReservationKey;
 
     #[test]
     fn report_fails_only_on_fail() {
@@ -996,72 +887,5 @@ mod tests {
         let r = run(Path::new("/nonexistent/fenced.toml"));
         assert_eq!(r.checks.len(), 1);
         assert_eq!(r.checks[0].verdict, Verdict::Fail);
-    }
-
-    #[test]
-    fn preempt_abort_probe_reads_conflict_as_supported_and_illegal_request_as_not() {
-        let t = Duration::from_secs(1);
-        let (own, absent) = (ReservationKey(0x11), ReservationKey(0xdead));
-        let fake = ScriptedTransport::new("sdx", [Step::status(ScsiStatus::RESERVATION_CONFLICT)]);
-        assert_eq!(
-            preempt_abort_probe(&fake, own, absent, t),
-            PreemptAbort::Supported
-        );
-        let sent = &fake.sent()[0];
-        // PR OUT, PREEMPT AND ABORT, LU scope type 5; our key, then the absent one.
-        assert_eq!(&sent.cdb[..3], &[0x5f, 0x05, 0x05]);
-        assert_eq!(&sent.data_out[..8], &0x11u64.to_be_bytes());
-        assert_eq!(&sent.data_out[8..16], &0xdeadu64.to_be_bytes());
-        // tgt: INVALID FIELD IN CDB.
-        let fake = ScriptedTransport::new("sdx", [Step::check(0x5, 0x24, 0x00)]);
-        assert_eq!(
-            preempt_abort_probe(&fake, own, absent, t),
-            PreemptAbort::NotSupported
-        );
-        // A pending unit attention is absorbed.
-        let fake = ScriptedTransport::new(
-            "sdx",
-            [
-                Step::check(0x6, 0x29, 0x00),
-                Step::status(ScsiStatus::RESERVATION_CONFLICT),
-            ],
-        );
-        assert_eq!(
-            preempt_abort_probe(&fake, own, absent, t),
-            PreemptAbort::Supported
-        );
-        // GOOD for a key nobody holds is not what SPC allows: say so rather than guess.
-        let fake = ScriptedTransport::new("sdx", [Step::good()]);
-        assert!(matches!(
-            preempt_abort_probe(&fake, own, absent, t),
-            PreemptAbort::Unknown(_)
-        ));
-        // Any other error: unknown, with the sense.
-        let fake = ScriptedTransport::new("sdx", [Step::check(0x2, 0x04, 0x03)]);
-        assert!(matches!(
-            preempt_abort_probe(&fake, own, absent, t),
-            PreemptAbort::Unknown(_)
-        ));
-    }
-
-    #[test]
-    fn preempt_abort_support_reads_the_support_field() {
-        let t = Duration::from_secs(1);
-        let reply = |support: u8| Step::data(vec![0, support, 0, 10]);
-        let fake = ScriptedTransport::new("sdx", [reply(0x03)]);
-        assert_eq!(preempt_abort_support(&fake, t), PreemptAbort::Supported);
-        let cdb = &fake.sent()[0].cdb;
-        assert_eq!(&cdb[..6], &[0xa3, 0x0c, 0x02, 0x5f, 0x00, 0x05]);
-        let fake = ScriptedTransport::new("sdx", [reply(0x01)]);
-        assert_eq!(preempt_abort_support(&fake, t), PreemptAbort::NotSupported);
-        // A pending unit attention first, then the answer.
-        let fake = ScriptedTransport::new("sdx", [Step::check(0x6, 0x29, 0x00), reply(0x05)]);
-        assert_eq!(preempt_abort_support(&fake, t), PreemptAbort::Supported);
-        // ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE: the target does not say.
-        let fake = ScriptedTransport::new("sdx", [Step::check(0x5, 0x20, 0x00)]);
-        assert!(matches!(
-            preempt_abort_support(&fake, t),
-            PreemptAbort::Unknown(_)
-        ));
     }
 }

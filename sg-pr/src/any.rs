@@ -4,9 +4,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::blk::BlockPrDevice;
-use crate::commands::{Completed, PersistentReservations, PrDevice, PrOperation, Report};
+use crate::commands::PrDevice;
 use crate::device::{is_device_mapper, open_device_node, NodeKind, SgDevice};
 use crate::error::{Error, Result};
+use crate::ops::{Completed, PersistentReservations, PrOperation, Report};
 use crate::pr::{RegisteredKeys, ReservationStatus};
 
 /// How to reach a device.

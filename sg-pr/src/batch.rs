@@ -18,11 +18,9 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::cdb::{self, PrInAction};
-use crate::commands::{
-    name_command, pr_in_reread, pr_out_fields, Attempts, Completed, PrOperation, Report,
-    RetryPolicy, Verdict,
-};
+use crate::commands::{name_command, pr_in_reread, pr_out_fields, Attempts, RetryPolicy, Verdict};
 use crate::error::Error;
+use crate::ops::{Completed, PrOperation, Report};
 use crate::pr::{RegisteredKeys, ReservationStatus};
 use crate::transport::CommandOutcome;
 

@@ -12,59 +12,13 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use crate::commands::{Completed, PersistentReservations, PrOperation, Report};
 use crate::device::{open_device_node, NodeKind};
 use crate::error::{Error, Result};
+use crate::ops::{Completed, PersistentReservations, PrOperation, Report};
 use crate::pr::{RegisteredKeys, Reservation, ReservationStatus};
+use crate::status::PrStatus;
 use crate::sys;
 use crate::types::{PrType, ReservationKey};
-
-/// `PR_STS_SUCCESS`.
-pub const PR_STS_SUCCESS: u32 = 0;
-/// `PR_STS_IOERR`.
-pub const PR_STS_IOERR: u32 = 0x2;
-/// `PR_STS_RESERVATION_CONFLICT`.
-pub const PR_STS_RESERVATION_CONFLICT: u32 = 0x18;
-/// `PR_STS_RETRY_PATH_FAILURE`.
-pub const PR_STS_RETRY_PATH_FAILURE: u32 = 0xe0000;
-/// `PR_STS_PATH_FAST_FAILED`.
-pub const PR_STS_PATH_FAST_FAILED: u32 = 0xf0000;
-/// `PR_STS_PATH_FAILED`.
-pub const PR_STS_PATH_FAILED: u32 = 0x10000;
-
-/// Name of a `enum pr_status` value.
-pub fn pr_status_name(status: u32) -> &'static str {
-    match status {
-        PR_STS_SUCCESS => "success",
-        PR_STS_IOERR => "I/O error",
-        PR_STS_RESERVATION_CONFLICT => "reservation conflict",
-        PR_STS_RETRY_PATH_FAILURE => "temporary path failure",
-        PR_STS_PATH_FAST_FAILED => "path fast-failed",
-        PR_STS_PATH_FAILED => "path failed",
-        _ => "unknown status (a raw SCSI result from a kernel before 6.4?)",
-    }
-}
-
-/// SAM status RESERVATION CONFLICT, the low byte of a raw SCSI result.
-const SAM_STAT_RESERVATION_CONFLICT: u32 = 0x18;
-
-/// Maps what a PR ioctl returned to an `enum pr_status` value. Kernels before 6.4 (sd) return
-/// the raw SCSI result instead: host byte << 16 | midlayer byte << 8 | SAM status. Linux 6.1's
-/// sd answers a conflict with 0x118 (SCSIML_STAT_RESV_CONFLICT | RESERVATION CONFLICT), seen in
-/// the VM tests. The enum's values were chosen to match that layout, so only a conflict needs
-/// translating; anything else is kept raw and named by [`pr_status_name`].
-pub fn normalize_pr_status(raw: u32) -> u32 {
-    match raw {
-        PR_STS_SUCCESS
-        | PR_STS_IOERR
-        | PR_STS_RESERVATION_CONFLICT
-        | PR_STS_RETRY_PATH_FAILURE
-        | PR_STS_PATH_FAST_FAILED
-        | PR_STS_PATH_FAILED => raw,
-        r if r & 0xff == SAM_STAT_RESERVATION_CONFLICT => PR_STS_RESERVATION_CONFLICT,
-        r => r,
-    }
-}
 
 /// Most keys read through IOC_PR_READ_KEYS (the kernel's PR_KEYS_MAX is 65536).
 const MAX_KEYS: usize = 1 << 16;
@@ -94,9 +48,9 @@ impl BlockPrDevice {
 
     /// Maps an ioctl result to this crate's errors.
     fn check(&self, op: &'static str, r: io::Result<u32>) -> Result<()> {
-        match r.map(normalize_pr_status) {
-            Ok(PR_STS_SUCCESS) => Ok(()),
-            Ok(PR_STS_RESERVATION_CONFLICT) => Err(Error::ReservationConflict {
+        match r.map(PrStatus::from_raw) {
+            Ok(PrStatus::Success) => Ok(()),
+            Ok(PrStatus::ReservationConflict) => Err(Error::ReservationConflict {
                 device: self.name.clone(),
                 command: op,
                 after_ambiguous_retry: false,
@@ -342,18 +296,6 @@ impl PersistentReservations for BlockPrDevice {
 mod tests {
     use super::*;
 
-    /// Regression (Linux 6.1 sd, VM test): a conflict came back as 0x118, reported as
-    /// "unknown status" with exit 1 instead of RESERVATION CONFLICT (24).
-    #[test]
-    fn raw_scsi_result_of_old_kernels_maps_reservation_conflict() {
-        assert_eq!(normalize_pr_status(0x118), PR_STS_RESERVATION_CONFLICT);
-        assert_eq!(normalize_pr_status(0x18), PR_STS_RESERVATION_CONFLICT);
-        assert_eq!(normalize_pr_status(PR_STS_PATH_FAILED), PR_STS_PATH_FAILED);
-        assert_eq!(normalize_pr_status(0), PR_STS_SUCCESS);
-        assert_eq!(normalize_pr_status(0x2), PR_STS_IOERR);
-        assert_eq!(normalize_pr_status(0x7_0002), 0x7_0002);
-    }
-
     #[test]
     fn reserve_argument_uses_block_layer_type_numbers() {
         let a = reservation_arg(ReservationKey(7), PrType::WriteExclusiveRegistrantsOnly);
@@ -413,11 +355,14 @@ mod tests {
             file: f,
             name: "/dev/dm-0".into(),
         };
-        let e = dev.check("IOC_PR_RESERVE", Ok(0x18)).unwrap_err();
-        assert!(e.is_reservation_conflict());
-        let e = dev
-            .check("IOC_PR_RESERVE", Ok(PR_STS_PATH_FAILED))
-            .unwrap_err();
+        // Regression (Linux 6.1 sd, VM test): a conflict came back as 0x118, reported as
+        // "unknown status" with exit 1 instead of RESERVATION CONFLICT (24). The same for
+        // 6.1's NVMe form (status 83h with Do Not Retry).
+        for raw in [0x18, 0x118, 0x4083] {
+            let e = dev.check("IOC_PR_RESERVE", Ok(raw)).unwrap_err();
+            assert!(e.is_reservation_conflict(), "{raw:#x}: {e}");
+        }
+        let e = dev.check("IOC_PR_RESERVE", Ok(0x10000)).unwrap_err();
         assert!(e.to_string().contains("path failed"));
     }
 

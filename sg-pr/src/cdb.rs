@@ -11,6 +11,11 @@ pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
 /// PERSISTENT RESERVE OUT opcode.
 pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
 
+/// MAINTENANCE IN opcode (REPORT SUPPORTED OPERATION CODES is its service action 0x0C).
+pub const MAINTENANCE_IN: u8 = 0xa3;
+/// MAINTENANCE IN service action REPORT SUPPORTED OPERATION CODES.
+const REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
+
 /// Length of the basic PR OUT parameter list (no SPEC_I_PT transport IDs).
 pub const PR_OUT_PARAM_LEN: usize = 24;
 
@@ -19,6 +24,19 @@ pub const PR_OUT_PARAM_LEN: usize = 24;
 pub const PR_IN_ALLOC_LEN: u16 = 8192;
 /// PR IN allocation length ceiling, used when a first reply says it was truncated.
 pub const PR_IN_MAX_ALLOC_LEN: u16 = 0xfff0;
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35), one-command form with service action
+/// (REPORTING OPTIONS 010b) for `opcode`/`service_action`, with `alloc_len` bytes for the reply.
+pub fn report_supported_operation(opcode: u8, service_action: u16, alloc_len: u32) -> [u8; 12] {
+    let mut cdb = [0u8; 12];
+    cdb[0] = MAINTENANCE_IN;
+    cdb[1] = REPORT_SUPPORTED_OPERATION_CODES;
+    cdb[2] = 0x02;
+    cdb[3] = opcode;
+    cdb[4..6].copy_from_slice(&service_action.to_be_bytes());
+    cdb[6..10].copy_from_slice(&alloc_len.to_be_bytes());
+    cdb
+}
 
 /// PERSISTENT RESERVE IN service actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,12 +12,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::cdb::{self, PrInAction, PrOutAction, PrOutFlags};
 use crate::device::SgDevice;
 use crate::error::{Error, Result};
 use crate::inquiry::{self, DeviceIdentification, StandardInquiry};
+use crate::ops::{Completed, PersistentReservations, PrOperation, RegisterOptions, Report};
 use crate::pr::{Capabilities, FullStatus, RegisteredKeys, ReservationStatus};
 use crate::sense::{Sense, SenseKey};
 use crate::transport::{CommandOutcome, DataTransfer, HostStatus, ScsiStatus, ScsiTransport};
@@ -51,51 +50,6 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(1),
         }
     }
-}
-
-/// What happened on the way to a result.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Report {
-    /// Commands sent (1 when nothing was retried).
-    pub attempts: u32,
-    /// Every UNIT ATTENTION absorbed, in order.
-    pub unit_attentions: Vec<Sense>,
-    /// PREEMPT AND ABORT was refused by the target and PREEMPT was sent instead.
-    pub preempt_abort_fallback: bool,
-}
-
-impl Report {
-    /// True when a UNIT ATTENTION said this initiator's registration or reservation was
-    /// preempted or released by another initiator.
-    pub fn saw_preemption(&self) -> bool {
-        self.unit_attentions.iter().any(Sense::is_preemption_notice)
-    }
-
-    fn absorb(&mut self, other: Report) {
-        self.attempts += other.attempts;
-        self.unit_attentions.extend(other.unit_attentions);
-        self.preempt_abort_fallback |= other.preempt_abort_fallback;
-    }
-}
-
-/// A decoded reply plus the [`Report`] of how it was obtained.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Completed<T> {
-    /// The decoded reply.
-    pub value: T,
-    /// Retries and unit attentions.
-    pub report: Report,
-}
-
-/// Options of REGISTER.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RegisterOptions {
-    /// REGISTER AND IGNORE EXISTING KEY (re-register after an I_T nexus change).
-    pub ignore_existing: bool,
-    /// APTPL: persist through power loss.
-    pub aptpl: bool,
-    /// ALL_TG_PT: register through every target port at once.
-    pub all_target_ports: bool,
 }
 
 /// Data phase of a command, re-borrowable across retries.
@@ -145,6 +99,11 @@ impl<T: ScsiTransport> PrDevice<T> {
     /// Device name for messages.
     pub fn name(&self) -> &str {
         self.transport.name()
+    }
+
+    /// The per-command timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
     }
 
     /// The underlying transport.
@@ -675,89 +634,6 @@ fn hint_for(sense: &Sense) -> &'static str {
         (SenseKey::NotReady, 0x04, 0x03) => "; the array asks for manual intervention",
         (SenseKey::DataProtect, _, _) => "; the LUN is write protected",
         _ => "",
-    }
-}
-
-/// One operation, as the parallel and CLI layers describe it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrOperation {
-    /// REGISTER / REGISTER AND IGNORE EXISTING KEY.
-    Register {
-        /// Current key (0 if none); ignored with `ignore_existing`.
-        current: ReservationKey,
-        /// New key (0 = unregister).
-        new: ReservationKey,
-        /// Options.
-        options: RegisterOptions,
-    },
-    /// RESERVE.
-    Reserve {
-        /// Own key.
-        key: ReservationKey,
-        /// Type.
-        pr_type: PrType,
-    },
-    /// RELEASE.
-    Release {
-        /// Own key.
-        key: ReservationKey,
-        /// Type.
-        pr_type: PrType,
-    },
-    /// CLEAR.
-    Clear {
-        /// Own key.
-        key: ReservationKey,
-    },
-    /// PREEMPT / PREEMPT AND ABORT.
-    Preempt {
-        /// Own key.
-        own: ReservationKey,
-        /// Victim's key.
-        victim: ReservationKey,
-        /// Type.
-        pr_type: PrType,
-        /// Abort the victim's outstanding commands.
-        abort: bool,
-    },
-}
-
-impl PrOperation {
-    /// The same operation with PREEMPT AND ABORT turned into PREEMPT (the fallback for targets
-    /// that lack it).
-    pub fn without_abort(self) -> PrOperation {
-        match self {
-            PrOperation::Preempt {
-                own,
-                victim,
-                pr_type,
-                ..
-            } => PrOperation::Preempt {
-                own,
-                victim,
-                pr_type,
-                abort: false,
-            },
-            other => other,
-        }
-    }
-}
-
-/// The reservation operations, implemented by SG_IO ([`PrDevice`]) and by the block layer
-/// ([`crate::BlockPrDevice`]), so a daemon can hold either.
-pub trait PersistentReservations: Send + Sync {
-    /// Device name.
-    fn device_name(&self) -> &str;
-    /// Applies one PR OUT operation.
-    fn apply(&self, op: PrOperation) -> Result<Report>;
-    /// Registered keys.
-    fn keys(&self) -> Result<Completed<RegisteredKeys>>;
-    /// Current reservation.
-    fn reservation(&self) -> Result<Completed<ReservationStatus>>;
-    /// Registered keys, read to confirm a PR OUT took effect: [`keys`](Self::keys), unless
-    /// the backend's own read is unavailable and it has another way to ask.
-    fn keys_for_verification(&self) -> Result<Completed<RegisteredKeys>> {
-        self.keys()
     }
 }
 

@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::sense::Sense;
+use crate::status::PrStatus;
 use crate::transport::{HostStatus, ScsiStatus};
 
 /// Result alias for this crate.
@@ -211,14 +212,14 @@ pub enum Error {
     },
 
     /// A block-layer PR ioctl returned a positive PR status (linux/pr.h `enum pr_status`).
-    #[error("{device}: {op} failed with block-layer PR status 0x{status:x} ({})", crate::blk::pr_status_name(*status))]
+    #[error("{device}: {op} failed with block-layer PR status: {status}")]
     BlockPrStatus {
         /// Device name.
         device: String,
         /// The operation.
         op: &'static str,
-        /// The raw `pr_status` value.
-        status: u32,
+        /// The status.
+        status: PrStatus,
     },
 
     /// PREEMPT succeeded but READ KEYS still lists the victim's key.
@@ -273,7 +274,7 @@ impl Error {
             self,
             Error::ReservationConflict { .. }
                 | Error::BlockPrStatus {
-                    status: crate::blk::PR_STS_RESERVATION_CONFLICT,
+                    status: PrStatus::ReservationConflict,
                     ..
                 }
         )

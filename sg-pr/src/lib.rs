@@ -54,22 +54,23 @@ mod device;
 mod error;
 pub mod fake;
 pub mod inquiry;
+mod ops;
 mod parallel;
 pub mod pr;
 pub mod sense;
+mod status;
+mod support;
 mod sys;
 mod transport;
 mod types;
 
 pub use any::{AnyDevice, Backend};
 pub use blk::BlockPrDevice;
-pub use commands::{
-    Completed, PersistentReservations, PrDevice, PrOperation, RegisterOptions, Report, RetryPolicy,
-    DEFAULT_TIMEOUT,
-};
+pub use commands::{PrDevice, RetryPolicy, DEFAULT_TIMEOUT};
 pub use device::{is_device_mapper, open_device_node, partition_parent, NodeKind, SgDevice};
 pub use error::{Error, ParseError, Result};
 pub use inquiry::{DeviceIdentification, StandardInquiry};
+pub use ops::{Completed, PersistentReservations, PrOperation, RegisterOptions, Report};
 pub use parallel::{
     apply_parallel, apply_to_all, preempt_and_verify_all, summarize, BatchSummary, DeviceResult,
     FenceOutcome,
@@ -79,6 +80,8 @@ pub use pr::{
     TransportId,
 };
 pub use sense::{Sense, SenseFormat, SenseKey};
+pub use status::PrStatus;
+pub use support::PreemptAbort;
 pub use transport::{
     CommandOutcome, DataTransfer, HostStatus, ScsiStatus, ScsiTransport, DRIVER_SENSE,
     DRIVER_TIMEOUT,

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::commands::{PersistentReservations, PrOperation, Report};
 use crate::error::{Error, Result};
+use crate::ops::{PersistentReservations, PrOperation, Report};
 use crate::types::{PrType, ReservationKey};
 
 /// One device's result.

@@ -275,7 +275,7 @@ mod tests {
         let block_conflict = Error::BlockPrStatus {
             device: "d".into(),
             op: "IOC_PR_RESERVE",
-            status: 0x18,
+            status: sg_pr::PrStatus::ReservationConflict,
         };
         assert_eq!(exit_code_for(&block_conflict), 24);
     }

@@ -54,6 +54,7 @@ mod device;
 mod error;
 pub mod fake;
 pub mod inquiry;
+pub mod nvme;
 mod ops;
 mod parallel;
 pub mod pr;
@@ -108,6 +109,9 @@ mod robustness {
             let _ = crate::inquiry::parse_supported_vpd_pages(&data);
             let _ = crate::inquiry::parse_unit_serial_number(&data);
             let _ = crate::DeviceIdentification::parse(&data).map(|d| d.lun_id());
+            for extended in [false, true] {
+                let _ = crate::nvme::ReservationReport::parse(&data, extended).map(|r| (r.keys(), r.reservation()));
+            }
         }
 
         /// Structured PR IN replies: a header with any ADDITIONAL LENGTH and any body.

@@ -1,0 +1,334 @@
+//! NVMe reservations: the Reservation Report command (NVM Command Set, opcode 0Eh) and its
+//! data structure, read where the kernel has no `IOC_PR_READ_KEYS` / `IOC_PR_READ_RESERVATION`
+//! (before Linux 6.19), and turned into this crate's SCSI-shaped reports.
+//!
+//! The data structure (little endian): a header of 24 bytes (64 with the extended data
+//! structure) — generation at 0, reservation type at 4 (the block layer's `enum pr_type`
+//! numbers, 0 for none), number of registered controllers at 5, PTPL state at 9 — then one
+//! entry per registered controller, 24 bytes (64 extended): controller id at 0, bit 0 of byte 2
+//! set on the reservation holder(s), then the host identifier (8 bytes at 8) and the key (at 16);
+//! extended: the key at 8 and a 128-bit host identifier at 16. NVMe registrations belong to a
+//! host, not to a path: every controller of one host is listed with that host's key.
+
+use serde::Serialize;
+
+use crate::blk::reservation_from_block;
+use crate::error::ParseError;
+use crate::pr::{RegisteredKeys, ReservationStatus};
+use crate::types::{PrType, ReservationKey};
+
+/// The NVM command set's Reservation Report opcode.
+pub const RESERVATION_REPORT: u8 = 0x0e;
+
+/// Header and entry sizes of the two formats.
+const HEADER: usize = 24;
+const ENTRY: usize = 24;
+const HEADER_EXTENDED: usize = 64;
+const ENTRY_EXTENDED: usize = 64;
+
+fn le_u16(buf: &[u8], at: usize) -> Option<u16> {
+    let b = buf.get(at..at.checked_add(2)?)?;
+    Some(u16::from_le_bytes([b[0], b[1]]))
+}
+
+fn le_u32(buf: &[u8], at: usize) -> Option<u32> {
+    let b = buf.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn le_u64(buf: &[u8], at: usize) -> Option<u64> {
+    let b = buf.get(at..at.checked_add(8)?)?;
+    let mut v = [0u8; 8];
+    v.copy_from_slice(b);
+    Some(u64::from_le_bytes(v))
+}
+
+/// A host identifier: 64 bits in the standard data structure, 128 in the extended one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HostId {
+    /// 64-bit host identifier.
+    Short([u8; 8]),
+    /// 128-bit host identifier (extended data structure).
+    Extended([u8; 16]),
+}
+
+impl std::fmt::Display for HostId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes: &[u8] = match self {
+            HostId::Short(b) => b,
+            HostId::Extended(b) => b,
+        };
+        bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// One registered controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RegisteredController {
+    /// Controller id (0xFFFF: a dynamic controller whose id the subsystem did not report).
+    pub controller_id: u16,
+    /// The controller's host holds the reservation.
+    pub holds_reservation: bool,
+    /// The host identifier.
+    pub host_id: HostId,
+    /// The host's reservation key.
+    pub key: ReservationKey,
+}
+
+/// A decoded Reservation Report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReservationReport {
+    /// The reservation generation (bumped by register, preempt, clear).
+    pub generation: u32,
+    /// The reservation type's raw value (the block layer's numbers; 0: no reservation).
+    pub type_code: u8,
+    /// Persist through power loss.
+    pub ptpl: bool,
+    /// The registered controllers listed (as many as the buffer held).
+    pub controllers: Vec<RegisteredController>,
+    /// The number of registered controllers the device reported.
+    pub registered: u16,
+}
+
+impl ReservationReport {
+    /// Bytes a report with `controllers` entries needs.
+    pub fn len_for(controllers: usize, extended: bool) -> usize {
+        let (header, entry) = if extended {
+            (HEADER_EXTENDED, ENTRY_EXTENDED)
+        } else {
+            (HEADER, ENTRY)
+        };
+        header.saturating_add(controllers.saturating_mul(entry))
+    }
+
+    /// Command dwords 10 and 11 of a Reservation Report into `len` bytes (a multiple of 4):
+    /// NUMD (dwords minus one) and EDS.
+    pub fn command_dwords(len: usize, extended: bool) -> (u32, u32) {
+        let dwords = u32::try_from(len / 4).unwrap_or(u32::MAX).max(1);
+        (dwords - 1, u32::from(extended))
+    }
+
+    /// Parses the data structure a Reservation Report transferred into `buf`, in the
+    /// standard or the extended format (as the command asked).
+    pub fn parse(buf: &[u8], extended: bool) -> Result<Self, ParseError> {
+        const WHAT: &str = "NVMe Reservation Report";
+        let (header, entry) = if extended {
+            (HEADER_EXTENDED, ENTRY_EXTENDED)
+        } else {
+            (HEADER, ENTRY)
+        };
+        if buf.len() < header {
+            return Err(ParseError::new(
+                WHAT,
+                format!("shorter than its {header}-byte header"),
+            ));
+        }
+        let generation = le_u32(buf, 0).unwrap_or(0);
+        let type_code = buf[4];
+        let registered = le_u16(buf, 5).unwrap_or(0);
+        let ptpl = buf[9] & 1 == 1;
+        let present = (buf.len() - header) / entry;
+        let listed = usize::from(registered).min(present);
+        let mut controllers = Vec::with_capacity(listed);
+        for i in 0..listed {
+            let at = header + i * entry;
+            let e = &buf[at..at + entry];
+            let controller_id = le_u16(e, 0).unwrap_or(0);
+            let holds_reservation = e[2] & 1 == 1;
+            let (host_id, key) = if extended {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&e[16..32]);
+                (HostId::Extended(id), le_u64(e, 8).unwrap_or(0))
+            } else {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&e[8..16]);
+                (HostId::Short(id), le_u64(e, 16).unwrap_or(0))
+            };
+            controllers.push(RegisteredController {
+                controller_id,
+                holds_reservation,
+                host_id,
+                key: ReservationKey(key),
+            });
+        }
+        Ok(ReservationReport {
+            generation,
+            type_code,
+            ptpl,
+            controllers,
+            registered,
+        })
+    }
+
+    /// True when the device registered more controllers than the buffer held: read again with
+    /// [`len_for`](Self::len_for)`(registered)`.
+    pub fn truncated(&self) -> bool {
+        usize::from(self.registered) > self.controllers.len()
+    }
+
+    /// The reservation type, when there is one this crate knows.
+    pub fn pr_type(&self) -> Option<PrType> {
+        PrType::from_block_code(u32::from(self.type_code))
+    }
+
+    /// As READ KEYS reports it: one key per registered controller listed.
+    pub fn keys(&self) -> RegisteredKeys {
+        RegisteredKeys {
+            generation: self.generation,
+            keys: self.controllers.iter().map(|c| c.key).collect(),
+            truncated: self.truncated(),
+            additional_length: u32::try_from(usize::from(self.registered).saturating_mul(8))
+                .unwrap_or(u32::MAX),
+        }
+    }
+
+    /// As READ RESERVATION reports it: the holder's key, or 0 for the all-registrants types
+    /// (every registrant holds those), as SPC reports them.
+    pub fn reservation(&self) -> ReservationStatus {
+        let all_registrants = matches!(
+            self.pr_type(),
+            Some(PrType::WriteExclusiveAllRegistrants | PrType::ExclusiveAccessAllRegistrants)
+        );
+        let holder = self
+            .controllers
+            .iter()
+            .find(|c| c.holds_reservation)
+            .map_or(ReservationKey::ZERO, |c| c.key);
+        let key = if all_registrants {
+            ReservationKey::ZERO
+        } else {
+            holder
+        };
+        reservation_from_block(key.0, self.generation, u32::from(self.type_code))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A standard-format report: generation, type, the registered count, entries of
+    /// (controller id, holder, host id, key).
+    fn report(
+        generation: u32,
+        rtype: u8,
+        regctl: u16,
+        entries: &[(u16, bool, u64, u64)],
+    ) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER];
+        b[0..4].copy_from_slice(&generation.to_le_bytes());
+        b[4] = rtype;
+        b[5..7].copy_from_slice(&regctl.to_le_bytes());
+        for &(cntlid, holder, host, key) in entries {
+            let mut e = [0u8; ENTRY];
+            e[0..2].copy_from_slice(&cntlid.to_le_bytes());
+            e[2] = u8::from(holder);
+            e[8..16].copy_from_slice(&host.to_be_bytes());
+            e[16..24].copy_from_slice(&key.to_le_bytes());
+            b.extend_from_slice(&e);
+        }
+        b
+    }
+
+    #[test]
+    fn a_write_exclusive_registrants_only_reservation_reads_as_scsi_would_report_it() {
+        // Two hosts, the first holding WE-RO (block/NVMe type 3); host 1 on two controllers.
+        let buf = report(
+            9,
+            3,
+            3,
+            &[
+                (1, true, 0x1111, 0xa1),
+                (2, true, 0x1111, 0xa1),
+                (3, false, 0x2222, 0xb2),
+            ],
+        );
+        let r = ReservationReport::parse(&buf, false).unwrap();
+        assert_eq!((r.generation, r.registered, r.truncated()), (9, 3, false));
+        assert_eq!(r.pr_type(), Some(PrType::WriteExclusiveRegistrantsOnly));
+        assert_eq!(r.controllers[2].host_id.to_string(), "0000000000002222");
+        let keys = r.keys();
+        assert_eq!(
+            keys.keys,
+            [
+                ReservationKey(0xa1),
+                ReservationKey(0xa1),
+                ReservationKey(0xb2)
+            ]
+        );
+        assert!(keys.contains(ReservationKey(0xb2)));
+        let res = r.reservation().reservation.unwrap();
+        assert_eq!(res.key, ReservationKey(0xa1));
+        assert_eq!(res.pr_type, Some(PrType::WriteExclusiveRegistrantsOnly));
+        // SPC's code for the same type: 5.
+        assert_eq!(res.type_code, 5);
+    }
+
+    #[test]
+    fn no_reservation_and_all_registrants_types_report_as_spc_does() {
+        let none =
+            ReservationReport::parse(&report(1, 0, 1, &[(1, false, 1, 0xa1)]), false).unwrap();
+        assert_eq!(none.reservation().reservation, None);
+        // WE-AR (type 5): every registrant holds it; SPC reports key 0.
+        let all = ReservationReport::parse(&report(1, 5, 1, &[(1, true, 1, 0xa1)]), false).unwrap();
+        let res = all.reservation().reservation.unwrap();
+        assert_eq!(res.key, ReservationKey::ZERO);
+        assert_eq!(res.pr_type, Some(PrType::WriteExclusiveAllRegistrants));
+    }
+
+    #[test]
+    fn the_extended_format_carries_the_key_at_8_and_a_128_bit_host_id() {
+        let mut b = vec![0u8; HEADER_EXTENDED];
+        b[0..4].copy_from_slice(&4u32.to_le_bytes());
+        b[4] = 1;
+        b[5..7].copy_from_slice(&1u16.to_le_bytes());
+        b[9] = 1;
+        let mut e = [0u8; ENTRY_EXTENDED];
+        e[0..2].copy_from_slice(&0xffffu16.to_le_bytes());
+        e[2] = 1;
+        e[8..16].copy_from_slice(&0x5f0c_0001u64.to_le_bytes());
+        e[16..32].copy_from_slice(&[0xab; 16]);
+        b.extend_from_slice(&e);
+        let r = ReservationReport::parse(&b, true).unwrap();
+        assert!(r.ptpl);
+        let c = r.controllers[0];
+        assert_eq!(c.controller_id, 0xffff);
+        assert_eq!(c.key, ReservationKey(0x5f0c_0001));
+        assert_eq!(c.host_id, HostId::Extended([0xab; 16]));
+        assert_eq!(
+            r.reservation().reservation.unwrap().pr_type,
+            Some(PrType::WriteExclusive)
+        );
+    }
+
+    #[test]
+    fn a_short_buffer_is_truncated_and_says_how_much_to_read() {
+        let mut buf = report(2, 3, 5, &[(1, true, 1, 0xa1), (2, false, 2, 0xb2)]);
+        // The device said 5 controllers; 2 and a half fit.
+        buf.extend_from_slice(&[0u8; 10]);
+        let r = ReservationReport::parse(&buf, false).unwrap();
+        assert_eq!(r.controllers.len(), 2);
+        assert!(r.truncated());
+        assert!(r.keys().truncated);
+        assert_eq!(ReservationReport::len_for(5, false), 24 + 5 * 24);
+        assert_eq!(ReservationReport::len_for(5, true), 64 + 5 * 64);
+        // More entries present than registered: only the registered count is listed.
+        let extra = report(2, 0, 1, &[(1, false, 1, 0xa1), (2, false, 2, 0xb2)]);
+        assert_eq!(
+            ReservationReport::parse(&extra, false)
+                .unwrap()
+                .controllers
+                .len(),
+            1
+        );
+        assert!(ReservationReport::parse(&[0u8; 23], false).is_err());
+        assert!(ReservationReport::parse(&[0u8; 63], true).is_err());
+    }
+
+    #[test]
+    fn the_command_asks_for_whole_dwords_minus_one_and_the_format() {
+        assert_eq!(ReservationReport::command_dwords(4096, false), (1023, 0));
+        assert_eq!(ReservationReport::command_dwords(4096, true), (1023, 1));
+        assert_eq!(ReservationReport::command_dwords(0, false), (0, 0));
+    }
+}

@@ -115,7 +115,31 @@ pub enum Fault {
         priority: u8,
         secs: u64,
     },
+    /// A fork bomb on a node for `secs`, run by an unprivileged user in a cgroup whose
+    /// `pids.max` is [`FORK_BOMB_PIDS`] (the process table full for that user, the CPUs busy
+    /// forking), killed at once (`cgroup.kill`) at its end.
+    ForkBomb { node: usize, secs: u64 },
+    /// The node's cluster-network link cut (corosync's; its storage stays reachable), for
+    /// [`PARTITION_HOLD`] or until it resets: the other two keep quorum and Pacemaker fences
+    /// it. Only with Pacemaker ([`PACEMAKER_KINDS`]).
+    Partition { node: usize },
+    /// `a` and `b` cannot reach each other on the cluster network, and both still reach the
+    /// third node (a partial partition), for [`PARTITION_HOLD`] or until one resets. Only with
+    /// Pacemaker ([`PACEMAKER_KINDS`]).
+    PartialPartition { a: usize, b: usize },
 }
+
+/// How long a partition is held at most: Pacemaker's fence of a node cut off comes 15-20 s
+/// after the cut under TCG (corosync's token of 5 s, its consensus, the election and the
+/// transition; BENCHMARKS.md), so the victim has reset well before.
+pub const PARTITION_HOLD: Duration = Duration::from_secs(45);
+
+/// The kinds that need corosync and Pacemaker on the nodes (the campaign's `--pacemaker`).
+pub const PACEMAKER_KINDS: &[&str] = &["partition", "partial-partition"];
+
+/// The processes a `fork-bomb` round's cgroup may hold: enough to fill a 512 MiB guest's
+/// process table and run queue, few enough that root's commands (the harness's) still fork.
+pub const FORK_BOMB_PIDS: u32 = 1000;
 
 /// The real-time priority of fenced's loop (SCHED_FIFO; fenced/src/daemon.rs): real-time hogs
 /// below it must not delay the loop, hogs at or above it starve it.
@@ -140,6 +164,7 @@ pub const KINDS: &[&str] = &[
     "path-flapping",
     "voting-disk-corrupt",
     "rt-hogs",
+    "fork-bomb",
 ];
 
 /// What the fault model says a fault must cause.
@@ -222,6 +247,15 @@ impl Fault {
                 priority: u8::try_from(rng.between(1, u64::from(LOOP_PRIORITY) + 5)).unwrap_or(1),
                 secs: rng.between(3, 15),
             },
+            "partition" => Fault::Partition { node },
+            "partial-partition" => Fault::PartialPartition {
+                a: node,
+                b: rng.other(nodes, node),
+            },
+            "fork-bomb" => Fault::ForkBomb {
+                node,
+                secs: rng.between(5, 20),
+            },
             _ => Fault::ClockStep {
                 node,
                 secs: if rng.below(2) == 0 { 3_600 } else { -3_600 },
@@ -249,11 +283,16 @@ impl Fault {
             Fault::PathDown { .. } => "path-flapping",
             Fault::VotingDiskCorrupt { .. } => "voting-disk-corrupt",
             Fault::RtHogs { .. } => "rt-hogs",
+            Fault::ForkBomb { .. } => "fork-bomb",
+            Fault::Partition { .. } => "partition",
+            Fault::PartialPartition { .. } => "partial-partition",
         }
     }
 
     /// What the model says must happen. Only the cluster's authority resets a healthy node:
-    /// a fence (the victim, or exactly one of two fencers), a daemon that no longer feeds its
+    /// a fence (the victim, or exactly one of two fencers; Pacemaker's fence of the node a
+    /// partition cut off, or of one of the two a partial partition separates: the third, which
+    /// sees both, keeps quorum with one of them), a daemon that no longer feeds its
     /// watchdog, a frozen kernel, a loop starved by real-time hogs at or above its priority
     /// (its own loop late). Everything storage, load or clock does degrades and recovers —
     /// real-time hogs below the loop's priority included.
@@ -265,8 +304,10 @@ impl Fault {
             Fault::RtHogs { node, priority, .. } if priority >= LOOP_PRIORITY => {
                 Expect::Reset(vec![node])
             }
-            Fault::Fence { victim, .. } => Expect::Reset(vec![victim]),
-            Fault::MutualFence { a, b } => Expect::OneOf(a, b),
+            Fault::Fence { victim, .. } | Fault::Partition { node: victim } => {
+                Expect::Reset(vec![victim])
+            }
+            Fault::MutualFence { a, b } | Fault::PartialPartition { a, b } => Expect::OneOf(a, b),
             _ => Expect::NoReset,
         }
     }
@@ -276,12 +317,16 @@ impl Fault {
     /// stopped, frozen) resets within W of its last feed, at most P before the fault; a fenced
     /// node within L + W + P of its mark on the voting disks (its lease, then its watchdog,
     /// plus a round; its daemon usually sees the mark in its next round), which the caller
-    /// counts from the fence's return by adding the fence's own time. One second of slack for
+    /// counts from the fence's return by adding the fence's own time (for a partition, the time
+    /// until Pacemaker recorded its fence done). One second of slack for
     /// the harness's own observation.
     pub fn reset_bound(&self, p: Duration, l: Duration, w: Duration) -> Duration {
         let slack = Duration::from_secs(1);
         match self {
-            Fault::Fence { .. } | Fault::MutualFence { .. } => l + w + p + slack,
+            Fault::Fence { .. }
+            | Fault::MutualFence { .. }
+            | Fault::Partition { .. }
+            | Fault::PartialPartition { .. } => l + w + p + slack,
             _ => w + p + slack,
         }
     }
@@ -290,6 +335,7 @@ impl Fault {
     pub fn duration(&self) -> Duration {
         match *self {
             Fault::FreezeKernel { .. } => Duration::from_secs(30),
+            Fault::Partition { .. } | Fault::PartialPartition { .. } => PARTITION_HOLD,
             Fault::TargetPaused { ms }
             | Fault::VotingDiskErrors { ms, .. }
             | Fault::VotingDiskSlow { ms, .. }
@@ -298,7 +344,8 @@ impl Fault {
             Fault::CpuHogs { secs, .. }
             | Fault::MemoryPressure { secs, .. }
             | Fault::IoFlood { secs, .. }
-            | Fault::RtHogs { secs, .. } => Duration::from_secs(secs),
+            | Fault::RtHogs { secs, .. }
+            | Fault::ForkBomb { secs, .. } => Duration::from_secs(secs),
             _ => Duration::ZERO,
         }
     }
@@ -396,6 +443,16 @@ impl fmt::Display for Fault {
                 f,
                 "SCHED_FIFO {priority} hogs on {} for {secs} s",
                 name(node)
+            ),
+            Fault::ForkBomb { node, secs } => {
+                write!(f, "fork bomb on {} for {secs} s", name(node))
+            }
+            Fault::Partition { node } => write!(f, "{} cut off the cluster network", name(node)),
+            Fault::PartialPartition { a, b } => write!(
+                f,
+                "{} and {} cut off from each other (both reach the third)",
+                name(a),
+                name(b)
             ),
         }
     }
@@ -571,8 +628,11 @@ pub struct KindTally {
 pub fn tally<'a>(
     rounds: impl IntoIterator<Item = (&'a Fault, Duration, &'a Observed, usize)>,
 ) -> Vec<(&'static str, KindTally)> {
-    let mut table: Vec<(&'static str, KindTally)> =
-        KINDS.iter().map(|k| (*k, KindTally::default())).collect();
+    let mut table: Vec<(&'static str, KindTally)> = KINDS
+        .iter()
+        .chain(PACEMAKER_KINDS)
+        .map(|k| (*k, KindTally::default()))
+        .collect();
     for (fault, bound, seen, violations) in rounds {
         let Some((_, t)) = table.iter_mut().find(|(k, _)| *k == fault.kind()) else {
             continue;
@@ -635,6 +695,53 @@ mod tests {
             .filter(|r| r.fault.expect() == Expect::NoReset)
             .count();
         assert!(below > 200 && below < 400, "{below} of 400 below the loop");
+    }
+
+    #[test]
+    fn partitions_are_drawn_only_from_the_pacemaker_catalogue_and_need_pacemakers_fence() {
+        assert!(plan(5, 400, SHAPE, KINDS)
+            .iter()
+            .all(|r| !PACEMAKER_KINDS.contains(&r.fault.kind())));
+        let rounds = plan(5, 400, SHAPE, PACEMAKER_KINDS);
+        for kind in PACEMAKER_KINDS {
+            assert!(rounds.iter().any(|r| r.fault.kind() == *kind), "{kind}");
+        }
+        for r in &rounds {
+            match r.fault {
+                Fault::Partition { node } => {
+                    assert!(node < 3);
+                    assert_eq!(r.fault.expect(), Expect::Reset(vec![node]));
+                }
+                Fault::PartialPartition { a, b } => {
+                    assert!(a != b && a < 3 && b < 3);
+                    assert_eq!(r.fault.expect(), Expect::OneOf(a, b));
+                }
+                ref f => panic!("{f} drawn from the Pacemaker catalogue"),
+            }
+            assert_eq!(r.fault.duration(), PARTITION_HOLD);
+        }
+        // The third node of a partial partition must not go, nor both of the two.
+        let fault = Fault::PartialPartition { a: 0, b: 2 };
+        let third = Observed {
+            resets: vec![reset(1, 16.0, "marked dead")],
+            ..Observed::default()
+        };
+        assert_eq!(
+            rules(&audit(&fault, BOUND, &third)),
+            ["one-survivor", "false-self-fence"]
+        );
+    }
+
+    #[test]
+    fn a_fork_bomb_must_reset_nothing() {
+        let fault = Fault::ForkBomb { node: 1, secs: 9 };
+        assert_eq!(fault.expect(), Expect::NoReset);
+        assert_eq!(fault.duration(), Duration::from_secs(9));
+        let reset = Observed {
+            resets: vec![reset(1, 4.0, "hardware watchdog")],
+            ..Observed::default()
+        };
+        assert_eq!(rules(&audit(&fault, BOUND, &reset)), ["false-self-fence"]);
     }
 
     #[test]

@@ -13,7 +13,14 @@
 //!
 //! ```text
 //! cargo run -p tests --release --bin campaign -- --seed N --rounds R
+//! cargo run -p tests --release --bin campaign -- --seed N --rounds R --pacemaker
 //! ```
+//!
+//! With `--pacemaker` the nodes run corosync and Pacemaker (systemd guests on a guest LAN, as
+//! fenced/docs/pacemaker.md sets them up) and the rounds are cluster-network partitions: one node
+//! cut off, or two nodes cut off from each other while both reach the third. Pacemaker must
+//! fence the node cut off (one of the two), through fence_fenced; the fence's moment is when
+//! Pacemaker records it done, and a node that reset rejoins through Pacemaker's unfencing.
 //!
 //! One line per round, a table per fault kind, the same as JSON lines in
 //! `target/campaign/seed-N.jsonl` (or `--json PATH`), and last `campaign: R rounds, V violations`;
@@ -31,7 +38,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tests::campaign::{self, Fault, Observed, Reset, Round};
-use tests::cluster::{node_name, Cluster, ClusterSpec};
+use tests::cluster::{lan_address, node_name, Cluster, ClusterSpec};
+use tests::pacemaker;
 
 #[derive(Parser)]
 #[command(about = "A seeded, randomized fault campaign on a guest cluster, with an auditor")]
@@ -51,8 +59,15 @@ struct Args {
     dry_run: bool,
     /// Draw only these kinds (comma-separated; default: the whole catalogue). Another set of
     /// kinds is another campaign: the same seed then plays other rounds.
-    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(campaign::KINDS))]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(campaign::KINDS.iter().chain(campaign::PACEMAKER_KINDS).copied()))]
     kinds: Vec<String>,
+    /// Run corosync and Pacemaker on the nodes (systemd guests on a guest LAN, fenced under its
+    /// unit, the stonith device fence_fenced, as fenced/docs/pacemaker.md sets them up) and
+    /// draw the cluster-network partitions (default kinds: partition, partial-partition). A
+    /// node that reset rejoins the way that document says: the start commands, then
+    /// Pacemaker's unfencing.
+    #[arg(long)]
+    pacemaker: bool,
 }
 
 /// Nodes in the campaign's cluster.
@@ -106,11 +121,26 @@ fn build_fenced() -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<usize> {
+    let catalogue = if args.pacemaker {
+        campaign::PACEMAKER_KINDS
+    } else {
+        campaign::KINDS
+    };
     let kinds: Vec<&str> = if args.kinds.is_empty() {
-        campaign::KINDS.to_vec()
+        catalogue.to_vec()
     } else {
         args.kinds.iter().map(String::as_str).collect()
     };
+    if let Some(k) = kinds.iter().find(|k| !catalogue.contains(k)) {
+        return Err(kmod_testing::Error::Setup(format!(
+            "--kinds {k}: {}",
+            if args.pacemaker {
+                "with --pacemaker the campaign draws only partition, partial-partition"
+            } else {
+                "a cluster-network partition needs Pacemaker on the nodes: add --pacemaker"
+            }
+        )));
+    }
     let shape = campaign::Shape {
         nodes: NODES,
         luns: LUNS,
@@ -162,8 +192,16 @@ fn run(args: &Args) -> Result<usize> {
     spec.luns = LUNS;
     spec.paths = PATHS;
     spec.voting_via_dm = true;
+    if args.pacemaker {
+        spec.systemd = true;
+        spec.daemons = false;
+        spec.lan = true;
+    }
     let mut say = |s: &str| println!("  {s}");
     let mut c = Cluster::start(&mut say, &spec)?;
+    if args.pacemaker {
+        start_pacemaker(&c)?;
+    }
     let mut writers: Vec<Option<Pending>> = Vec::new();
     for i in 0..NODES {
         writers.push(Some(start_writer(&c, i)?));
@@ -174,7 +212,7 @@ fn run(args: &Args) -> Result<usize> {
         let t = Instant::now();
         let (seen, bound) = play(&mut c, round)?;
         let mut seen = seen;
-        recover(&mut c, &mut writers, &mut seen)?;
+        recover(&mut c, &mut writers, &mut seen, args.pacemaker)?;
         let found = campaign::audit(&round.fault, bound, &seen);
         violations += found.len();
         let resets: Vec<String> = seen
@@ -225,7 +263,10 @@ fn run(args: &Args) -> Result<usize> {
     let table = campaign::tally(results.iter().map(|(f, b, s, v)| (f, *b, s, *v)));
     println!("\n| fault | rounds | violations | worst reset / bound |\n|---|---|---|---|");
     let mut rows = Vec::new();
-    for (kind, t) in &table {
+    for (kind, t) in table
+        .iter()
+        .filter(|(k, t)| t.rounds > 0 || kinds.contains(k))
+    {
         println!(
             "| {kind} | {} | {} | {} |",
             t.rounds,
@@ -244,6 +285,40 @@ fn run(args: &Args) -> Result<usize> {
     );
     println!("campaign: {} rounds, {violations} violations", args.rounds);
     Ok(violations)
+}
+
+/// Corosync and Pacemaker on every node as fenced/docs/pacemaker.md sets them up: the start
+/// commands (which start fenced's unit first), all three online, then the stonith device.
+fn start_pacemaker(c: &Cluster) -> Result<()> {
+    let t = Instant::now();
+    pacemaker::install(c)?;
+    let all: Vec<usize> = (0..NODES).collect();
+    for (i, out) in pacemaker::start(c, &all)?.iter().enumerate() {
+        if !out.success() {
+            return Err(kmod_testing::Error::Setup(format!(
+                "{}: the start commands exited {}: {}{}",
+                node_name(i),
+                out.code,
+                out.stdout,
+                out.stderr
+            )));
+        }
+    }
+    let names = node_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    pacemaker::wait_online(c, 0, &names, Duration::from_secs(180))?;
+    c.nodes[0].run_ok(&pacemaker::doc_block("stonith")?)?;
+    pacemaker::wait_started(c, 0, 1, Duration::from_secs(120))?;
+    c.wait_daemons_healthy(&all, Duration::from_secs(60))?;
+    println!(
+        "  corosync and Pacemaker on every node, all online, the stonith device fence_fenced started ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn node_names() -> Vec<String> {
+    (0..NODES).map(node_name).collect()
 }
 
 /// Starts node `i`'s writer: its tagged blocks on every LUN through every path, one block per
@@ -306,6 +381,26 @@ enum Heal {
         raw: String,
         header: bool,
     },
+    /// A node's cluster-network link back up.
+    Lan {
+        node: usize,
+    },
+    /// The blackhole routes between `a` and `b` removed.
+    Blackhole {
+        a: usize,
+        b: usize,
+    },
+}
+
+/// Whom Pacemaker must fence in a partition round, and which node watches its fence history:
+/// the victims the model allows and a node that keeps quorum whichever of them goes.
+fn pacemaker_watch(fault: &Fault) -> Option<(Vec<usize>, usize)> {
+    let other = |not: &[usize]| (0..NODES).find(|i| !not.contains(i)).unwrap_or(0);
+    match *fault {
+        Fault::Partition { node } => Some((vec![node], other(&[node]))),
+        Fault::PartialPartition { a, b } => Some((vec![a, b], other(&[a, b]))),
+        _ => None,
+    }
 }
 
 /// Where node 0 keeps a voting disk's header during a `voting-disk-corrupt` round.
@@ -501,7 +596,54 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
             ))?);
             injected = console_mark(g, mark, before);
         }
+        Fault::ForkBomb { node, secs } => {
+            // As `nobody`, in a cgroup of its own (pids.max bounds it; cgroup.kill ends it at
+            // once, however fast it forks), timed from its first process's console mark.
+            let g = &c.nodes[node];
+            let mark = "campaign: fork bomb running";
+            let before = g.console().matches(mark).count();
+            let cg = "/sys/fs/cgroup/campaign-fork-bomb";
+            pending.push(g.spawn(&format!(
+                "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
+                 echo +pids > /sys/fs/cgroup/cgroup.subtree_control\n\
+                 mkdir -p {cg} && echo {max} > {cg}/pids.max\n\
+                 sh -c 'echo $$ > {cg}/cgroup.procs; echo \"{mark}\" > /dev/kmsg; \
+                   exec setpriv --reuid=nobody --regid=nogroup --clear-groups \
+                   sh -c \"b() {{ b | b & }}; b\"' 2>/dev/null\n\
+                 sleep {secs}\n\
+                 echo \"campaign: fork bomb ending: $(cat {cg}/pids.current) processes, \
+                   forks refused at pids.max: $(cut -d' ' -f2 {cg}/pids.events)\" > /dev/kmsg\n\
+                 echo 1 > {cg}/cgroup.kill\n\
+                 while [ -s {cg}/cgroup.procs ]; do sleep 0.1; done; rmdir {cg}",
+                max = campaign::FORK_BOMB_PIDS,
+            ))?);
+            injected = console_mark(g, mark, before);
+        }
+        Fault::Partition { node } => {
+            c.nodes[node].set_lan_link(false)?;
+            heal = Heal::Lan { node };
+        }
+        Fault::PartialPartition { a, b } => {
+            for (me, other) in [(a, b), (b, a)] {
+                sh(
+                    &c.nodes[me],
+                    &format!("ip route add blackhole {}/32", lan_address(other)),
+                )?;
+            }
+            heal = Heal::Blackhole { a, b };
+        }
     }
+    // Pacemaker's fences in a partition round: the count of each possible victim's fences
+    // done before, on the watching node.
+    let watch = pacemaker_watch(&round.fault);
+    let mut fences_before = Vec::new();
+    if let Some((victims, watcher)) = &watch {
+        for &v in victims {
+            let h = pacemaker::fence_history(&c.nodes[*watcher], &node_name(v))?;
+            fences_before.push(pacemaker::fences_done(&h));
+        }
+    }
+    let mut next_history = Instant::now();
     let bound = bound + fence_returned.map_or(Duration::ZERO, |at| at - injected);
     let heal_at = injected + round.fault.duration();
     let settle = ms(t.lease + t.watchdog + t.poll) + Duration::from_secs(3);
@@ -518,6 +660,23 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
                     after: at.saturating_duration_since(injected),
                     cause: cause(c, g),
                 });
+            }
+        }
+        if let (Some((victims, watcher)), None) = (&watch, fence_returned) {
+            if Instant::now() >= next_history && c.nodes[*watcher].is_running() {
+                next_history = Instant::now() + Duration::from_secs(1);
+                for (k, &v) in victims.iter().enumerate() {
+                    let h = pacemaker::fence_history(&c.nodes[*watcher], &node_name(v))?;
+                    if pacemaker::fences_done(&h) > fences_before[k] {
+                        // Recorded done: the victim's blocks are read now, and its reset is
+                        // bounded from now (it usually came before: it sees its dead mark
+                        // while the agent confirms it).
+                        fence_returned = Some(Instant::now());
+                        seen.fences.push((*watcher, 0));
+                        snapshots.push((*watcher, v, read_tags(c, *watcher, v)?));
+                        break;
+                    }
+                }
             }
         }
         let now = Instant::now();
@@ -549,6 +708,21 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
                         faults::path_online(&c.nodes[node], &dev)?;
                     }
                 }
+                Heal::Lan { node } => {
+                    if c.nodes[node].is_running() {
+                        c.nodes[node].set_lan_link(true)?;
+                    }
+                }
+                Heal::Blackhole { a, b } => {
+                    for (me, other) in [(a, b), (b, a)] {
+                        if c.nodes[me].is_running() {
+                            sh(
+                                &c.nodes[me],
+                                &format!("ip route del blackhole {}/32", lan_address(other)),
+                            )?;
+                        }
+                    }
+                }
                 Heal::Corrupt { raw, header } => {
                     if header && c.nodes[0].is_running() {
                         sh(
@@ -567,6 +741,10 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(pending);
+    let bound = match (&watch, fence_returned) {
+        (Some(_), Some(at)) => bound + (at - injected),
+        _ => bound,
+    };
     // No write of a fenced node after its fence returned: read its blocks again before it is
     // let back in.
     for (reader, victim, before) in snapshots {
@@ -631,6 +809,17 @@ fn cause(c: &Cluster, g: &Guest) -> String {
     if let Some(l) = log.lines().rev().find(|l| l.contains("fencing this node")) {
         return format!("self-fence: {}", reason(l));
     }
+    // Under systemd the daemon logs to the journal, gone with the guest; its kernel-log line
+    // `fenced: fencing this node (<action>): <reason>` is on the console.
+    if let Some(l) = g
+        .console()
+        .lines()
+        .rev()
+        .find(|l| l.contains("fenced: fencing this node"))
+    {
+        let r = l.split("): ").nth(1).unwrap_or(l).trim();
+        return format!("self-fence: {r}");
+    }
     match log
         .lines()
         .rev()
@@ -645,9 +834,16 @@ fn cause(c: &Cluster, g: &Guest) -> String {
 
 /// Brings the cluster back to every node healthy: stopped daemons resumed; a node that reset
 /// (or must be reset: its daemon hung or gone) booted again, its fenced and writer started, and
-/// let back in with `fenced clear` from a live node when marked dead; then every daemon healthy
-/// and every node's key on every LUN. What does not come back is a `recovery` finding.
-fn recover(c: &mut Cluster, writers: &mut [Option<Pending>], seen: &mut Observed) -> Result<()> {
+/// let back in with `fenced clear` from a live node when marked dead (with `pacemaker`: the
+/// start commands, then Pacemaker's unfencing lets it back in, and every node must be online
+/// again); then every daemon healthy and every node's key on every LUN. What does not come
+/// back is a `recovery` finding.
+fn recover(
+    c: &mut Cluster,
+    writers: &mut [Option<Pending>],
+    seen: &mut Observed,
+    pacemaker: bool,
+) -> Result<()> {
     for g in c.nodes.iter().filter(|g| g.is_running()) {
         let _ = g.run("pkill -CONT -x fenced");
     }
@@ -670,10 +866,36 @@ fn recover(c: &mut Cluster, writers: &mut [Option<Pending>], seen: &mut Observed
     for &i in &down {
         writers[i] = None;
         c.reboot(i)?;
-        c.start_daemon(i)?;
+        if pacemaker {
+            pacemaker::install_node(c, i)?;
+        } else {
+            c.start_daemon(i)?;
+        }
     }
     let live = (0..NODES).find(|i| !down.contains(i));
-    for &i in &down {
+    if pacemaker && !down.is_empty() {
+        for (&i, out) in down.iter().zip(pacemaker::start(c, &down)?) {
+            if !out.success() {
+                seen.not_recovered.push(format!(
+                    "{}: the start commands exited {}: {}",
+                    node_name(i),
+                    out.code,
+                    out.stderr.trim()
+                ));
+            }
+        }
+        let names = node_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        if let Err(e) =
+            pacemaker::wait_online(c, live.unwrap_or(0), &names, Duration::from_secs(180))
+        {
+            seen.not_recovered.push(format!(
+                "not every node online in Pacemaker 180 s after the rejoin: {}",
+                short(&e)
+            ));
+        }
+    }
+    for &i in down.iter().filter(|_| !pacemaker) {
         let Some(l) = live else { break };
         // The rebooted daemon first writes its reboot evidence; `clear` refuses before that.
         let deadline = Instant::now() + Duration::from_secs(60);

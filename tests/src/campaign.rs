@@ -176,6 +176,10 @@ pub enum Expect {
     Reset(Vec<usize>),
     /// Exactly one of the two resets (and no other node).
     OneOf(usize, usize),
+    /// The clusterware may fence one of these, or none: the one it fences must reset, and no
+    /// other node may (a partial partition: whether corosync settles on a quorate membership
+    /// that excludes one of the two, or keeps re-forming it, is corosync's choice).
+    FencedOf(Vec<usize>),
 }
 
 impl Fault {
@@ -291,8 +295,8 @@ impl Fault {
 
     /// What the model says must happen. Only the cluster's authority resets a healthy node:
     /// a fence (the victim, or exactly one of two fencers; Pacemaker's fence of the node a
-    /// partition cut off, or of one of the two a partial partition separates: the third, which
-    /// sees both, keeps quorum with one of them), a daemon that no longer feeds its
+    /// partition cut off, or of the one of the two a partial partition separates that
+    /// Pacemaker fenced, if it fenced one), a daemon that no longer feeds its
     /// watchdog, a frozen kernel, a loop starved by real-time hogs at or above its priority
     /// (its own loop late). Everything storage, load or clock does degrades and recovers —
     /// real-time hogs below the loop's priority included.
@@ -307,7 +311,8 @@ impl Fault {
             Fault::Fence { victim, .. } | Fault::Partition { node: victim } => {
                 Expect::Reset(vec![victim])
             }
-            Fault::MutualFence { a, b } | Fault::PartialPartition { a, b } => Expect::OneOf(a, b),
+            Fault::MutualFence { a, b } => Expect::OneOf(a, b),
+            Fault::PartialPartition { a, b } => Expect::FencedOf(vec![a, b]),
             _ => Expect::NoReset,
         }
     }
@@ -518,6 +523,8 @@ pub struct Observed {
     pub written_after_fence: Vec<(usize, String)>,
     /// The nodes that were not healthy again (or rejoined) after the heal, and why.
     pub not_recovered: Vec<String>,
+    /// The nodes the clusterware (Pacemaker) recorded a successful fence of during the round.
+    pub clusterware_fenced: Vec<usize>,
 }
 
 /// One broken rule.
@@ -564,6 +571,28 @@ pub fn audit(fault: &Fault, bound: Duration, seen: &Observed) -> Vec<Violation> 
             }
             [a, b].into_iter().filter(|&n| reset(n).is_some()).collect()
         }
+        Expect::FencedOf(nodes) => {
+            let fenced: Vec<usize> = nodes
+                .iter()
+                .copied()
+                .filter(|n| seen.clusterware_fenced.contains(n))
+                .collect();
+            if fenced.len() > 1 {
+                push(
+                    "one-survivor",
+                    format!(
+                        "the clusterware fenced {} of {}",
+                        fenced.len(),
+                        nodes
+                            .iter()
+                            .map(|&n| name(n))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                );
+            }
+            fenced
+        }
     };
     if let Fault::Fence { from, .. } = fault {
         if let Some((_, code)) = seen.fences.iter().find(|(n, code)| n == from && *code != 0) {
@@ -573,6 +602,14 @@ pub fn audit(fault: &Fault, bound: Duration, seen: &Observed) -> Vec<Violation> 
                     "the fence from {} failed (exit {code}): the victim was not cut off",
                     name(*from)
                 ),
+            );
+        }
+    }
+    for &n in &seen.clusterware_fenced {
+        if !must.contains(&n) {
+            push(
+                "false-self-fence",
+                format!("the clusterware fenced {}, which the fault spares", name(n)),
             );
         }
     }
@@ -714,21 +751,45 @@ mod tests {
                 }
                 Fault::PartialPartition { a, b } => {
                     assert!(a != b && a < 3 && b < 3);
-                    assert_eq!(r.fault.expect(), Expect::OneOf(a, b));
+                    assert_eq!(r.fault.expect(), Expect::FencedOf(vec![a, b]));
                 }
                 ref f => panic!("{f} drawn from the Pacemaker catalogue"),
             }
             assert_eq!(r.fault.duration(), PARTITION_HOLD);
         }
-        // The third node of a partial partition must not go, nor both of the two.
+        // A partial partition: no fence and no reset is within the model; the node fenced
+        // must reset, and only it; never both, never the third.
         let fault = Fault::PartialPartition { a: 0, b: 2 };
-        let third = Observed {
-            resets: vec![reset(1, 16.0, "marked dead")],
+        assert!(audit(&fault, BOUND, &Observed::default()).is_empty());
+        let fenced = |nodes: Vec<usize>, resets: Vec<Reset>| Observed {
+            resets,
+            clusterware_fenced: nodes,
             ..Observed::default()
         };
+        let one = fenced(vec![2], vec![reset(2, 2.0, "marked dead")]);
+        assert!(audit(&fault, BOUND, &one).is_empty());
+        let not_reset = fenced(vec![2], vec![]);
+        assert_eq!(rules(&audit(&fault, BOUND, &not_reset)), ["bounded"]);
+        let unfenced_reset = fenced(vec![], vec![reset(0, 2.0, "watchdog")]);
+        assert_eq!(
+            rules(&audit(&fault, BOUND, &unfenced_reset)),
+            ["false-self-fence"]
+        );
+        let third = fenced(vec![1], vec![reset(1, 2.0, "marked dead")]);
         assert_eq!(
             rules(&audit(&fault, BOUND, &third)),
-            ["one-survivor", "false-self-fence"]
+            ["false-self-fence", "false-self-fence"]
+        );
+        let both = fenced(
+            vec![0, 2],
+            vec![reset(0, 2.0, "marked dead"), reset(2, 2.0, "marked dead")],
+        );
+        assert_eq!(rules(&audit(&fault, BOUND, &both)), ["one-survivor"]);
+        // A partition: the node cut off must be fenced and reset.
+        let cut = Fault::Partition { node: 1 };
+        assert_eq!(
+            rules(&audit(&cut, BOUND, &Observed::default())),
+            ["bounded"]
         );
     }
 

@@ -254,6 +254,7 @@ fn run(args: &Args) -> Result<usize> {
                 "node": node_name(r.node), "after_s": r.after.as_secs_f64(), "cause": r.cause
             })).collect::<Vec<_>>(),
             "fences": seen.fences.iter().map(|(n, code)| json!({"from": node_name(*n), "exit": code})).collect::<Vec<_>>(),
+            "clusterware_fenced": seen.clusterware_fenced.iter().map(|&n| node_name(n)).collect::<Vec<_>>(),
             "violations": found.iter().map(|v| json!({"rule": v.rule, "detail": v.detail})).collect::<Vec<_>>(),
             "seconds": t.elapsed().as_secs_f64(),
         });
@@ -662,19 +663,25 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
                 });
             }
         }
-        if let (Some((victims, watcher)), None) = (&watch, fence_returned) {
-            if Instant::now() >= next_history && c.nodes[*watcher].is_running() {
+        if let Some((victims, watcher)) = &watch {
+            if Instant::now() >= next_history
+                && c.nodes[*watcher].is_running()
+                && seen.clusterware_fenced.len() < victims.len()
+            {
                 next_history = Instant::now() + Duration::from_secs(1);
                 for (k, &v) in victims.iter().enumerate() {
+                    if seen.clusterware_fenced.contains(&v) {
+                        continue;
+                    }
                     let h = pacemaker::fence_history(&c.nodes[*watcher], &node_name(v))?;
                     if pacemaker::fences_done(&h) > fences_before[k] {
                         // Recorded done: the victim's blocks are read now, and its reset is
-                        // bounded from now (it usually came before: it sees its dead mark
-                        // while the agent confirms it).
-                        fence_returned = Some(Instant::now());
+                        // bounded from the first such record (it usually came before: it
+                        // sees its dead mark while the agent confirms it).
+                        fence_returned.get_or_insert_with(Instant::now);
                         seen.fences.push((*watcher, 0));
+                        seen.clusterware_fenced.push(v);
                         snapshots.push((*watcher, v, read_tags(c, *watcher, v)?));
-                        break;
                     }
                 }
             }
@@ -682,6 +689,9 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
         let now = Instant::now();
         if !healed && now >= heal_at {
             healed = true;
+            if watch.is_some() {
+                save_quorum(c, round.number);
+            }
             if let Some((node, p)) = ends_before_heal.take() {
                 if c.nodes[node].is_running() {
                     c.nodes[node].wait(p, Duration::from_secs(30))?;
@@ -769,6 +779,19 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
         }
     }
     Ok((seen, bound))
+}
+
+/// Each running node's view of the cluster at the end of a partition (`corosync-quorumtool
+/// -s`), in `round-N-quorum.txt` of the run directory: the evidence of what corosync made of it.
+fn save_quorum(c: &Cluster, round: usize) {
+    let mut text = String::new();
+    for (i, g) in c.nodes.iter().enumerate().filter(|(_, g)| g.is_running()) {
+        let out = g
+            .run("corosync-quorumtool -s 2>&1; crm_mon -1 2>&1 | head -20")
+            .map_or_else(|e| e.to_string(), |o| o.stdout);
+        text.push_str(&format!("== {}\n{out}\n", node_name(i)));
+    }
+    let _ = std::fs::write(c.lab.dir().join(format!("round-{round}-quorum.txt")), text);
 }
 
 /// When `mark` appeared on `g`'s console once more than the `before` times it had (waiting at

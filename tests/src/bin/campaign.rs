@@ -19,8 +19,9 @@
 //! With `--pacemaker` the nodes run corosync and Pacemaker (systemd guests on a guest LAN, as
 //! fenced/docs/pacemaker.md sets them up) and the rounds are cluster-network partitions: one node
 //! cut off, or two nodes cut off from each other while both reach the third. Pacemaker must
-//! fence the node cut off (one of the two), through fence_fenced; the fence's moment is when
-//! Pacemaker records it done, and a node that reset rejoins through Pacemaker's unfencing.
+//! fence the node cut off, through fence_fenced; of two cut off from each other it may fence
+//! one or none (corosync's choice), and only a node it fenced may reset. The fence's moment is
+//! when Pacemaker records it done, and a node that reset rejoins through Pacemaker's unfencing.
 //!
 //! One line per round, a table per fault kind, the same as JSON lines in
 //! `target/campaign/seed-N.jsonl` (or `--json PATH`), and last `campaign: R rounds, V violations`;
@@ -305,9 +306,7 @@ fn start_pacemaker(c: &Cluster) -> Result<()> {
             )));
         }
     }
-    let names = node_names();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    pacemaker::wait_online(c, 0, &names, Duration::from_secs(180))?;
+    wait_all_online(c, 0)?;
     c.nodes[0].run_ok(&pacemaker::doc_block("stonith")?)?;
     pacemaker::wait_started(c, 0, 1, Duration::from_secs(120))?;
     c.wait_daemons_healthy(&all, Duration::from_secs(60))?;
@@ -318,8 +317,11 @@ fn start_pacemaker(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-fn node_names() -> Vec<String> {
-    (0..NODES).map(node_name).collect()
+/// Waits (at most 180 s) until `crm_mon` on node `from` shows every node online.
+fn wait_all_online(c: &Cluster, from: usize) -> Result<String> {
+    let names: Vec<String> = (0..NODES).map(node_name).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    pacemaker::wait_online(c, from, &names, Duration::from_secs(180))
 }
 
 /// Starts node `i`'s writer: its tagged blocks on every LUN through every path, one block per
@@ -645,10 +647,12 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
         }
     }
     let mut next_history = Instant::now();
-    let bound = bound + fence_returned.map_or(Duration::ZERO, |at| at - injected);
+    // A fence's own time counts towards the bound of its victim's reset (see
+    // `Fault::reset_bound`); a partition's fence is only known during the watch below.
+    let with_fence = |at: Option<Instant>| bound + at.map_or(Duration::ZERO, |at| at - injected);
     let heal_at = injected + round.fault.duration();
     let settle = ms(t.lease + t.watchdog + t.poll) + Duration::from_secs(3);
-    let end = heal_at + bound.max(settle);
+    let end = heal_at + with_fence(fence_returned).max(settle);
     let mut healed = false;
     loop {
         for (i, g) in c.nodes.iter().enumerate() {
@@ -751,10 +755,7 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(pending);
-    let bound = match (&watch, fence_returned) {
-        (Some(_), Some(at)) => bound + (at - injected),
-        _ => bound,
-    };
+    let bound = with_fence(fence_returned);
     // No write of a fenced node after its fence returned: read its blocks again before it is
     // let back in.
     for (reader, victim, before) in snapshots {
@@ -907,11 +908,7 @@ fn recover(
                 ));
             }
         }
-        let names = node_names();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        if let Err(e) =
-            pacemaker::wait_online(c, live.unwrap_or(0), &names, Duration::from_secs(180))
-        {
+        if let Err(e) = wait_all_online(c, live.unwrap_or(0)) {
             seen.not_recovered.push(format!(
                 "not every node online in Pacemaker 180 s after the rejoin: {}",
                 short(&e)

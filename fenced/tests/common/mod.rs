@@ -61,3 +61,14 @@ pub fn formatted(dir: &Path, n: usize, slots: u8) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// Options for tests that assert what the disks answered, not when: each round may wait 60 s,
+/// so a write or read delayed by a busy host (other tests' fsyncs on a 2-core CI machine) is
+/// not mistaken for a failed disk. Tests of the deadline itself set their own.
+pub fn patient() -> fenced::vdisk::OpenOptions {
+    fenced::vdisk::OpenOptions {
+        probe_deadline: std::time::Duration::from_secs(60),
+        io_deadline: Some(std::time::Duration::from_secs(60)),
+        ..fenced::vdisk::OpenOptions::default()
+    }
+}

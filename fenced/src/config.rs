@@ -17,6 +17,8 @@
 //!                              # this node ("self-fence": when another tool may preempt)
 //! aptpl = true                 # registrations persist through the array's power loss; one
 //!                              # cluster-wide value (the latest PR OUT's bit governs the LUN)
+//! key_check_luns = 32          # LUNs in good standing the key check reads per period (every
+//!                              # LUN that needs attention is read every period); 0: all
 //! voting_disks = ["/dev/disk/by-id/virtio-vote0", "/dev/disk/by-id/virtio-vote1", "/dev/disk/by-id/virtio-vote2"]
 //!
 //! [timeouts]                   # milliseconds; see `Timing` for the rules
@@ -158,10 +160,19 @@ struct RawStorage {
     key_loss: crate::keycheck::KeyLossPolicy,
     #[serde(default = "default_aptpl")]
     aptpl: bool,
+    #[serde(default = "default_key_check_luns")]
+    key_check_luns: usize,
 }
 
 fn default_aptpl() -> bool {
     true
+}
+
+/// 32 READ KEYS per period (1.25 s with the default timeouts) is what one node asks of the
+/// array at rest, however many LUNs: PR commands run on an array's control path, not its data
+/// path. A LUN in good standing is then read every ceil(LUNs / 32) periods.
+fn default_key_check_luns() -> usize {
+    32
 }
 
 /// `[timeouts]`: P, D, L and W may be left out (all of them, or the whole section): the voting
@@ -398,9 +409,9 @@ impl Timing {
         self.io_deadline + self.registration_bound() + self.lease + self.poll
     }
 
-    /// How often each LUN's keys are read: (L - D) / 2, so that one check lost or slow by up
-    /// to D still leaves a confirmation younger than L (the rule the loop enforces). Never
-    /// below P, since L >= 2P + D.
+    /// The key check's period K: (L - D) / 2, never below P since L >= 2P + D. Each period
+    /// reads the LUNs that need attention and a share of the others (`storage.key_check_luns`,
+    /// see [`crate::keycheck`]).
     pub fn key_check_period(&self) -> Duration {
         self.lease.saturating_sub(self.io_deadline) / 2
     }
@@ -438,6 +449,12 @@ pub struct Config {
     /// Register with APTPL (`storage.aptpl`, default on). The APTPL bit of the latest PR OUT
     /// governs the whole LUN, so every node must use the same value.
     pub aptpl: bool,
+    /// The most LUNs in good standing the key check reads per period
+    /// (`storage.key_check_luns`, default 32; 0: every LUN every period). A LUN that needs
+    /// attention (degraded, unreachable, recovering, a dead node's key on it), the first LUN
+    /// in good standing, and every LUN after a change of the dead or leaving nodes are read
+    /// every period regardless.
+    pub key_check_luns: usize,
     /// Voting disks.
     pub voting_disks: Vec<PathBuf>,
     /// Timing.
@@ -626,6 +643,7 @@ impl Config {
             luns: raw.storage.luns,
             key_loss: raw.storage.key_loss,
             aptpl: raw.storage.aptpl,
+            key_check_luns: raw.storage.key_check_luns,
             voting_disks: raw.storage.voting_disks,
             timing,
             watchdog_policy: raw.watchdog.policy,
@@ -776,6 +794,9 @@ voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
         assert_eq!(c.member("node3").unwrap().key, ReservationKey(0xabc));
         assert_eq!(c.member("0").unwrap().name, "node1");
         assert_eq!(c.member_by_key(c.me.key).unwrap().id, 1);
+        assert_eq!(c.key_check_luns, 32);
+        let every = GOOD.replace("luns = [", "key_check_luns = 0\nluns = [");
+        assert_eq!(parse(&every).unwrap().key_check_luns, 0);
     }
 
     #[test]

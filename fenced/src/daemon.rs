@@ -457,6 +457,7 @@ pub fn start(config: Config) -> Result<Daemon, StartError> {
             bound: config.timing.registration_bound(),
             key_loss: config.key_loss,
             handover: config.timing.handover(),
+            luns_per_period: config.key_check_luns,
         },
         &luns,
         &registered,

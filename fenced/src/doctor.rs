@@ -475,6 +475,11 @@ fn shared_luns(config: &Config, r: &mut Report) {
         return;
     }
     let luns = found.luns;
+    r.add(
+        Verdict::Pass,
+        "key check",
+        key_check_cadence(config, luns.len()),
+    );
     let own = config.me.key;
     for lun in &luns {
         let mut sg_paths = 0usize;
@@ -734,6 +739,24 @@ fn shared_luns(config: &Config, r: &mut Report) {
     }
 }
 
+/// How often the key check reads each of `luns` LUNs at rest (`storage.key_check_luns`).
+fn key_check_cadence(config: &Config, luns: usize) -> String {
+    let period = config.timing.key_check_period();
+    let budget = config.key_check_luns;
+    if budget == 0 || luns <= budget + 1 {
+        return format!(
+            "{luns} LUN(s), every one read every {:.2} s",
+            period.as_secs_f64()
+        );
+    }
+    let periods = (luns - 1).div_ceil(budget);
+    format!(
+        "{luns} LUN(s): a period ({:.2} s) reads the first, every one that needs attention and {budget} of the others in turn (storage.key_check_luns), so each within {periods} periods ({:.1} s)",
+        period.as_secs_f64(),
+        (period * u32::try_from(periods).unwrap_or(u32::MAX)).as_secs_f64()
+    )
+}
+
 fn watchdog_check(config: &Config, r: &mut Report) {
     use watchdog::{choose, discover, Decision, Kind, Policy, Roots};
     let w_secs = u32::try_from(config.timing.watchdog.as_secs()).unwrap_or(u32::MAX);
@@ -880,6 +903,44 @@ mod tests {
         assert_eq!(r.checks[1].to_string(), "WARN b: meh -> do x");
         r.add(Verdict::Fail, "c", "bad");
         assert!(!r.ok());
+    }
+
+    #[test]
+    fn the_key_check_cadence_names_how_long_a_lun_may_go_unread() {
+        let text = r#"
+[cluster]
+name = "prod"
+uuid = "5f0c5a3e-2b1d-4c43-9a55-1d0e6b1c9f10"
+nodes = [ { id = 0, name = "node1" } ]
+[node]
+id = 0
+[storage]
+voting_disks = ["/dev/vda"]
+[timeouts]
+poll = 1000
+io_deadline = 500
+lease = 3000
+watchdog = 5000
+"#;
+        let config = Config::parse(Path::new("fenced.toml"), text).unwrap();
+        assert_eq!(
+            key_check_cadence(&config, 33),
+            "33 LUN(s), every one read every 1.25 s"
+        );
+        assert!(
+            key_check_cadence(&config, 256).ends_with("so each within 8 periods (10.0 s)"),
+            "{}",
+            key_check_cadence(&config, 256)
+        );
+        let every = Config::parse(
+            Path::new("fenced.toml"),
+            &text.replace("voting_disks", "key_check_luns = 0\nvoting_disks"),
+        )
+        .unwrap();
+        assert_eq!(
+            key_check_cadence(&every, 256),
+            "256 LUN(s), every one read every 1.25 s"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The key check: a thread that, once per period, reads the keys of every LUN through every
-//! path, keeps the paths' states, registers new and returned paths, recovers from a lost PR
-//! state, and preempts the keys of nodes the authority marks dead.
+//! The key check: a thread that, once per period, reads the keys of LUNs through every path,
+//! keeps the paths' states, registers new and returned paths, recovers from a lost PR state,
+//! and preempts the keys of nodes the authority marks dead. A period reads every LUN that needs
+//! attention and, of those in good standing, the first and a budget of the others in turn
+//! ([`KeyChecker::due`]).
 //!
 //! What it may and may not conclude (the principle: only the cluster's authority resets a
 //! healthy node):
@@ -244,6 +246,9 @@ pub struct CheckerConfig {
     pub key_loss: KeyLossPolicy,
     /// Leaving: how long a node that stays has to take our key over.
     pub handover: Duration,
+    /// The most LUNs in good standing read per period (`storage.key_check_luns`; 0: all).
+    /// See [`KeyChecker::due`].
+    pub luns_per_period: usize,
 }
 
 /// Gives the checker the authority: a fresh read (for registrations) and the latest one (for
@@ -327,6 +332,8 @@ struct LunState {
     /// Leaving: our key is off this LUN.
     left: bool,
     generation: Option<u32>,
+    /// Its last read listed the key of a node dead or leaving (to take over until it is gone).
+    takeover_pending: bool,
     note: Option<String>,
 }
 
@@ -341,8 +348,23 @@ impl LunState {
             lost: false,
             left: false,
             generation: None,
+            takeover_pending: false,
             note: None,
         }
+    }
+
+    /// Whether anything about this LUN is unsettled: never confirmed, unreachable, recovering,
+    /// a present path not up and registered, a takeover to finish. Such a LUN is read every
+    /// period, whatever the budget.
+    fn needs_attention(&self) -> bool {
+        self.confirmed_at.is_none()
+            || !self.reachable
+            || self.recovering
+            || self.takeover_pending
+            || self
+                .paths
+                .iter()
+                .any(|p| p.present && !(p.up && p.registered))
     }
 }
 
@@ -402,6 +424,10 @@ pub struct KeyChecker {
     to_settle: Vec<Settle>,
     /// Slots dead or leaving per the loop's latest read (candidates for a takeover).
     gone: DeadSet,
+    /// `gone` as of the previous period: a change makes the period read every LUN.
+    gone_before: Option<DeadSet>,
+    /// Where the next period's share of the LUNs in good standing starts.
+    cursor: usize,
 }
 
 /// A LUN to settle at the end of a period, through its registered path `via`.
@@ -484,6 +510,8 @@ impl KeyChecker {
             to_unregister: Vec::new(),
             to_settle: Vec::new(),
             gone: DeadSet::default(),
+            gone_before: None,
+            cursor: 0,
         }
     }
 
@@ -502,10 +530,14 @@ impl KeyChecker {
             dead_set(&latest)
         };
         self.gone = gone(self.cfg.me, dead, self.authority.peers().leaving);
+        let everything = self.gone_before.replace(self.gone) != Some(self.gone);
         self.rescan();
-        let answers = self.read_all_keys();
+        let due = self.due(everything);
+        let answers = self.read_keys(&due);
         for (i, answer) in answers.into_iter().enumerate() {
-            self.check(i, answer);
+            if due[i] {
+                self.check(i, answer);
+            }
         }
         if self.leave.is_some() {
             self.unregister_batch();
@@ -586,16 +618,51 @@ impl KeyChecker {
         self.unidentified = still_unidentified;
     }
 
-    /// Reads the keys through every due path of every LUN in one batch (every READ KEYS in
-    /// flight at once, each with its own deadline, so a hung path delays no other); per LUN, the
-    /// first answer and whether any path received a registrations-preempted notice.
-    fn read_all_keys(&mut self) -> Vec<(Option<Completed<RegisteredKeys>>, bool)> {
+    /// The LUNs this period reads. Every LUN when `everything` (the dead or leaving nodes
+    /// changed: their keys are to come off every LUN now), while leaving, or without a budget.
+    /// Otherwise every LUN that [needs attention](LunState::needs_attention), the first LUN in
+    /// good standing in the cluster-wide order (the one a fence races on first: its preemption
+    /// notice reaches this node within a period), and the next `luns_per_period` others in
+    /// turn. So the idle cost is bounded by the budget, not by the LUN count, and every LUN is
+    /// read at least every ceil(LUNs / budget) periods.
+    fn due(&mut self, everything: bool) -> Vec<bool> {
+        let budget = self.cfg.luns_per_period;
+        let n = self.luns.len();
+        if everything || budget == 0 || budget >= n || self.leave.is_some() {
+            return self.luns.iter().map(|l| !l.lost).collect();
+        }
+        let mut due: Vec<bool> = self
+            .luns
+            .iter()
+            .map(|l| !l.lost && l.needs_attention())
+            .collect();
+        if let Some(first) = self.luns.iter().position(|l| !l.lost && l.reachable) {
+            due[first] = true;
+        }
+        let mut taken = 0;
+        let mut k = 0;
+        while taken < budget && k < n {
+            let i = (self.cursor + k) % n;
+            k += 1;
+            if !due[i] && !self.luns[i].lost {
+                due[i] = true;
+                taken += 1;
+            }
+        }
+        self.cursor = (self.cursor + k) % n;
+        due
+    }
+
+    /// Reads the keys through every due path of every `due` LUN in one batch (every READ KEYS
+    /// in flight at once, each with its own deadline, so a hung path delays no other); per LUN,
+    /// the first answer and whether any path received a registrations-preempted notice.
+    fn read_keys(&mut self, due: &[bool]) -> Vec<(Option<Completed<RegisteredKeys>>, bool)> {
         let now = Instant::now();
         let (timeout, period) = (self.cfg.timeout, self.cfg.period);
         let mut paths = Vec::new();
         let mut who = Vec::new();
         for (i, lun) in self.luns.iter_mut().enumerate() {
-            if lun.lost {
+            if !due[i] {
                 continue;
             }
             for (j, p) in lun.paths.iter_mut().enumerate() {
@@ -828,6 +895,7 @@ impl KeyChecker {
             .filter(|&&(id, key)| self.gone.contains(id) && keys.contains(key))
             .copied()
             .collect();
+        self.luns[i].takeover_pending = !victims.is_empty();
         let changed = self.luns[i].generation != Some(keys.generation);
         self.luns[i].generation = Some(keys.generation);
         if !victims.is_empty() || changed || registered_now {
@@ -1310,6 +1378,17 @@ mod tests {
     /// Node `me` (0-based) of a 3-node cluster, its paths named `/dev/n<me>-<x>`, unfenced as
     /// the daemon does at start.
     fn node(san: &San, votes: &Votes, me: u8, policy: KeyLossPolicy) -> Node {
+        node_with_budget(san, votes, me, policy, 0)
+    }
+
+    /// The same, reading at most `budget` LUNs in good standing per period.
+    fn node_with_budget(
+        san: &San,
+        votes: &Votes,
+        me: u8,
+        policy: KeyLossPolicy,
+        budget: usize,
+    ) -> Node {
         let storage: Arc<dyn Storage> = Arc::new(san.clone());
         let pattern = vec![format!("/dev/n{me}-*")];
         let paths = storage.paths(&pattern);
@@ -1344,6 +1423,7 @@ mod tests {
                 bound: Duration::from_secs(1),
                 key_loss: policy,
                 handover: Duration::from_millis(200),
+                luns_per_period: budget,
             },
             &found.luns,
             &registered,
@@ -1639,6 +1719,166 @@ mod tests {
             );
             assert_eq!(san.holder(lun), Some(0xa1), "the reservation taken again");
         }
+    }
+
+    /// `n` LUNs `naa.NN` with one path per node for nodes 0 and 1: `/dev/n<node>-NN`.
+    fn many_lun_san(n: usize) -> (San, Vec<usize>) {
+        let san = San::new();
+        let luns = (0..n)
+            .map(|i| {
+                let lun = san.add_lun(&format!("naa.{i:02}"));
+                san.add_path(lun, &format!("/dev/n0-{i:02}"));
+                san.add_path(lun, &format!("/dev/n1-{i:02}"));
+                lun
+            })
+            .collect();
+        (san, luns)
+    }
+
+    /// Commands sent through node 0's path of each of `n` LUNs.
+    fn reads_per_lun(san: &San, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|i| san.commands_on(&format!("/dev/n0-{i:02}")))
+            .collect()
+    }
+
+    /// At rest, a period reads the first LUN (the one a fence races on first) and the budget's
+    /// share of the others in turn: the idle cost follows the budget, not the LUN count, and
+    /// every LUN is read within ceil((LUNs - 1) / budget) periods. Must not: read more, or
+    /// leave a LUN unread for longer.
+    #[test]
+    fn at_rest_a_period_reads_the_first_lun_and_the_budgets_share_of_the_others_in_turn() {
+        let (san, _) = many_lun_san(40);
+        let votes = Votes::default();
+        let mut n = node_with_budget(&san, &votes, 0, KeyLossPolicy::Recover, 8);
+        n.checker.step();
+        let mut before = reads_per_lun(&san, 40);
+        let mut unread_for = [0usize; 40];
+        for _ in 0..20 {
+            let commands = san.commands();
+            n.checker.step();
+            assert_eq!(
+                san.commands() - commands,
+                9,
+                "READ KEYS on 1 + 8 LUNs, nothing else"
+            );
+            let now = reads_per_lun(&san, 40);
+            assert_eq!(now[0], before[0] + 1, "the first LUN every period");
+            for i in 1..40 {
+                unread_for[i] = if now[i] > before[i] {
+                    0
+                } else {
+                    unread_for[i] + 1
+                };
+                assert!(
+                    unread_for[i] < 5,
+                    "naa.{i:02} unread for {} periods",
+                    unread_for[i]
+                );
+            }
+            before = now;
+        }
+        assert!(n.board.health().iter().all(|l| l.state == "confirmed"));
+    }
+
+    /// A preemption of every LUN (a fence by a peer) is seen in the next period through the
+    /// first LUN, whatever the budget.
+    #[test]
+    fn a_preemption_is_seen_within_a_period_on_the_first_lun_whatever_the_budget() {
+        let (san, _) = many_lun_san(40);
+        let votes = Votes::default();
+        let mut n = node_with_budget(&san, &votes, 0, KeyLossPolicy::Recover, 4);
+        n.checker.step();
+        n.checker.step();
+        for i in 0..40 {
+            san.open(
+                Path::new(&format!("/dev/n1-{i:02}")),
+                Duration::from_secs(1),
+            )
+            .unwrap()
+            .apply(PrOperation::Register {
+                current: ReservationKey(0),
+                new: KEYS[1],
+                options: sg_pr::RegisterOptions {
+                    ignore_existing: true,
+                    aptpl: false,
+                    all_target_ports: false,
+                },
+            })
+            .unwrap();
+            san.open(
+                Path::new(&format!("/dev/n1-{i:02}")),
+                Duration::from_secs(1),
+            )
+            .unwrap()
+            .apply(PrOperation::Preempt {
+                own: KEYS[1],
+                victim: KEYS[0],
+                pr_type: FENCING_TYPE,
+                abort: true,
+            })
+            .unwrap();
+        }
+        n.checker.step();
+        assert_eq!(n.watch.lost(), Some((0, KeyLoss::Preempted)));
+    }
+
+    /// When the authority marks a node dead, the next period reads every LUN (its key comes off
+    /// every LUN it is still on, not one share at a time); a LUN that needs attention (here,
+    /// our key lost with its PR state) is read every period until settled.
+    #[test]
+    fn a_node_marked_dead_or_a_lun_needing_attention_is_handled_in_the_next_period() {
+        let (san, luns) = many_lun_san(40);
+        let votes = Votes::default();
+        let mut n0 = node_with_budget(&san, &votes, 0, KeyLossPolicy::Recover, 4);
+        let mut n1 = node_with_budget(&san, &votes, 1, KeyLossPolicy::Recover, 4);
+        n0.checker.step();
+        n1.checker.step();
+        assert!(luns.iter().all(|&l| san.keys(l).contains(&KEYS[1].0)));
+        votes.mark_dead(1);
+        n0.checker.step();
+        for &l in &luns {
+            assert!(
+                !san.keys(l).contains(&KEYS[1].0),
+                "naa.{l:02}: {:?}",
+                san.keys(l)
+            );
+        }
+        // Settled: back to the budget.
+        n0.checker.step();
+        let commands = san.commands();
+        n0.checker.step();
+        assert_eq!(san.commands() - commands, 5);
+
+        // LUN 30 loses its PR state: recovered when the rotation reaches it. Then its only path
+        // goes down: an unreachable LUN needs attention.
+        san.lose_pr_state(luns[30]);
+        for _ in 0..10 {
+            n0.checker.step();
+        }
+        assert_eq!(san.holder(luns[30]), Some(KEYS[0].0), "recovered");
+        assert_eq!(n0.watch.lost(), None);
+        san.set_mode("/dev/n0-30", PathMode::Down);
+        for _ in 0..10 {
+            n0.checker.step();
+        }
+        assert_eq!(
+            n0.lun("naa.30").state,
+            "unreachable",
+            "found by the rotation"
+        );
+        for _ in 0..5 {
+            // Past the path's back-off (8 periods at most): tried every period, where the
+            // rotation alone would reach it once in 10.
+            std::thread::sleep(Duration::from_millis(100));
+            let reads = san.commands_on("/dev/n0-30");
+            n0.checker.step();
+            assert_eq!(san.commands_on("/dev/n0-30"), reads + 1);
+        }
+        san.set_mode("/dev/n0-30", PathMode::Up);
+        std::thread::sleep(Duration::from_millis(100));
+        n0.checker.step();
+        assert_eq!(n0.lun("naa.30").state, "confirmed");
     }
 
     #[test]

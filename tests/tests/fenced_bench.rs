@@ -21,7 +21,8 @@
 //! Environment: `FENCED_BENCH_RUNS` (runs per measurement, default 5), `FENCED_BENCH_SCSI_RUNS_64`
 //! (fence_scsi runs on 64 LUNs, default 3: each takes one to two minutes under TCG; 0 skips
 //! fence_scsi there), `FENCED_BENCH_IDLE_SECS` (idle window, default 300),
-//! `FENCED_BENCH_RELAXED=1` (longer I/O deadline and lease, see `bench_timing`).
+//! `FENCED_BENCH_RELAXED=1` (longer I/O deadline and lease, see `bench_timing`),
+//! `FENCED_BENCH_KEY_CHECK_LUNS` (`storage.key_check_luns` on every node; default the product's).
 
 use kmod_testing::iscsi::{Target, TargetKind};
 use kmod_testing::{project_binary, Guest, GuestSpec, Lab, Output};
@@ -179,7 +180,11 @@ fn boot(name: &str, luns: usize) -> Cluster {
                 LONG,
             );
         }
-        let text = config_text(NODES, i, &devs, &vote_devs, timing);
+        let mut text = config_text(NODES, i, &devs, &vote_devs, timing);
+        // The key check's budget, when compared with another (default: the product's).
+        if let Ok(n) = std::env::var("FENCED_BENCH_KEY_CHECK_LUNS") {
+            text = text.replace("[storage]\n", &format!("[storage]\nkey_check_luns = {n}\n"));
+        }
         // Without LUNs, for Cluster::daemon_status (the daemons' own reports).
         let no_luns = config_text(NODES, i, &[], &vote_devs, timing);
         ok(

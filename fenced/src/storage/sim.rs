@@ -59,6 +59,8 @@ struct State {
     paths: BTreeMap<PathBuf, SimPath>,
     next_nexus: u32,
     commands: usize,
+    /// Commands per path.
+    commands_on: BTreeMap<PathBuf, usize>,
 }
 
 /// The SAN, shared by the paths opened on it.
@@ -179,6 +181,15 @@ impl San {
         self.lock().commands
     }
 
+    /// Commands sent so far through `path`.
+    pub fn commands_on(&self, path: &str) -> usize {
+        self.lock()
+            .commands_on
+            .get(Path::new(path))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Drops any unit attention waiting on `path` (as when the sd driver's own I/O takes it).
     pub fn consume_unit_attentions(&self, path: &str) {
         let mut st = self.lock();
@@ -197,6 +208,7 @@ impl San {
     ) -> sg_pr::Result<T> {
         let mut st = self.lock();
         st.commands += 1;
+        *st.commands_on.entry(path.to_path_buf()).or_default() += 1;
         let (lun, nexus, mode) = match st.paths.get(path) {
             Some(p) => (p.lun, p.nexus, p.mode),
             None => {

@@ -289,9 +289,9 @@ impl PathIo for AnyDevice {
     }
 
     fn lun_id(&self) -> sg_pr::Result<Option<String>> {
-        match self.as_sg() {
-            Some(sg) => Ok(sg.device_identification()?.value.lun_id()),
-            None => Ok(None),
+        match self {
+            AnyDevice::Sg(sg) => Ok(sg.device_identification()?.value.lun_id()),
+            AnyDevice::Block(b) => Ok(b.lun_id()),
         }
     }
 

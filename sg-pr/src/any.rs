@@ -33,8 +33,8 @@ pub enum AnyDevice {
 }
 
 impl AnyDevice {
-    /// Opens `path` with `backend`; `timeout` is the SG_IO per-command timeout (the block
-    /// layer has no per-command timeout of its own).
+    /// Opens `path` with `backend`; `timeout` is the per-command timeout of SG_IO and of the
+    /// NVMe passthrough reads (the block layer's PR ioctls have none of their own).
     pub fn open(path: impl AsRef<Path>, backend: Backend, timeout: Duration) -> Result<Self> {
         let path = path.as_ref();
         let sg = |path: &Path| -> Result<AnyDevice> {
@@ -42,19 +42,23 @@ impl AnyDevice {
         };
         match backend {
             Backend::Sg => sg(path),
-            Backend::Block => Ok(AnyDevice::Block(BlockPrDevice::open(path)?)),
+            Backend::Block => Ok(AnyDevice::Block(
+                BlockPrDevice::open(path)?.with_timeout(timeout),
+            )),
             Backend::Auto => {
                 // Checks existence, permissions and partitions once, with clear errors.
                 let (_, kind) = open_device_node(path)?;
                 if let NodeKind::Block { major, minor } = kind {
                     if is_device_mapper(Path::new("/sys"), major, minor) {
-                        return Ok(AnyDevice::Block(BlockPrDevice::open(path)?));
+                        return Ok(AnyDevice::Block(
+                            BlockPrDevice::open(path)?.with_timeout(timeout),
+                        ));
                     }
                 }
                 match sg(path) {
-                    Err(Error::NotScsi { .. }) if matches!(kind, NodeKind::Block { .. }) => {
-                        Ok(AnyDevice::Block(BlockPrDevice::open(path)?))
-                    }
+                    Err(Error::NotScsi { .. }) if matches!(kind, NodeKind::Block { .. }) => Ok(
+                        AnyDevice::Block(BlockPrDevice::open(path)?.with_timeout(timeout)),
+                    ),
                     other => other,
                 }
             }

@@ -83,7 +83,8 @@ pub enum Command {
     Reservation(OneDevice),
     /// Persistent reservation capabilities (PR IN REPORT CAPABILITIES).
     Caps(OneDevice),
-    /// Every registration with its initiator (PR IN READ FULL STATUS).
+    /// Every registration with its initiator (PR IN READ FULL STATUS; on an NVMe namespace, the
+    /// Reservation Report: every registered controller with its host identifier).
     Status(OneDevice),
     /// Register a key (REGISTER / REGISTER AND IGNORE EXISTING KEY); --key 0 unregisters.
     Register(RegisterArgs),

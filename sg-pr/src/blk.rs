@@ -23,11 +23,21 @@ use crate::types::{PrType, ReservationKey};
 /// Most keys read through IOC_PR_READ_KEYS (the kernel's PR_KEYS_MAX is 65536).
 const MAX_KEYS: usize = 1 << 16;
 
-/// A block device spoken to through the block-layer PR ioctls.
+/// A block device spoken to through the block-layer PR ioctls. On an NVMe namespace the
+/// reads go through the NVMe Reservation Report command instead ([`crate::nvme::read_report`]):
+/// it works on every kernel (the read ioctls need 6.19), carries host identifiers, and has a
+/// timeout (the PR ioctls have none, and nvme-tcp holds a lost controller's commands for
+/// `ctrl_loss_tmo`, 600 s by default).
 #[derive(Debug)]
 pub struct BlockPrDevice {
     file: File,
     name: String,
+    /// The namespace id, on an NVMe namespace.
+    nvme_nsid: Option<u32>,
+    /// The timeout of the commands that carry one (NVMe passthrough reads).
+    timeout: std::time::Duration,
+    /// Its major and minor numbers.
+    dev: (u32, u32),
 }
 
 impl BlockPrDevice {
@@ -35,15 +45,50 @@ impl BlockPrDevice {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let (file, kind) = open_device_node(path)?;
-        if !matches!(kind, NodeKind::Block { .. }) {
+        let NodeKind::Block { major, minor } = kind else {
             return Err(Error::NotADevice {
                 device: path.to_path_buf(),
             });
-        }
+        };
+        let nvme_nsid = sys::nvme_ns_id(file.as_fd()).ok();
         Ok(BlockPrDevice {
             file,
             name: path.display().to_string(),
+            nvme_nsid,
+            timeout: crate::commands::DEFAULT_TIMEOUT,
+            dev: (major, minor),
         })
+    }
+
+    /// The identity of the LUN behind this device, the same on every host: an NVMe
+    /// namespace's ([`crate::device::nvme_namespace_id`]); `None` for other block devices.
+    pub fn lun_id(&self) -> Option<String> {
+        self.nvme_nsid?;
+        crate::device::nvme_namespace_id(Path::new("/sys"), self.dev.0, self.dev.1)
+    }
+
+    /// Sets the timeout of the commands that carry one (the NVMe reads).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The namespace id, when this is an NVMe namespace.
+    pub fn nvme_nsid(&self) -> Option<u32> {
+        self.nvme_nsid
+    }
+
+    /// An NVMe namespace's Reservation Report: every registered controller with its host
+    /// identifier and key, and the holder ([`Error::NotSupported`] on other devices).
+    pub fn nvme_report(&self) -> Result<crate::nvme::ReservationReport> {
+        if self.nvme_nsid.is_none() {
+            return Err(Error::NotSupported {
+                device: self.name.clone(),
+                op: "NVMe Reservation Report",
+            });
+        }
+        crate::nvme::read_report(self.file.as_fd(), &self.name, self.timeout)
     }
 
     /// Maps an ioctl result to this crate's errors.
@@ -124,9 +169,14 @@ impl BlockPrDevice {
         self.check("IOC_PR_CLEAR", sys::pr_clear(self.file.as_fd(), arg))
     }
 
-    /// IOC_PR_READ_KEYS (Linux 6.19+), growing the buffer when the device has more keys.
+    /// The registered keys: on NVMe through the Reservation Report (one key per registered
+    /// controller), elsewhere IOC_PR_READ_KEYS (Linux 6.19+), growing the buffer when the device
+    /// has more keys.
     pub fn read_keys(&self) -> Result<RegisteredKeys> {
         const OP: &str = "IOC_PR_READ_KEYS";
+        if self.nvme_nsid.is_some() {
+            return self.nvme_report().map(|r| r.keys());
+        }
         let mut capacity = 256usize;
         loop {
             let mut keys = vec![0u64; capacity];
@@ -152,9 +202,13 @@ impl BlockPrDevice {
         }
     }
 
+    /// The reservation: on NVMe through the Reservation Report, elsewhere
     /// IOC_PR_READ_RESERVATION (Linux 6.19+).
     pub fn read_reservation(&self) -> Result<ReservationStatus> {
         const OP: &str = "IOC_PR_READ_RESERVATION";
+        if self.nvme_nsid.is_some() {
+            return self.nvme_report().map(|r| r.reservation());
+        }
         let (status, r) = sys::pr_read_reservation(self.file.as_fd())
             .map_err(|e| map_errno(&self.name, OP, e))?;
         self.check(OP, Ok(status))?;
@@ -265,10 +319,10 @@ impl PersistentReservations for BlockPrDevice {
         })
     }
 
-    /// IOC_PR_READ_KEYS, or, where the kernel lacks it (before 6.19), READ KEYS through SG_IO
-    /// on the same node: a SCSI disk, or a dm-multipath map (dm passes SG_IO to its current
-    /// path, and the keys are the LUN's whichever path answers). NVMe without the ioctl stays
-    /// [`Error::NotSupported`].
+    /// As [`keys`](Self::keys) (the Reservation Report on NVMe), or, where the kernel lacks
+    /// IOC_PR_READ_KEYS (before 6.19), READ KEYS through SG_IO on the same node: a SCSI disk,
+    /// or a dm-multipath map (dm passes SG_IO to its current path, and the keys are the LUN's
+    /// whichever path answers).
     fn keys_for_verification(&self) -> Result<Completed<RegisteredKeys>> {
         match self.keys() {
             Err(not_supported @ Error::NotSupported { .. }) => {
@@ -354,6 +408,9 @@ mod tests {
         let dev = BlockPrDevice {
             file: f,
             name: "/dev/dm-0".into(),
+            nvme_nsid: None,
+            timeout: crate::commands::DEFAULT_TIMEOUT,
+            dev: (0, 0),
         };
         // Regression (Linux 6.1 sd, VM test): a conflict came back as 0x118, reported as
         // "unknown status" with exit 1 instead of RESERVATION CONFLICT (24). The same for
@@ -369,10 +426,18 @@ mod tests {
     #[test]
     fn ioctls_on_a_non_block_file_report_not_supported() {
         let f = tempfile::tempfile().unwrap();
-        let dev = BlockPrDevice {
+        let mut dev = BlockPrDevice {
             file: f,
             name: "/tmp/x".into(),
+            nvme_nsid: None,
+            timeout: crate::commands::DEFAULT_TIMEOUT,
+            dev: (0, 0),
         };
+        assert!(matches!(dev.read_keys(), Err(Error::NotSupported { .. })));
+        assert!(matches!(dev.nvme_report(), Err(Error::NotSupported { .. })));
+        // Taken for an NVMe namespace, the report goes through passthrough, which a regular
+        // file refuses as well.
+        dev.nvme_nsid = Some(1);
         assert!(matches!(dev.read_keys(), Err(Error::NotSupported { .. })));
         assert!(matches!(
             dev.reserve(ReservationKey(1), PrType::WriteExclusive),

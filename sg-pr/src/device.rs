@@ -67,6 +67,17 @@ pub fn is_device_mapper(sysfs_root: &Path, major: u32, minor: u32) -> bool {
         .is_dir()
 }
 
+/// The identity of the NVMe namespace at block device `major:minor`, as the kernel derives it
+/// from the namespace's identifiers (`/sys/dev/block/MAJ:MIN/wwid`): `uuid.<UUID>` when the
+/// namespace has a UUID, else `eui.<NGUID>` or `eui.<EUI-64>`, else `nvme.<vendor>-<serial>-
+/// <model>-<nsid>`. The same on every host that sees the namespace, through any controller.
+pub fn nvme_namespace_id(sysfs_root: &Path, major: u32, minor: u32) -> Option<String> {
+    let wwid =
+        std::fs::read_to_string(sysfs_root.join(format!("dev/block/{major}:{minor}/wwid"))).ok()?;
+    let wwid = wwid.trim();
+    (!wwid.is_empty()).then(|| wwid.to_string())
+}
+
 /// Checks that `path` names a device node usable for reservations and opens it read-write.
 ///
 /// Errors name the path and say what to do: nonexistent path, permission, not a device node,
@@ -252,6 +263,26 @@ mod tests {
         std::fs::create_dir_all(root.path().join("dev/block/8:0")).unwrap();
         assert!(is_device_mapper(root.path(), 253, 0));
         assert!(!is_device_mapper(root.path(), 8, 0));
+    }
+
+    #[test]
+    fn an_nvme_namespace_is_identified_by_the_kernels_wwid() {
+        let root = tempfile::tempdir().unwrap();
+        let ns = root.path().join("dev/block/259:0");
+        std::fs::create_dir_all(&ns).unwrap();
+        std::fs::write(
+            ns.join("wwid"),
+            "uuid.5b1c2d3e-4f50-4a1b-8c2d-3e4f5a6b7c8d\n",
+        )
+        .unwrap();
+        assert_eq!(
+            nvme_namespace_id(root.path(), 259, 0).as_deref(),
+            Some("uuid.5b1c2d3e-4f50-4a1b-8c2d-3e4f5a6b7c8d")
+        );
+        std::fs::create_dir_all(root.path().join("dev/block/259:1")).unwrap();
+        std::fs::write(root.path().join("dev/block/259:1/wwid"), "\n").unwrap();
+        assert_eq!(nvme_namespace_id(root.path(), 259, 1), None, "empty");
+        assert_eq!(nvme_namespace_id(root.path(), 8, 0), None, "no attribute");
     }
 
     #[test]

@@ -222,6 +222,17 @@ pub enum Error {
         status: PrStatus,
     },
 
+    /// An NVMe command through passthrough completed with an error status.
+    #[error("{device}: {command} failed with NVMe status 0x{status:03x} ({})", crate::nvme::status_meaning(*status))]
+    NvmeStatus {
+        /// Device name.
+        device: String,
+        /// The command.
+        command: &'static str,
+        /// Status code type << 8 | status code (More and Do Not Retry removed).
+        status: u16,
+    },
+
     /// PREEMPT succeeded but READ KEYS still lists the victim's key.
     #[error("{device}: PREEMPT reported success but READ KEYS still lists {victim}; the victim is NOT fenced on this LUN, retry the preempt and check the target")]
     VictimStillRegistered {
@@ -282,7 +293,12 @@ impl Error {
 
     /// True for timeouts and missed deadlines.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::DeadlineExceeded { .. })
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::DeadlineExceeded { .. }
+                | Error::NvmeStatus { status: 0x371, .. }
+        )
     }
 }
 

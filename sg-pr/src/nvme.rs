@@ -10,11 +10,15 @@
 //! extended: the key at 8 and a 128-bit host identifier at 16. NVMe registrations belong to a
 //! host, not to a path: every controller of one host is listed with that host's key.
 
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
 use serde::Serialize;
 
 use crate::blk::reservation_from_block;
-use crate::error::ParseError;
+use crate::error::{Error, ParseError, Result};
 use crate::pr::{RegisteredKeys, ReservationStatus};
+use crate::sys;
 use crate::types::{PrType, ReservationKey};
 
 /// The NVM command set's Reservation Report opcode.
@@ -203,9 +207,168 @@ impl ReservationReport {
     }
 }
 
+/// NVMe status codes this crate names (status code type << 8 | status code).
+const SC_INVALID_OPCODE: u16 = 0x001;
+const SC_INVALID_FIELD: u16 = 0x002;
+const SC_HOST_ID_INCONSISTENT_FORMAT: u16 = 0x018;
+const SC_RESERVATION_CONFLICT: u16 = 0x083;
+const SC_HOST_PATH_ERROR: u16 = 0x370;
+const SC_HOST_ABORTED: u16 = 0x371;
+/// The status field's More and Do Not Retry bits, outside the type and code.
+const SCT_SC_MASK: u32 = 0x7ff;
+
+/// What an NVMe status (status code type << 8 | status code) means, for the operator.
+pub fn status_meaning(status: u16) -> &'static str {
+    match status {
+        SC_INVALID_OPCODE => "invalid command opcode: the namespace does not support this command (reservations need ONCS bit 5)",
+        SC_INVALID_FIELD => "invalid field in command",
+        SC_HOST_ID_INCONSISTENT_FORMAT => "host identifier inconsistent format",
+        SC_RESERVATION_CONFLICT => "reservation conflict",
+        SC_HOST_PATH_ERROR => "host path error: the controller is unreachable (check the fabric, nvme list-subsys)",
+        SC_HOST_ABORTED => "aborted by the host: its timeout passed or the controller was reset",
+        s => match s >> 8 {
+            0 => "generic command status",
+            1 => "command specific status",
+            2 => "media or data integrity error",
+            3 => "path related status",
+            _ => "vendor specific status",
+        },
+    }
+}
+
+/// Most controllers read in one report (64-byte entries: 4 MiB).
+const MAX_CONTROLLERS: usize = 1 << 16;
+/// Controllers the first read makes room for: a report of a typical cluster fits at once.
+const FIRST_READ_CONTROLLERS: usize = 32;
+
+/// Reads the reservation state of the NVMe namespace behind `fd` (a namespace's block device)
+/// with the Reservation Report command through passthrough, each command within `timeout`
+/// (the kernel aborts it then: a lost controller cannot hold the caller for the transport's
+/// `ctrl_loss_tmo`, as the block-layer PR ioctls can). Asks for the extended data structure
+/// (the 128-bit host identifiers NVMe over Fabrics uses) and falls back to the standard one
+/// where the controller refuses it; reads again, larger, when more controllers are registered
+/// than the first buffer held. `device` names the device in errors.
+pub fn read_report(
+    fd: BorrowedFd<'_>,
+    device: &str,
+    timeout: Duration,
+) -> Result<ReservationReport> {
+    const COMMAND: &str = "NVMe Reservation Report";
+    let io = |source: std::io::Error| match source.raw_os_error() {
+        Some(libc::ENOTTY) => Error::NotSupported {
+            device: device.to_string(),
+            op: COMMAND,
+        },
+        Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied {
+            device: device.into(),
+        },
+        _ => Error::Io {
+            device: device.to_string(),
+            command: COMMAND,
+            source,
+        },
+    };
+    let nsid = sys::nvme_ns_id(fd).map_err(io)?;
+    let timeout_ms = u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let mut extended = true;
+    let mut controllers = FIRST_READ_CONTROLLERS;
+    loop {
+        let len = ReservationReport::len_for(controllers, extended);
+        let mut data = vec![0u8; len];
+        let (cdw10, cdw11) = ReservationReport::command_dwords(len, extended);
+        let cmd = sys::NvmePassthruCmd {
+            opcode: RESERVATION_REPORT,
+            nsid,
+            cdw10,
+            cdw11,
+            timeout_ms,
+            ..sys::NvmePassthruCmd::default()
+        };
+        let raw = sys::nvme_io_cmd_read(fd, cmd, &mut data).map_err(io)?;
+        let status = u16::try_from(raw & SCT_SC_MASK).unwrap_or(u16::MAX);
+        match status {
+            0 => {}
+            SC_HOST_ID_INCONSISTENT_FORMAT | SC_INVALID_FIELD if extended => {
+                extended = false;
+                continue;
+            }
+            SC_RESERVATION_CONFLICT => {
+                return Err(Error::ReservationConflict {
+                    device: device.to_string(),
+                    command: COMMAND,
+                    after_ambiguous_retry: false,
+                })
+            }
+            SC_INVALID_OPCODE => {
+                return Err(Error::NotSupported {
+                    device: device.to_string(),
+                    op: COMMAND,
+                })
+            }
+            status => {
+                return Err(Error::NvmeStatus {
+                    device: device.to_string(),
+                    command: COMMAND,
+                    status,
+                })
+            }
+        }
+        let report =
+            ReservationReport::parse(&data, extended).map_err(|source| Error::BadResponse {
+                device: device.to_string(),
+                command: COMMAND,
+                source,
+            })?;
+        let registered = usize::from(report.registered);
+        if report.truncated() && controllers < registered.min(MAX_CONTROLLERS) {
+            controllers = registered.min(MAX_CONTROLLERS);
+            continue;
+        }
+        return Ok(report);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvme_statuses_are_named_for_the_operator() {
+        assert_eq!(status_meaning(0x083), "reservation conflict");
+        assert!(status_meaning(0x001).contains("ONCS bit 5"));
+        assert!(status_meaning(0x371).contains("timeout"));
+        assert_eq!(status_meaning(0x285), "media or data integrity error");
+        let e = Error::NvmeStatus {
+            device: "/dev/nvme0n1".into(),
+            command: "NVMe Reservation Report",
+            status: 0x370,
+        };
+        assert_eq!(
+            e.to_string(),
+            "/dev/nvme0n1: NVMe Reservation Report failed with NVMe status 0x370 (host path error: the controller is unreachable (check the fabric, nvme list-subsys))"
+        );
+        assert!(!e.is_timeout(), "a path error is not a timeout");
+        let aborted = Error::NvmeStatus {
+            device: "/dev/nvme0n1".into(),
+            command: "NVMe Reservation Report",
+            status: 0x371,
+        };
+        assert!(aborted.is_timeout());
+    }
+
+    #[test]
+    fn a_report_on_a_device_that_is_no_nvme_namespace_is_not_supported() {
+        let f = tempfile::tempfile().unwrap();
+        let err = read_report(
+            std::os::fd::AsFd::as_fd(&f),
+            "/tmp/x",
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotSupported { .. }), "{err}");
+    }
 
     /// A standard-format report: generation, type, the registered count, entries of
     /// (controller id, holder, host id, key).

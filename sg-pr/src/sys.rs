@@ -1,6 +1,7 @@
-//! The only module with `unsafe`: the SG_IO and block-layer PR ioctls.
+//! The only module with `unsafe`: the SG_IO, block-layer PR and NVMe passthrough ioctls.
 //!
-//! Layouts and numbers follow scsi/sg.h and linux/pr.h; unit tests pin them.
+//! Layouts and numbers follow scsi/sg.h, linux/pr.h and linux/nvme_ioctl.h; unit tests pin
+//! them.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -77,7 +78,7 @@ impl SgIoHdr {
 
 /// Linux `_IOC` encoding (asm-generic/ioctl.h; x86, arm, riscv share it).
 pub(crate) const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
-    // The size field is 14 bits; every struct used here is under 64 bytes.
+    // The size field is 14 bits; every struct used here is under 100 bytes.
     #[allow(clippy::cast_possible_truncation)]
     let size = (size as u32) & 0x3fff;
     (dir << 30) | (size << 16) | ((ty as u32) << 8) | (nr as u32)
@@ -165,6 +166,41 @@ pub(crate) const IOC_PR_READ_RESERVATION: u32 = ioc(
     b'p',
     207,
     std::mem::size_of::<PrReadReservation>(),
+);
+
+/// `struct nvme_passthru_cmd` (linux/nvme_ioctl.h): an NVMe command through
+/// `NVME_IOCTL_IO_CMD`, with its own timeout.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct NvmePassthruCmd {
+    pub opcode: u8,
+    pub flags: u8,
+    pub rsvd1: u16,
+    pub nsid: u32,
+    pub cdw2: u32,
+    pub cdw3: u32,
+    pub metadata: u64,
+    pub addr: u64,
+    pub metadata_len: u32,
+    pub data_len: u32,
+    pub cdw10: u32,
+    pub cdw11: u32,
+    pub cdw12: u32,
+    pub cdw13: u32,
+    pub cdw14: u32,
+    pub cdw15: u32,
+    pub timeout_ms: u32,
+    pub result: u32,
+}
+
+/// `NVME_IOCTL_ID`: the namespace id of an NVMe namespace's block or generic device.
+pub(crate) const NVME_IOCTL_ID: u32 = ioc(0, b'N', 0x40, 0);
+/// `NVME_IOCTL_IO_CMD`: an I/O command set command through passthrough.
+pub(crate) const NVME_IOCTL_IO_CMD: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    b'N',
+    0x43,
+    std::mem::size_of::<NvmePassthruCmd>(),
 );
 
 /// What SG_IO wrote back.
@@ -581,9 +617,91 @@ pub(crate) fn pr_read_reservation(fd: BorrowedFd<'_>) -> io::Result<(u32, PrRead
     Ok((status, arg))
 }
 
+/// The namespace id of the NVMe namespace behind `fd` (`NVME_IOCTL_ID`); ENOTTY when it is no
+/// NVMe namespace.
+pub(crate) fn nvme_ns_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: NVME_IOCTL_ID takes no argument and reads or writes no user memory; it returns
+    // the namespace id or -1 with errno.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), NVME_IOCTL_ID as libc::Ioctl) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc.unsigned_abs())
+    }
+}
+
+/// Issues `cmd` through `NVME_IOCTL_IO_CMD` with `data` as its host-bound data buffer (its
+/// address and length are set here). Returns the NVMe status field the kernel hands back: 0,
+/// or a positive (status code type << 8 | status code, with More and Do Not Retry).
+pub(crate) fn nvme_io_cmd_read(
+    fd: BorrowedFd<'_>,
+    mut cmd: NvmePassthruCmd,
+    data: &mut [u8],
+) -> io::Result<u32> {
+    cmd.addr = data.as_mut_ptr() as u64;
+    cmd.data_len = u32::try_from(data.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "data buffer over 4 GiB"))?;
+    cmd.metadata = 0;
+    cmd.metadata_len = 0;
+    // SAFETY: NVME_IOCTL_IO_CMD takes a struct nvme_passthru_cmd, which NvmePassthruCmd
+    // mirrors (size pinned by a test). The kernel transfers at most `data_len` bytes into
+    // `addr`, which is `data`: that many bytes, alive and exclusively borrowed for the whole
+    // call; no metadata buffer is given.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            NVME_IOCTL_IO_CMD as libc::Ioctl,
+            std::ptr::from_mut(&mut cmd),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc.unsigned_abs())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvme_passthru_layout_and_ioctl_numbers_match_linux_nvme_ioctl_h() {
+        assert_eq!(std::mem::size_of::<NvmePassthruCmd>(), 72);
+        assert_eq!(std::mem::offset_of!(NvmePassthruCmd, nsid), 4);
+        assert_eq!(std::mem::offset_of!(NvmePassthruCmd, addr), 24);
+        assert_eq!(std::mem::offset_of!(NvmePassthruCmd, data_len), 36);
+        assert_eq!(std::mem::offset_of!(NvmePassthruCmd, cdw10), 40);
+        assert_eq!(std::mem::offset_of!(NvmePassthruCmd, timeout_ms), 64);
+        assert_eq!(std::mem::offset_of!(NvmePassthruCmd, result), 68);
+        // _IO('N', 0x40) and _IOWR('N', 0x43, struct nvme_passthru_cmd).
+        assert_eq!(NVME_IOCTL_ID, 0x4e40);
+        assert_eq!(NVME_IOCTL_IO_CMD, 0xc048_4e43);
+        use nix::{request_code_none, request_code_readwrite};
+        let as_u32 = |v: nix::sys::ioctl::ioctl_num_type| u32::try_from(v).unwrap();
+        assert_eq!(NVME_IOCTL_ID, as_u32(request_code_none!(b'N', 0x40)));
+        assert_eq!(
+            NVME_IOCTL_IO_CMD,
+            as_u32(request_code_readwrite!(
+                b'N',
+                0x43,
+                std::mem::size_of::<NvmePassthruCmd>()
+            ))
+        );
+    }
+
+    #[test]
+    fn nvme_ioctls_on_a_regular_file_fail_with_enotty() {
+        let f = tempfile::tempfile().unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&f);
+        assert_eq!(
+            nvme_ns_id(fd).unwrap_err().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+        let mut buf = [0u8; 64];
+        let err = nvme_io_cmd_read(fd, NvmePassthruCmd::default(), &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
+    }
 
     #[test]
     fn sg_io_header_layout_matches_scsi_sg_h_on_64_bit() {

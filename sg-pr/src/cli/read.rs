@@ -8,8 +8,8 @@ use serde_json::json;
 
 use sg_pr::{
     inquiry::{Association, DeviceIdentification},
-    Capabilities, Error, FullStatus, PersistentReservations, PrType, RegisteredKeys, Report,
-    ReservationStatus, StandardInquiry,
+    AnyDevice, Capabilities, Error, FullStatus, PersistentReservations, PrType, RegisteredKeys,
+    Report, ReservationStatus, StandardInquiry,
 };
 
 use super::{exit, exit_code_for, fail, print_notes, Ctx};
@@ -315,6 +315,22 @@ fn render_caps(name: &str, c: &Capabilities) -> String {
 }
 
 pub(super) fn full_status(ctx: &Ctx, path: &Path) -> u8 {
+    // An NVMe namespace: every registered controller with its host identifier, from the
+    // Reservation Report.
+    if let Ok(AnyDevice::Block(b)) = ctx.open_any(path) {
+        if b.nvme_nsid().is_some() {
+            let r = try_dev!(ctx, path, b.nvme_report());
+            let name = b.device_name();
+            let report = Report {
+                attempts: 1,
+                ..Report::default()
+            };
+            emit(ctx, name, &r, &report, || {
+                print!("{}", render_nvme_report(name, &r));
+            });
+            return exit::OK;
+        }
+    }
     let dev = try_dev!(ctx, path, ctx.open_sg(path));
     let c = try_dev!(ctx, path, dev.read_full_status());
     let name = dev.name();
@@ -356,10 +372,81 @@ fn render_full_status(name: &str, s: &FullStatus) -> String {
     out
 }
 
+fn render_nvme_report(name: &str, r: &sg_pr::nvme::ReservationReport) -> String {
+    let mut out = String::new();
+    let n = usize::from(r.registered);
+    out_line!(
+        out,
+        "{name}: PR generation 0x{:x}, {n} registered controller{}{}",
+        r.generation,
+        if n == 1 { "" } else { "s" },
+        if r.ptpl {
+            ", persist through power loss"
+        } else {
+            ""
+        }
+    );
+    for c in &r.controllers {
+        let holder = if c.holds_reservation {
+            format!(
+                "  reservation holder: {}",
+                type_text(r.pr_type(), r.type_code)
+            )
+        } else {
+            String::new()
+        };
+        out_line!(out, "  key {}{holder}", c.key);
+        out_line!(
+            out,
+            "      host id {}, controller 0x{:04x}",
+            c.host_id,
+            c.controller_id
+        );
+    }
+    if r.truncated() {
+        out_line!(out, "  (list truncated)");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sg_pr::{Registration, Reservation, ReservationKey, TransportId};
+
+    #[test]
+    fn an_nvme_report_lists_each_controller_with_its_host_id_and_the_holder() {
+        use sg_pr::nvme::{HostId, RegisteredController, ReservationReport};
+        let r = ReservationReport {
+            generation: 3,
+            type_code: 3,
+            ptpl: false,
+            controllers: vec![
+                RegisteredController {
+                    controller_id: 1,
+                    holds_reservation: true,
+                    host_id: HostId::Extended([0x11; 16]),
+                    key: ReservationKey(0xa1),
+                },
+                RegisteredController {
+                    controller_id: 2,
+                    holds_reservation: false,
+                    host_id: HostId::Extended([0x22; 16]),
+                    key: ReservationKey(0xa2),
+                },
+            ],
+            registered: 2,
+        };
+        let text = render_nvme_report("/dev/nvme0n1", &r);
+        assert_eq!(
+            text,
+            format!(
+                "/dev/nvme0n1: PR generation 0x3, 2 registered controllers\n  key 0xa1  reservation holder: Write Exclusive, registrants only (type 5, 'wero')\n      host id {}, controller 0x0001\n  key 0xa2\n      host id {}, controller 0x0002\n",
+                "11".repeat(16),
+                "22".repeat(16)
+            )
+        );
+    }
 
     #[test]
     fn keys_are_listed_one_per_line_with_generation() {

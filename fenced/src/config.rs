@@ -452,8 +452,8 @@ pub struct Config {
     /// The most LUNs in good standing the key check reads per period
     /// (`storage.key_check_luns`, default 32; 0: every LUN every period). A LUN that needs
     /// attention (degraded, unreachable, recovering, a dead node's key on it), the first LUN
-    /// in good standing, and every LUN after a change of the dead or leaving nodes are read
-    /// every period regardless.
+    /// in good standing, and every LUN after a change of the dead or leaving nodes, a PR-state
+    /// loss or a path going down are read every period regardless.
     pub key_check_luns: usize,
     /// Voting disks.
     pub voting_disks: Vec<PathBuf>,

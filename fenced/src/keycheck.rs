@@ -428,6 +428,9 @@ pub struct KeyChecker {
     gone_before: Option<DeadSet>,
     /// Where the next period's share of the LUNs in good standing starts.
     cursor: usize,
+    /// A LUN lost its PR state or a path went down this period: likely an array- or port-wide
+    /// event, so the next period reads every LUN.
+    read_everything: bool,
 }
 
 /// A LUN to settle at the end of a period, through its registered path `via`.
@@ -512,6 +515,7 @@ impl KeyChecker {
             gone: DeadSet::default(),
             gone_before: None,
             cursor: 0,
+            read_everything: false,
         }
     }
 
@@ -530,7 +534,8 @@ impl KeyChecker {
             dead_set(&latest)
         };
         self.gone = gone(self.cfg.me, dead, self.authority.peers().leaving);
-        let everything = self.gone_before.replace(self.gone) != Some(self.gone);
+        let gone_changed = self.gone_before.replace(self.gone) != Some(self.gone);
+        let everything = std::mem::take(&mut self.read_everything) || gone_changed;
         self.rescan();
         let due = self.due(everything);
         let answers = self.read_keys(&due);
@@ -619,7 +624,9 @@ impl KeyChecker {
     }
 
     /// The LUNs this period reads. Every LUN when `everything` (the dead or leaving nodes
-    /// changed: their keys are to come off every LUN now), while leaving, or without a budget.
+    /// changed: their keys are to come off every LUN now; or the last period saw a LUN lose
+    /// its PR state or a path go down, which an array or a port does to many LUNs at once),
+    /// while leaving, or without a budget.
     /// Otherwise every LUN that [needs attention](LunState::needs_attention), the first LUN in
     /// good standing in the cluster-wide order (the one a fence races on first: its preemption
     /// notice reaches this node within a period), and the next `luns_per_period` others in
@@ -715,6 +722,8 @@ impl KeyChecker {
                 Some(Ok(other)) => p.fail(now, period, format!("unexpected reply {other:?}")),
                 None => p.fail(now, period, "no answer".into()),
             }
+            // A path that just went down: its port or array may have taken others with it.
+            self.read_everything |= p.fails == 1;
         }
         out
     }
@@ -915,6 +924,8 @@ impl KeyChecker {
             if !lun.recovering {
                 tracing::warn!(lun = %lun.id, "our key is gone without a preemption notice: taking it for a PR-state loss (array reset, PR OUT CLEAR) and registering again on a fresh voting-disk read");
                 lun.recovering = true;
+                // An array reset loses every LUN's state: find the others next period.
+                self.read_everything = true;
             }
             for p in &mut lun.paths {
                 p.registered = false;
@@ -1779,6 +1790,28 @@ mod tests {
             before = now;
         }
         assert!(n.board.health().iter().all(|l| l.state == "confirmed"));
+    }
+
+    /// An array reset that loses every LUN's PR state: the period that finds it on some LUNs
+    /// makes the next one read every LUN, so all are registered again within two periods, not
+    /// one share at a time.
+    #[test]
+    fn a_pr_state_loss_seen_on_one_lun_makes_the_next_period_read_every_lun() {
+        let (san, luns) = many_lun_san(40);
+        let votes = Votes::default();
+        let mut n = node_with_budget(&san, &votes, 0, KeyLossPolicy::Recover, 4);
+        n.checker.step();
+        n.checker.step();
+        for &l in &luns {
+            san.lose_pr_state(l);
+        }
+        n.checker.step();
+        n.checker.step();
+        for &l in &luns {
+            assert_eq!(san.keys(l), vec![KEYS[0].0], "naa.{l:02}");
+            assert_eq!(san.holder(l), Some(KEYS[0].0), "naa.{l:02}");
+        }
+        assert_eq!(n.watch.lost(), None);
     }
 
     /// A preemption of every LUN (a fence by a peer) is seen in the next period through the

@@ -29,6 +29,11 @@ impl Timing {
     pub fn reset_bound(&self) -> Duration {
         Duration::from_millis(u64::from(self.lease + self.watchdog + self.poll))
     }
+
+    /// The key check's period in seconds: (L - D) / 2, as fenced derives it.
+    pub fn key_check_period(&self) -> f64 {
+        f64::from(self.lease.saturating_sub(self.io_deadline)) / 2000.0
+    }
 }
 
 impl Default for Timing {
@@ -93,6 +98,8 @@ pub struct ClusterSpec {
     /// Put the nodes on a guest LAN of their own ([`kmod_testing::GuestSpec::lan`]), node `i`
     /// at [`lan_address`]`(i)`/24, for clusterware (corosync) traffic apart from the storage.
     pub lan: bool,
+    /// `storage.key_check_luns` in every node's fenced.toml (default: the product's).
+    pub key_check_luns: Option<usize>,
 }
 
 /// Brings node `i`'s guest-LAN NIC up at [`lan_address`]`(i)`.
@@ -135,6 +142,7 @@ impl ClusterSpec {
             configured_luns: None,
             extra_luns: 0,
             lan: false,
+            key_check_luns: None,
         }
     }
 }
@@ -260,8 +268,11 @@ fn write_config(
     // The same configuration without LUNs, for `fenced status` to report the voting disks and
     // the running daemon's own view without reading every LUN (which takes seconds per dozen
     // LUNs under TCG): [`Cluster::daemon_status`].
+    let budget = spec.key_check_luns.map_or(String::new(), |n| {
+        format!(" && sed -i 's/^\\[storage\\]$/[storage]\\nkey_check_luns = {n}/' /etc/fenced/fenced.toml && grep -q '^key_check_luns = {n}$' /etc/fenced/fenced.toml")
+    });
     g.run_ok(&format!(
-        "{} && {}",
+        "{} && {}{budget}",
         setup(&configured, "/etc/fenced/fenced.toml", format),
         setup(&[], DAEMON_STATUS_CONFIG, false)
     ))?;

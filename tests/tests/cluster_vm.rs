@@ -88,10 +88,16 @@ fn fence_on_tgt_falls_back_to_preempt_and_cuts_the_victim_off() {
 /// refused; node3 stays healthy. Then `fenced run` on node1 again: it rejoins (healthy, its key
 /// on every LUN) and writes again. Must not: node1 unregister its key itself (that would leave
 /// the LUNs unreserved), any LUN be without a reservation, or a reset.
+///
+/// The daemons run with `storage.key_check_luns = 8`: at rest a key-check period reads the
+/// first LUN and 8 others in turn, so node1's LUN confirmations age to about 4 periods, not 1;
+/// a node marked dead, the leave and the rejoin each make the next period read all 32 (the
+/// takeover on every LUN above depends on it).
 #[test]
 fn fencing_32_luns_keeps_the_fencer_up_and_a_clean_stop_hands_its_luns_over() {
     let mut spec = ClusterSpec::new("fence-32-luns", TargetKind::Lio);
     spec.luns = 32;
+    spec.key_check_luns = Some(8);
     let mut c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
     let (out, took) = c.fence(0, 1).unwrap();
     println!(
@@ -136,6 +142,32 @@ fn fencing_32_luns_keeps_the_fencer_up_and_a_clean_stop_hands_its_luns_over() {
     );
     c.wait_daemons_healthy(&[0, 2], Duration::from_secs(10))
         .unwrap();
+    // At rest, the budget's rotation: every LUN confirmed, none older than the 4 periods a
+    // turn takes (plus a period of scheduling slack), and some older than one period (else
+    // every LUN was read every period).
+    let period = t.key_check_period();
+    let st = c.daemon_status(0).unwrap();
+    let ages: Vec<f64> = st["daemon"]["luns"]
+        .as_array()
+        .expect("node1's daemon LUNs")
+        .iter()
+        .map(|l| {
+            assert_eq!(l["state"], "confirmed", "{l}");
+            l["confirmed_ms_ago"].as_f64().expect("confirmed") / 1e3
+        })
+        .collect();
+    let oldest = ages.iter().copied().fold(0.0, f64::max);
+    println!(
+        "MEASURED: node1's 32 LUN confirmations at rest with key_check_luns = 8: oldest {oldest:.2} s, {} older than one period ({:.2} s)",
+        ages.iter().filter(|&&a| a > period).count(),
+        period
+    );
+    assert_eq!(ages.len(), 32);
+    assert!(oldest <= 5.0 * period + 1.0, "{ages:?}");
+    assert!(
+        ages.iter().filter(|&&a| a > 1.5 * period).count() >= 8,
+        "{ages:?}"
+    );
 
     // node1 leaves; node3 stays.
     let leave = Instant::now();

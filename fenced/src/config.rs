@@ -706,6 +706,23 @@ pub fn expand_paths(patterns: &[String]) -> Vec<PathBuf> {
     out
 }
 
+/// Whether one of `patterns` names `path` itself (equal, or a glob in its directory that its
+/// name matches), as [`expand_paths`] would list it.
+pub fn patterns_name(patterns: &[String], path: &Path) -> bool {
+    patterns.iter().any(|p| {
+        let pattern = Path::new(p);
+        let name = pattern.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.contains('*') {
+            return pattern == path;
+        }
+        pattern.parent() == path.parent()
+            && path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| wildcard_match(name, f))
+    })
+}
+
 fn wildcard_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     let Some((first, rest)) = parts.split_first() else {
@@ -780,6 +797,18 @@ voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
                 Ok(Timeouts::default())
             },
         )
+    }
+
+    #[test]
+    fn patterns_name_a_path_literally_or_by_a_glob_in_its_directory() {
+        let patterns = vec!["/dev/fenced/*".to_string(), "/dev/sdq".to_string()];
+        assert!(patterns_name(&patterns, Path::new("/dev/fenced/lun0")));
+        assert!(patterns_name(&patterns, Path::new("/dev/sdq")));
+        assert!(
+            !patterns_name(&patterns, Path::new("/dev/sdr")),
+            "a map's path"
+        );
+        assert!(!patterns_name(&patterns, Path::new("/dev/fenced/sub/lun0")));
     }
 
     #[test]

@@ -431,6 +431,12 @@ pub struct KeyChecker {
     /// A LUN lost its PR state or a path went down this period: likely an array- or port-wide
     /// event, so the next period reads every LUN.
     read_everything: bool,
+    /// The paths' fingerprint before the last scan ([`Storage::paths_stamp`]), the periods
+    /// since that scan, and whether it found paths no pattern names itself (a dm-multipath
+    /// map's): see [`KeyChecker::rescan`].
+    scanned: Option<u64>,
+    scan_age: u32,
+    expanded: bool,
 }
 
 /// A LUN to settle at the end of a period, through its registered path `via`.
@@ -516,6 +522,9 @@ impl KeyChecker {
             gone_before: None,
             cursor: 0,
             read_everything: false,
+            scanned: None,
+            scan_age: 0,
+            expanded: false,
         }
     }
 
@@ -560,9 +569,27 @@ impl KeyChecker {
     }
 
     /// Adds paths that appeared (to their LUN by identity, or as a new LUN) and marks vanished
-    /// ones gone.
+    /// ones gone. Skipped while the paths' fingerprint is what it was before the last scan, for
+    /// up to 7 periods in a row: not when the last scan found a dm-multipath map's paths (their
+    /// changes leave no fingerprint) or paths that did not answer INQUIRY (retried every
+    /// period). With hundreds of paths, the scan was most of the idle key check's own CPU.
     fn rescan(&mut self) {
+        let stamp = self.storage.paths_stamp(&self.cfg.patterns);
+        if stamp.is_some()
+            && stamp == self.scanned
+            && self.scan_age < 7
+            && !self.expanded
+            && self.unidentified.is_empty()
+        {
+            self.scan_age += 1;
+            return;
+        }
+        self.scanned = stamp;
+        self.scan_age = 0;
         let found = self.storage.paths(&self.cfg.patterns);
+        self.expanded = found
+            .iter()
+            .any(|p| !crate::config::patterns_name(&self.cfg.patterns, p));
         // Sets, not scans: with hundreds of paths, comparing every known path with every found
         // one was most of the idle key check's CPU.
         let found_set: HashSet<&Path> = found.iter().map(PathBuf::as_path).collect();
@@ -1790,6 +1817,30 @@ mod tests {
             before = now;
         }
         assert!(n.board.health().iter().all(|l| l.state == "confirmed"));
+    }
+
+    /// While the paths' fingerprint stays the same, the scan for new and vanished paths runs
+    /// every 8th period; a change (a path added) is scanned for, and registered, in the next.
+    #[test]
+    fn an_unchanged_set_of_paths_is_scanned_every_8th_period_and_a_change_at_once() {
+        let (san, luns) = many_lun_san(4);
+        let votes = Votes::default();
+        let mut n = node_with_budget(&san, &votes, 0, KeyLossPolicy::Recover, 0);
+        n.checker.step();
+        let scans = san.scans();
+        for _ in 0..7 {
+            n.checker.step();
+        }
+        assert_eq!(san.scans(), scans, "no change, no scan");
+        n.checker.step();
+        assert_eq!(san.scans(), scans + 1, "the 8th period scans anyway");
+        san.add_path(luns[2], "/dev/n0-02b");
+        n.checker.step();
+        assert_eq!(san.scans(), scans + 2);
+        assert!(
+            san.registered("/dev/n0-02b", KEYS[0].0),
+            "registered in that period"
+        );
     }
 
     /// An array reset that loses every LUN's PR state: the period that finds it on some LUNs

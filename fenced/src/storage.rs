@@ -42,6 +42,12 @@ pub trait PathIo: Send {
 pub trait Storage: Send + Sync {
     /// The device nodes the configured patterns name now, sorted.
     fn paths(&self, patterns: &[String]) -> Vec<PathBuf>;
+    /// A cheap fingerprint of what [`Storage::paths`] reads for `patterns`, taken before a
+    /// scan: while it stays the same, a scan would find the same paths. `None` when there is
+    /// none to trust (the caller then scans).
+    fn paths_stamp(&self, _patterns: &[String]) -> Option<u64> {
+        None
+    }
     /// Opens one path with a per-command timeout.
     fn open(&self, path: &Path, timeout: Duration) -> sg_pr::Result<Box<dyn PathIo>>;
     /// A runner of command chains on these devices (keep it: it may hold their fds).
@@ -268,6 +274,16 @@ impl Storage for SystemStorage {
         expand_multipath(Path::new("/sys"), crate::config::expand_paths(patterns))
     }
 
+    /// The directories the patterns' entries live in, and `/dev` (where the device nodes that
+    /// their symlinks name live): adding, removing or replacing an entry changes a directory's
+    /// modification time, size or inode. Not to be trusted while a directory changed within
+    /// the last second (its time may not move again for a change in the same clock tick), nor
+    /// for a dm-multipath map's paths (sysfs `slaves/` directories do not reliably keep a
+    /// modification time): see [`paths_stamp`].
+    fn paths_stamp(&self, patterns: &[String]) -> Option<u64> {
+        paths_stamp(patterns, std::time::SystemTime::now())
+    }
+
     fn open(&self, path: &Path, timeout: Duration) -> sg_pr::Result<Box<dyn PathIo>> {
         Ok(Box::new(AnyDevice::open(path, Backend::Auto, timeout)?))
     }
@@ -356,6 +372,52 @@ pub fn expand_multipath(sysfs: &Path, paths: Vec<PathBuf>) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+/// [`SystemStorage`]'s fingerprint of the directories `patterns` live in and `/dev`, as of
+/// `now`.
+pub fn paths_stamp(patterns: &[String], now: std::time::SystemTime) -> Option<u64> {
+    let mut dirs: Vec<&Path> = patterns
+        .iter()
+        .filter_map(|p| Path::new(p).parent())
+        .chain([Path::new("/dev")])
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    dirs_stamp(&dirs, now)
+}
+
+/// A fingerprint of `dirs`' entries (modification and change times, size, inode; a missing
+/// directory counts as such), `None` while one of them changed less than a second before
+/// `now` (a change in the same clock tick as the one seen would leave its time unchanged).
+fn dirs_stamp(dirs: &[&Path], now: std::time::SystemTime) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for dir in dirs {
+        dir.hash(&mut h);
+        let Ok(m) = std::fs::metadata(dir) else {
+            0u8.hash(&mut h);
+            continue;
+        };
+        let modified = m.modified().ok()?;
+        if now
+            .duration_since(modified)
+            .map_or(true, |age| age < Duration::from_secs(1))
+        {
+            return None;
+        }
+        (
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.size(),
+            m.ino(),
+        )
+            .hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 /// The slave devices of the dm-multipath map `major:minor` (its dm uuid starts with `mpath-`),
@@ -503,6 +565,37 @@ mod tests {
         assert_eq!(multipath_slaves(&dir, 253, 1), None);
         assert_eq!(multipath_slaves(&dir, 8, 0), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The fingerprint moves when an entry is added, removed or replaced, and is withheld
+    /// while a directory changed within the last second.
+    #[test]
+    fn the_paths_stamp_moves_with_a_directorys_entries_and_is_withheld_while_racy() {
+        use std::time::SystemTime;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let past = SystemTime::now() - Duration::from_secs(60);
+        let age = |t: SystemTime| std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+        std::fs::write(dir.join("sda"), "").unwrap();
+        assert_eq!(
+            dirs_stamp(&[dir], SystemTime::now()),
+            None,
+            "changed just now"
+        );
+        age(past);
+        let a = dirs_stamp(&[dir], SystemTime::now()).expect("settled");
+        assert_eq!(dirs_stamp(&[dir], SystemTime::now()), Some(a));
+        std::fs::write(dir.join("sdb"), "").unwrap();
+        assert_eq!(dirs_stamp(&[dir], SystemTime::now()), None, "racy again");
+        // Even with its time put back, the directory's size and change time differ.
+        age(past);
+        let b = dirs_stamp(&[dir], SystemTime::now()).expect("settled");
+        assert_ne!(a, b);
+        std::fs::remove_file(dir.join("sdb")).unwrap();
+        age(past);
+        assert_ne!(dirs_stamp(&[dir], SystemTime::now()), Some(b));
+        let missing = dir.join("gone");
+        assert!(dirs_stamp(&[missing.as_path()], SystemTime::now()).is_some());
     }
 }
 

@@ -61,6 +61,10 @@ struct State {
     commands: usize,
     /// Commands per path.
     commands_on: BTreeMap<PathBuf, usize>,
+    /// Bumped whenever the listed paths change (the stamp [`Storage::paths_stamp`] gives).
+    version: u64,
+    /// Scans ([`Storage::paths`]) so far.
+    scans: usize,
 }
 
 /// The SAN, shared by the paths opened on it.
@@ -113,6 +117,7 @@ impl San {
     pub fn add_path(&self, lun: usize, path: &str) {
         let mut st = self.lock();
         st.next_nexus += 1;
+        st.version += 1;
         let nexus = st.next_nexus;
         st.paths.insert(
             PathBuf::from(path),
@@ -126,9 +131,16 @@ impl San {
 
     /// Sets how a path behaves.
     pub fn set_mode(&self, path: &str, mode: PathMode) {
-        if let Some(p) = self.lock().paths.get_mut(Path::new(path)) {
+        let mut st = self.lock();
+        if let Some(p) = st.paths.get_mut(Path::new(path)) {
             p.mode = mode;
         }
+        st.version += 1;
+    }
+
+    /// Scans ([`Storage::paths`]) so far.
+    pub fn scans(&self) -> usize {
+        self.lock().scans
     }
 
     /// The array forgets every registration and the reservation of LUN `lun` (a reset without
@@ -425,8 +437,13 @@ impl PathIo for SimDevice {
 }
 
 impl Storage for San {
+    fn paths_stamp(&self, _patterns: &[String]) -> Option<u64> {
+        Some(self.lock().version)
+    }
+
     fn paths(&self, patterns: &[String]) -> Vec<PathBuf> {
-        let st = self.lock();
+        let mut st = self.lock();
+        st.scans += 1;
         st.paths
             .iter()
             .filter(|(_, p)| p.mode != PathMode::Removed)

@@ -706,21 +706,36 @@ pub fn expand_paths(patterns: &[String]) -> Vec<PathBuf> {
     out
 }
 
-/// Whether one of `patterns` names `path` itself (equal, or a glob in its directory that its
-/// name matches), as [`expand_paths`] would list it.
-pub fn patterns_name(patterns: &[String], path: &Path) -> bool {
-    patterns.iter().any(|p| {
-        let pattern = Path::new(p);
-        let name = pattern.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.contains('*') {
-            return pattern == path;
-        }
-        pattern.parent() == path.parent()
-            && path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| wildcard_match(name, f))
-    })
+/// The paths of `found` that none of `patterns` names itself (equal, or a glob in its
+/// directory that its name matches, as [`expand_paths`] would list it): a dm-multipath map's
+/// paths. Linear in the paths: literal patterns are looked up by their bytes.
+pub fn unnamed_paths<'a>(patterns: &[String], found: &'a [PathBuf]) -> Vec<&'a Path> {
+    use std::os::unix::ffi::OsStrExt;
+    let (globs, literals): (Vec<&String>, Vec<&String>) = patterns.iter().partition(|p| {
+        Path::new(p)
+            .file_name()
+            .is_some_and(|n| n.as_bytes().contains(&b'*'))
+    });
+    let literals: std::collections::HashSet<&[u8]> =
+        literals.iter().map(|p| p.as_bytes()).collect();
+    found
+        .iter()
+        .map(PathBuf::as_path)
+        .filter(|path| {
+            if literals.contains(path.as_os_str().as_bytes()) {
+                return false;
+            }
+            !globs.iter().any(|g| {
+                let g = Path::new(g.as_str());
+                let name = g.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                g.parent() == path.parent()
+                    && path
+                        .file_name()
+                        .and_then(|f| f.to_str())
+                        .is_some_and(|f| wildcard_match(name, f))
+            })
+        })
+        .collect()
 }
 
 fn wildcard_match(pattern: &str, text: &str) -> bool {
@@ -800,15 +815,21 @@ voting_disks = ["/dev/vda", "/dev/vdb", "/dev/vdc"]
     }
 
     #[test]
-    fn patterns_name_a_path_literally_or_by_a_glob_in_its_directory() {
+    fn paths_no_pattern_names_are_a_maps_paths() {
         let patterns = vec!["/dev/fenced/*".to_string(), "/dev/sdq".to_string()];
-        assert!(patterns_name(&patterns, Path::new("/dev/fenced/lun0")));
-        assert!(patterns_name(&patterns, Path::new("/dev/sdq")));
-        assert!(
-            !patterns_name(&patterns, Path::new("/dev/sdr")),
-            "a map's path"
+        let found: Vec<PathBuf> = [
+            "/dev/fenced/lun0",
+            "/dev/sdq",
+            "/dev/sdr",
+            "/dev/fenced/sub/x",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(
+            unnamed_paths(&patterns, &found),
+            vec![Path::new("/dev/sdr"), Path::new("/dev/fenced/sub/x")]
         );
-        assert!(!patterns_name(&patterns, Path::new("/dev/fenced/sub/lun0")));
     }
 
     #[test]

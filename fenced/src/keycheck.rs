@@ -26,7 +26,8 @@
 //!   unreachable during its fence came back, or its registration raced the fence: preempt it.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -587,15 +588,14 @@ impl KeyChecker {
         self.scanned = stamp;
         self.scan_age = 0;
         let found = self.storage.paths(&self.cfg.patterns);
-        self.expanded = found
-            .iter()
-            .any(|p| !crate::config::patterns_name(&self.cfg.patterns, p));
+        self.expanded = !crate::config::unnamed_paths(&self.cfg.patterns, &found).is_empty();
         // Sets, not scans: with hundreds of paths, comparing every known path with every found
         // one was most of the idle key check's CPU.
-        let found_set: HashSet<&Path> = found.iter().map(PathBuf::as_path).collect();
+        // By their bytes: `Path` hashes and compares component by component.
+        let found_set: HashSet<&OsStr> = found.iter().map(|p| p.as_os_str()).collect();
         for lun in &mut self.luns {
             for p in &mut lun.paths {
-                let present = found_set.contains(p.path.as_path());
+                let present = found_set.contains(p.path.as_os_str());
                 if p.present && !present {
                     tracing::warn!(lun = %lun.id, path = %p.path.display(), "path gone (device node removed)");
                     p.up = false;
@@ -610,14 +610,14 @@ impl KeyChecker {
                 p.present = present;
             }
         }
-        let known: HashSet<PathBuf> = self
+        let known: HashSet<std::ffi::OsString> = self
             .luns
             .iter()
-            .flat_map(|l| l.paths.iter().map(|p| p.path.clone()))
+            .flat_map(|l| l.paths.iter().map(|p| p.path.as_os_str().to_owned()))
             .collect();
         let mut still_unidentified = Vec::new();
         for path in found {
-            if known.contains(&path) {
+            if known.contains(path.as_os_str()) {
                 continue;
             }
             let opened = self

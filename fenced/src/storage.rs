@@ -382,8 +382,10 @@ pub fn paths_stamp(patterns: &[String], now: std::time::SystemTime) -> Option<u6
         .filter_map(|p| Path::new(p).parent())
         .chain([Path::new("/dev")])
         .collect();
-    dirs.sort_unstable();
-    dirs.dedup();
+    // As bytes: `Path`'s own order compares component by component, which with hundreds of
+    // patterns every period cost more than the scan this stamp saves.
+    dirs.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    dirs.dedup_by(|a, b| a.as_os_str() == b.as_os_str());
     dirs_stamp(&dirs, now)
 }
 

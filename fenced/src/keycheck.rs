@@ -589,9 +589,9 @@ impl KeyChecker {
         self.scan_age = 0;
         let found = self.storage.paths(&self.cfg.patterns);
         self.expanded = !crate::config::unnamed_paths(&self.cfg.patterns, &found).is_empty();
-        // Sets, not scans: with hundreds of paths, comparing every known path with every found
-        // one was most of the idle key check's CPU.
-        // By their bytes: `Path` hashes and compares component by component.
+        // Sets of the paths' bytes, not scans (with hundreds of paths, comparing every known
+        // path with every found one was most of the idle key check's CPU), and not of `Path`s,
+        // which hash and compare component by component.
         let found_set: HashSet<&OsStr> = found.iter().map(|p| p.as_os_str()).collect();
         for lun in &mut self.luns {
             for p in &mut lun.paths {

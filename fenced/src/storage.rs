@@ -392,6 +392,9 @@ pub fn paths_stamp(patterns: &[String], now: std::time::SystemTime) -> Option<u6
 /// A fingerprint of `dirs`' entries (modification and change times, size, inode; a missing
 /// directory counts as such), `None` while one of them changed less than a second before
 /// `now` (a change in the same clock tick as the one seen would leave its time unchanged).
+/// Wall-clock times, but no interval is timed with them: a clock stepped back makes every
+/// directory look just changed (a scan each period), one stepped forward cannot hide the next
+/// change (its time is the stepped clock's).
 fn dirs_stamp(dirs: &[&Path], now: std::time::SystemTime) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;

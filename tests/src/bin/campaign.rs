@@ -149,15 +149,23 @@ fn run(args: &Args) -> Result<usize> {
     };
     let plan = campaign::plan(args.seed, args.rounds, shape, &kinds);
     if args.dry_run {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
         for r in &plan {
-            println!(
+            // A reader that has seen enough (`| head`) closes the pipe: stop, do not panic.
+            if writeln!(
+                out,
                 "round {:>3} seed {}: {}: {} at +{} ms",
                 r.number,
                 args.seed,
                 r.fault.kind(),
                 r.fault,
                 r.inject_after_ms
-            );
+            )
+            .is_err()
+            {
+                break;
+            }
         }
         return Ok(0);
     }

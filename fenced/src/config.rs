@@ -683,13 +683,10 @@ impl Config {
 pub fn expand_paths(patterns: &[String]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in patterns {
-        let path = Path::new(p);
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.contains('*') {
-            out.push(path.to_path_buf());
+        let Some((dir, name)) = glob(p) else {
+            out.push(PathBuf::from(p));
             continue;
-        }
-        let dir = path.parent().unwrap_or(Path::new("/"));
+        };
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -711,13 +708,12 @@ pub fn expand_paths(patterns: &[String]) -> Vec<PathBuf> {
 /// paths. Linear in the paths: literal patterns are looked up by their bytes.
 pub fn unnamed_paths<'a>(patterns: &[String], found: &'a [PathBuf]) -> Vec<&'a Path> {
     use std::os::unix::ffi::OsStrExt;
-    let (globs, literals): (Vec<&String>, Vec<&String>) = patterns.iter().partition(|p| {
-        Path::new(p)
-            .file_name()
-            .is_some_and(|n| n.as_bytes().contains(&b'*'))
-    });
-    let literals: std::collections::HashSet<&[u8]> =
-        literals.iter().map(|p| p.as_bytes()).collect();
+    let globs: Vec<(&Path, &str)> = patterns.iter().filter_map(|p| glob(p)).collect();
+    let literals: std::collections::HashSet<&[u8]> = patterns
+        .iter()
+        .filter(|p| glob(p).is_none())
+        .map(|p| p.as_bytes())
+        .collect();
     found
         .iter()
         .map(PathBuf::as_path)
@@ -725,10 +721,8 @@ pub fn unnamed_paths<'a>(patterns: &[String], found: &'a [PathBuf]) -> Vec<&'a P
             if literals.contains(path.as_os_str().as_bytes()) {
                 return false;
             }
-            !globs.iter().any(|g| {
-                let g = Path::new(g.as_str());
-                let name = g.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                g.parent() == path.parent()
+            !globs.iter().any(|&(dir, name)| {
+                path.parent() == Some(dir)
                     && path
                         .file_name()
                         .and_then(|f| f.to_str())
@@ -736,6 +730,14 @@ pub fn unnamed_paths<'a>(patterns: &[String], found: &'a [PathBuf]) -> Vec<&'a P
             })
         })
         .collect()
+}
+
+/// A pattern whose last component has a `*`: its directory and that component.
+fn glob(pattern: &str) -> Option<(&Path, &str)> {
+    let path = Path::new(pattern);
+    let name = path.file_name().and_then(|n| n.to_str())?;
+    name.contains('*')
+        .then(|| (path.parent().unwrap_or(Path::new("/")), name))
 }
 
 fn wildcard_match(pattern: &str, text: &str) -> bool {

@@ -257,7 +257,9 @@ pub(crate) fn reservation_from_block(
     }
 }
 
-fn map_errno(device: &str, op: &'static str, e: io::Error) -> Error {
+/// An ioctl's errno as this crate's error: not supported (ENOTTY, EOPNOTSUPP; EINVAL for the
+/// read ioctls), permission, or an I/O error naming `op`.
+pub(crate) fn map_errno(device: &str, op: &'static str, e: io::Error) -> Error {
     match e.raw_os_error() {
         // Kernels before 6.19 pass unknown ioctls to the driver, and some drivers (loop)
         // answer EINVAL rather than ENOTTY. We never send num_keys above PR_KEYS_MAX, so

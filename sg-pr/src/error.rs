@@ -297,7 +297,10 @@ impl Error {
             self,
             Error::Timeout { .. }
                 | Error::DeadlineExceeded { .. }
-                | Error::NvmeStatus { status: 0x371, .. }
+                | Error::NvmeStatus {
+                    status: crate::nvme::SC_HOST_ABORTED,
+                    ..
+                }
         )
     }
 }

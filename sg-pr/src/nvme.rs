@@ -211,11 +211,15 @@ impl ReservationReport {
 const SC_INVALID_OPCODE: u16 = 0x001;
 const SC_INVALID_FIELD: u16 = 0x002;
 const SC_HOST_ID_INCONSISTENT_FORMAT: u16 = 0x018;
-const SC_RESERVATION_CONFLICT: u16 = 0x083;
+pub(crate) const SC_RESERVATION_CONFLICT: u16 = 0x083;
 const SC_HOST_PATH_ERROR: u16 = 0x370;
-const SC_HOST_ABORTED: u16 = 0x371;
-/// The status field's More and Do Not Retry bits, outside the type and code.
-const SCT_SC_MASK: u32 = 0x7ff;
+pub(crate) const SC_HOST_ABORTED: u16 = 0x371;
+
+/// The status code type << 8 | status code of an NVMe status field as Linux returns it (the
+/// More and Do Not Retry bits, 13 and 14, dropped).
+pub(crate) fn status_code(raw: u32) -> u16 {
+    u16::try_from(raw & 0x7ff).unwrap_or(u16::MAX)
+}
 
 /// What an NVMe status (status code type << 8 | status code) means, for the operator.
 pub fn status_meaning(status: u16) -> &'static str {
@@ -254,20 +258,7 @@ pub fn read_report(
     timeout: Duration,
 ) -> Result<ReservationReport> {
     const COMMAND: &str = "NVMe Reservation Report";
-    let io = |source: std::io::Error| match source.raw_os_error() {
-        Some(libc::ENOTTY) => Error::NotSupported {
-            device: device.to_string(),
-            op: COMMAND,
-        },
-        Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied {
-            device: device.into(),
-        },
-        _ => Error::Io {
-            device: device.to_string(),
-            command: COMMAND,
-            source,
-        },
-    };
+    let io = |e: std::io::Error| crate::blk::map_errno(device, COMMAND, e);
     let nsid = sys::nvme_ns_id(fd).map_err(io)?;
     let timeout_ms = u32::try_from(timeout.as_millis())
         .unwrap_or(u32::MAX)
@@ -287,7 +278,7 @@ pub fn read_report(
             ..sys::NvmePassthruCmd::default()
         };
         let raw = sys::nvme_io_cmd_read(fd, cmd, &mut data).map_err(io)?;
-        let status = u16::try_from(raw & SCT_SC_MASK).unwrap_or(u16::MAX);
+        let status = status_code(raw);
         match status {
             0 => {}
             SC_HOST_ID_INCONSISTENT_FORMAT | SC_INVALID_FIELD if extended => {

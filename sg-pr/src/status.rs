@@ -42,13 +42,9 @@ const PR_STS_PATH_FAILED: u32 = 0x10000;
 
 /// SAM status RESERVATION CONFLICT, the low byte of a raw SCSI result.
 const SAM_STAT_RESERVATION_CONFLICT: u32 = 0x18;
-/// NVMe generic status 83h, Reservation Conflict.
-const NVME_SC_RESERVATION_CONFLICT: u32 = 0x83;
 /// NVMe status field: More (bit 13) and Do Not Retry (bit 14), as Linux keeps them.
 const NVME_SC_MORE: u32 = 0x2000;
 const NVME_SC_DNR: u32 = 0x4000;
-/// Status code type (bits 8-10) and status code (bits 0-7).
-const NVME_SCT_SC_MASK: u32 = 0x7ff;
 
 impl PrStatus {
     /// The status of what an ioctl returned (a non-negative value), whichever kernel's form.
@@ -63,9 +59,9 @@ impl PrStatus {
             // An NVMe status field: 15 bits at most, and a status code type (bits 8-10) no raw
             // SCSI result below 0x8000 carries with a conflict's low byte.
             r if (r < 0x8000 && r & (NVME_SC_MORE | NVME_SC_DNR) != 0) || r == 0x83 => {
-                match r & NVME_SCT_SC_MASK {
-                    NVME_SC_RESERVATION_CONFLICT => PrStatus::ReservationConflict,
-                    sc => PrStatus::Nvme(u16::try_from(sc).unwrap_or(u16::MAX)),
+                match crate::nvme::status_code(r) {
+                    crate::nvme::SC_RESERVATION_CONFLICT => PrStatus::ReservationConflict,
+                    sc => PrStatus::Nvme(sc),
                 }
             }
             r if r & 0xff == SAM_STAT_RESERVATION_CONFLICT => PrStatus::ReservationConflict,

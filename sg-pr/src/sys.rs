@@ -537,23 +537,8 @@ pub(crate) fn sg_version(fd: BorrowedFd<'_>) -> io::Result<i32> {
     }
 }
 
-/// Issues a block-layer PR ioctl whose argument is `*arg`. Returns the ioctl's non-negative
-/// return value: 0, or a positive `enum pr_status` from the device.
-///
-/// # Safety
-///
-/// `T` must be the `#[repr(C)]` struct that `request` encodes (same size and layout), and any
-/// user pointer inside `*arg` must be valid for what the kernel does with it during the call.
-unsafe fn pr_ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: &mut T) -> io::Result<u32> {
-    // SAFETY: `arg` is a live, exclusively borrowed struct; the caller guarantees it matches
-    // `request`, so the kernel reads (and for READ ioctls writes) only within it.
-    let rc = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            request as libc::Ioctl,
-            std::ptr::from_mut(arg),
-        )
-    };
+/// An ioctl's return value: errno when negative, else the value (a status or an id).
+fn nonnegative(rc: libc::c_int) -> io::Result<u32> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -561,19 +546,39 @@ unsafe fn pr_ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: &mut T) -> io::Resu
     }
 }
 
+/// Issues an ioctl whose argument is `*arg` (a block-layer PR ioctl, an NVMe passthrough).
+/// Returns the ioctl's non-negative return value: 0, or a positive status from the device
+/// (`enum pr_status`, an NVMe status field).
+///
+/// # Safety
+///
+/// `T` must be the `#[repr(C)]` struct that `request` encodes (same size and layout), and any
+/// user pointer inside `*arg` must be valid for what the kernel does with it during the call.
+unsafe fn ioctl_with<T>(fd: BorrowedFd<'_>, request: u32, arg: &mut T) -> io::Result<u32> {
+    // SAFETY: `arg` is a live, exclusively borrowed struct; the caller guarantees it matches
+    // `request`, so the kernel reads (and for READ ioctls writes) only within it.
+    nonnegative(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            request as libc::Ioctl,
+            std::ptr::from_mut(arg),
+        )
+    })
+}
+
 pub(crate) fn pr_register(fd: BorrowedFd<'_>, mut arg: PrRegistration) -> io::Result<u32> {
     // SAFETY: IOC_PR_REGISTER takes a struct pr_registration, which PrRegistration mirrors.
-    unsafe { pr_ioctl(fd, IOC_PR_REGISTER, &mut arg) }
+    unsafe { ioctl_with(fd, IOC_PR_REGISTER, &mut arg) }
 }
 
 pub(crate) fn pr_reserve(fd: BorrowedFd<'_>, mut arg: PrReservation) -> io::Result<u32> {
     // SAFETY: IOC_PR_RESERVE takes a struct pr_reservation, which PrReservation mirrors.
-    unsafe { pr_ioctl(fd, IOC_PR_RESERVE, &mut arg) }
+    unsafe { ioctl_with(fd, IOC_PR_RESERVE, &mut arg) }
 }
 
 pub(crate) fn pr_release(fd: BorrowedFd<'_>, mut arg: PrReservation) -> io::Result<u32> {
     // SAFETY: IOC_PR_RELEASE takes a struct pr_reservation, which PrReservation mirrors.
-    unsafe { pr_ioctl(fd, IOC_PR_RELEASE, &mut arg) }
+    unsafe { ioctl_with(fd, IOC_PR_RELEASE, &mut arg) }
 }
 
 pub(crate) fn pr_preempt(fd: BorrowedFd<'_>, mut arg: PrPreempt, abort: bool) -> io::Result<u32> {
@@ -584,12 +589,12 @@ pub(crate) fn pr_preempt(fd: BorrowedFd<'_>, mut arg: PrPreempt, abort: bool) ->
     };
     // SAFETY: both IOC_PR_PREEMPT and IOC_PR_PREEMPT_ABORT take a struct pr_preempt, which
     // PrPreempt mirrors.
-    unsafe { pr_ioctl(fd, request, &mut arg) }
+    unsafe { ioctl_with(fd, request, &mut arg) }
 }
 
 pub(crate) fn pr_clear(fd: BorrowedFd<'_>, mut arg: PrClear) -> io::Result<u32> {
     // SAFETY: IOC_PR_CLEAR takes a struct pr_clear, which PrClear mirrors.
-    unsafe { pr_ioctl(fd, IOC_PR_CLEAR, &mut arg) }
+    unsafe { ioctl_with(fd, IOC_PR_CLEAR, &mut arg) }
 }
 
 /// IOC_PR_READ_KEYS into `keys`; returns (pr status, generation, keys the device has).
@@ -604,7 +609,7 @@ pub(crate) fn pr_read_keys(fd: BorrowedFd<'_>, keys: &mut [u64]) -> io::Result<(
     // SAFETY: IOC_PR_READ_KEYS takes a struct pr_read_keys, which PrReadKeys mirrors. The
     // kernel writes at most `num_keys` u64 values through `keys_ptr`, which points to `keys`:
     // exactly that many elements, alive and exclusively borrowed for the whole call.
-    let status = unsafe { pr_ioctl(fd, IOC_PR_READ_KEYS, &mut arg) }?;
+    let status = unsafe { ioctl_with(fd, IOC_PR_READ_KEYS, &mut arg) }?;
     Ok((status, arg.generation, arg.num_keys))
 }
 
@@ -613,7 +618,7 @@ pub(crate) fn pr_read_reservation(fd: BorrowedFd<'_>) -> io::Result<(u32, PrRead
     let mut arg = PrReadReservation::default();
     // SAFETY: IOC_PR_READ_RESERVATION takes a struct pr_read_reservation, which
     // PrReadReservation mirrors; it holds no pointers.
-    let status = unsafe { pr_ioctl(fd, IOC_PR_READ_RESERVATION, &mut arg) }?;
+    let status = unsafe { ioctl_with(fd, IOC_PR_READ_RESERVATION, &mut arg) }?;
     Ok((status, arg))
 }
 
@@ -622,12 +627,7 @@ pub(crate) fn pr_read_reservation(fd: BorrowedFd<'_>) -> io::Result<(u32, PrRead
 pub(crate) fn nvme_ns_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: NVME_IOCTL_ID takes no argument and reads or writes no user memory; it returns
     // the namespace id or -1 with errno.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), NVME_IOCTL_ID as libc::Ioctl) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc.unsigned_abs())
-    }
+    nonnegative(unsafe { libc::ioctl(fd.as_raw_fd(), NVME_IOCTL_ID as libc::Ioctl) })
 }
 
 /// Issues `cmd` through `NVME_IOCTL_IO_CMD` with `data` as its host-bound data buffer (its
@@ -647,18 +647,7 @@ pub(crate) fn nvme_io_cmd_read(
     // mirrors (size pinned by a test). The kernel transfers at most `data_len` bytes into
     // `addr`, which is `data`: that many bytes, alive and exclusively borrowed for the whole
     // call; no metadata buffer is given.
-    let rc = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            NVME_IOCTL_IO_CMD as libc::Ioctl,
-            std::ptr::from_mut(&mut cmd),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc.unsigned_abs())
-    }
+    unsafe { ioctl_with(fd, NVME_IOCTL_IO_CMD, &mut cmd) }
 }
 
 #[cfg(test)]

@@ -315,10 +315,12 @@ fn render_caps(name: &str, c: &Capabilities) -> String {
 }
 
 pub(super) fn full_status(ctx: &Ctx, path: &Path) -> u8 {
-    // An NVMe namespace: every registered controller with its host identifier, from the
-    // Reservation Report.
-    if let Ok(AnyDevice::Block(b)) = ctx.open_any(path) {
-        if b.nvme_nsid().is_some() {
+    // Opened once: a SCSI device for READ FULL STATUS, or an NVMe namespace, whose
+    // Reservation Report lists every registered controller with its host identifier. Anything
+    // else is opened for SG_IO again, for that error.
+    let dev = match ctx.open_any(path) {
+        Ok(AnyDevice::Sg(dev)) => dev,
+        Ok(AnyDevice::Block(b)) if b.nvme_nsid().is_some() => {
             let r = try_dev!(ctx, path, b.nvme_report());
             let name = b.device_name();
             let report = Report {
@@ -330,8 +332,8 @@ pub(super) fn full_status(ctx: &Ctx, path: &Path) -> u8 {
             });
             return exit::OK;
         }
-    }
-    let dev = try_dev!(ctx, path, ctx.open_sg(path));
+        _ => try_dev!(ctx, path, ctx.open_sg(path)),
+    };
     let c = try_dev!(ctx, path, dev.read_full_status());
     let name = dev.name();
     emit(ctx, name, &c.value, &c.report, || {

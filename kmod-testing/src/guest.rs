@@ -1,7 +1,7 @@
 //! One QEMU guest: boot, drive it command by command, pause it, see it reset.
 
 use crate::error::{Error, IoContext, Result};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, KernelLine};
 use crate::process::ChildGuard;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
@@ -31,6 +31,12 @@ pub struct GuestSpec {
     pub(crate) systemd: bool,
     /// The guest LAN: its multicast port on the host and this guest's index on it.
     pub(crate) lan: Option<(u16, u8)>,
+    /// The kernel this guest boots whatever its lab's default ([`GuestSpec::kernel`]).
+    pub(crate) kernel: Option<KernelLine>,
+    /// A user-mode NIC even without port forwards ([`GuestSpec::user_net`]).
+    pub(crate) user_net: bool,
+    /// Extra kernel arguments of this guest ([`GuestSpec::append`]).
+    pub(crate) append: String,
 }
 
 impl GuestSpec {
@@ -53,7 +59,32 @@ impl GuestSpec {
             boot_timeout: Duration::from_secs(boot_secs),
             systemd: false,
             lan: None,
+            kernel: None,
+            user_net: false,
+            append: String::new(),
         }
+    }
+
+    /// A user-mode NIC (QEMU's slirp: the guest is 10.0.2.15, the host 10.0.2.2) through which
+    /// the guest reaches ports on the host's loopback, e.g. another guest's forwarded port. The
+    /// guest configures the address itself. [`GuestSpec::forward_port`] implies it.
+    pub fn user_net(mut self) -> Self {
+        self.user_net = true;
+        self
+    }
+
+    /// Extra kernel arguments for this guest (e.g. `nvme_core.multipath=N`).
+    pub fn append(mut self, args: &str) -> Self {
+        self.append.push(' ');
+        self.append.push_str(args);
+        self
+    }
+
+    /// Boots kernel `line` whatever the lab's default and `FENCED_KERNEL` say: for a guest that
+    /// needs what only one kernel has (an NVMe-oF target with reservations needs the newest).
+    pub fn kernel(mut self, line: KernelLine) -> Self {
+        self.kernel = Some(line);
+        self
     }
 
     /// Memory in MiB.
@@ -215,7 +246,8 @@ impl GuestSpec {
         let extra = std::env::var("FENCED_GUEST_APPEND").unwrap_or_default();
         c.arg("-append").arg(
             format!(
-                "console=ttyS0 panic=-1 loglevel=5 mitigations=off random.trust_cpu=on {extra}"
+                "console=ttyS0 panic=-1 loglevel=5 mitigations=off random.trust_cpu=on {extra}{}",
+                self.append
             )
             .trim_end(),
         );
@@ -277,7 +309,7 @@ impl GuestSpec {
                 "virtio-blk-pci,drive=shared{i},share-rw=on,serial={serial}"
             ));
         }
-        if !self.forwards.is_empty() {
+        if self.user_net || !self.forwards.is_empty() {
             let fwd: String = self
                 .forwards
                 .iter()
@@ -862,7 +894,7 @@ list"#
             })
             .collect();
         let script = format!(
-            r#"{BUSYBOX_SH}list() {{ set -- /sys/bus/pci/devices/*/virtio*/host*/target*/*/block/*; [ -e "$1" ] && printf '%s\n' "$@"; }}
+            r#"{BUSYBOX_SH}list() {{ set -- /sys/bus/pci/devices/*/virtio*/host*/target*/*/block/*; [ -e "$1" ] || return 0; printf '%s\n' "$@"; }}
 i=0
 while [ $i -lt {polls} ]; do
     [ "$(list | grep -cE '{pattern}')" -ge {want} ] && break

@@ -11,7 +11,7 @@
 //! and answers only once systemd has reached its target.
 
 use crate::cpio::Archive;
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::kernel::Kernel;
 
 /// Modules loaded from the initramfs itself, before the host filesystem is reachable.
@@ -91,9 +91,8 @@ pub(crate) fn build(
     let order = kernel.module_load_order(EARLY_MODULES)?;
     let mut early = String::new();
     for (i, rel) in order.iter().enumerate() {
-        let data = std::fs::read(kernel.modules.join(rel))
-            .ctx(|| format!("reading module {rel} of {}", kernel.version))?;
-        let file = format!("{i:02}-{}", rel.rsplit('/').next().unwrap_or(rel));
+        let (data, plain) = crate::kernel::read_module(&kernel.modules.join(rel))?;
+        let file = format!("{i:02}-{plain}");
         a.file(&format!("/lib/early/{file}"), 0o644, &data);
         early.push_str(&file);
         early.push('\n');

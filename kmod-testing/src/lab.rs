@@ -2,7 +2,7 @@
 
 use crate::error::{IoContext, Result};
 use crate::guest::{Guest, GuestSpec};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, KernelLine};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -22,12 +22,20 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Creates the run directory; fails with an instruction when the kernel cache is missing.
-    /// Installs (once per process) a panic hook that prints the consoles of the guests booted by
-    /// the panicking thread, so a failing test shows what its kernels said.
+    /// Creates the run directory, with guests on the stable kernel by default (see
+    /// [`Lab::on`]); fails with an instruction when the kernel cache is missing. Installs (once
+    /// per process) a panic hook that prints the consoles of the guests booted by the panicking
+    /// thread, so a failing test shows what its kernels said.
     pub fn new(name: &str) -> Result<Lab> {
+        Lab::on(name, KernelLine::Stable)
+    }
+
+    /// [`Lab::new`] with guests on kernel `line` by default, unless the run forces one with
+    /// `FENCED_KERNEL` ([`KernelLine::forced`]). A guest pinned with [`GuestSpec::kernel`]
+    /// boots its own kernel either way.
+    pub fn on(name: &str, line: KernelLine) -> Result<Lab> {
         install_console_panic_hook();
-        let kernel = Kernel::locate()?;
+        let kernel = Kernel::locate(KernelLine::forced().unwrap_or(line))?;
         let dir = crate::repo_root()
             .join("target/vm-runs")
             .join(format!("{name}-{}", std::process::id()));
@@ -41,9 +49,17 @@ impl Lab {
         &self.dir
     }
 
-    /// The guest kernel.
+    /// The guests' kernel (unless a guest pins its own).
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// The kernel guest `spec` boots.
+    fn kernel_of(&self, spec: &GuestSpec) -> Result<Kernel> {
+        match spec.kernel {
+            Some(line) if line != self.kernel.line => Kernel::locate(line),
+            _ => Ok(self.kernel.clone()),
+        }
     }
 
     /// Boots one guest (see [`Lab::boot_all`]).
@@ -56,11 +72,14 @@ impl Lab {
     /// an infrastructure failure: it is retried once, and the retry is logged on stderr.
     pub fn boot_all(&self, specs: Vec<GuestSpec>) -> Result<Vec<Guest>> {
         let mut started = Vec::new();
+        let mut kernels = Vec::new();
         for spec in &specs {
-            started.push(Guest::start(&self.kernel, spec, &self.dir.join(&spec.name)));
+            let kernel = self.kernel_of(spec)?;
+            started.push(Guest::start(&kernel, spec, &self.dir.join(&spec.name)));
+            kernels.push(kernel);
         }
         let mut guests = Vec::new();
-        for (spec, first) in specs.iter().zip(started) {
+        for ((spec, first), kernel) in specs.iter().zip(started).zip(&kernels) {
             let first = first.and_then(|mut g| g.wait_ready(spec.boot_deadline()).map(|()| g));
             let guest = match first {
                 Ok(g) => g,
@@ -71,7 +90,7 @@ impl Lab {
                     );
                     let failed = self.dir.join(format!("{}.failed-boot", spec.name));
                     let _ = std::fs::rename(self.dir.join(&spec.name), &failed);
-                    let mut g = Guest::start(&self.kernel, spec, &self.dir.join(&spec.name))?;
+                    let mut g = Guest::start(kernel, spec, &self.dir.join(&spec.name))?;
                     g.wait_ready(spec.boot_deadline())?;
                     g
                 }

@@ -1,4 +1,5 @@
-//! QEMU harness for the fencing stack: boots real Linux kernels (a pinned Debian 6.1 kernel) under
+//! QEMU harness for the fencing stack: boots real Linux kernels (a pinned Debian 6.1 kernel, or
+//! the newest Debian builds: [`KernelLine`], chosen per lab and per guest) under
 //! QEMU with real SCSI targets and watchdogs, and lets a test drive the guests step by step.
 //!
 //! What a test gets:
@@ -34,6 +35,7 @@ mod initramfs;
 pub mod iscsi;
 mod kernel;
 mod lab;
+pub mod nvmet;
 mod process;
 mod qmp;
 pub mod tcm_loop;
@@ -41,7 +43,7 @@ pub mod tcm_loop;
 pub use error::{Error, Result};
 pub use guest::{lan_mac, Guest, GuestSpec, Output, Pending, ScsiPath};
 pub use initramfs::{SYSTEMD_TARGET, SYSTEMD_UNITS};
-pub use kernel::Kernel;
+pub use kernel::{Kernel, KernelLine};
 pub use lab::Lab;
 
 use std::path::PathBuf;

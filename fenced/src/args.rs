@@ -74,6 +74,15 @@ pub enum Group {
     /// Show voting disks, authority, heartbeats, keys per LUN, reservation holders, watchdogs.
     Status(LocalArgs),
     /// Preflight checks: config and timing, voting disks, LUNs and PR support, watchdog.
+    ///
+    /// Each check prints PASS, WARN or FAIL, and for WARN and FAIL what to do. SCSI LUNs: TEST
+    /// UNIT READY and this node's key on every path, REPORT CAPABILITIES (type 5, PTPL), READ
+    /// FULL STATUS, the reservation, PREEMPT AND ABORT (probed). NVMe namespaces: Identify
+    /// (reservations in the controller's ONCS; Write Exclusive Registrants Only and PTPL in the
+    /// namespace's RESCAP), the reservation as the Reservation Report shows it. The transport's
+    /// timeouts against half the fence deadline: iSCSI replacement_timeout, FC
+    /// fast_io_fail_tmo/dev_loss_tmo, multipath no_path_retry, and each NVMe over Fabrics
+    /// controller's fast_io_fail_tmo/ctrl_loss_tmo (against the lease as well).
     Doctor(DoctorArgs),
     /// Write fenced.toml for the cluster's nodes (formatting the voting disks with --format).
     Setup(SetupArgs),

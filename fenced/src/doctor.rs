@@ -16,8 +16,13 @@
 //!   and one that does not rejects as an ILLEGAL REQUEST. What the target declares in REPORT
 //!   SUPPORTED OPERATION CODES is only the fallback, reported beside the probe: LIO does not
 //!   answer that command, and tgt declares PREEMPT AND ABORT supported and then rejects it;
+//! - each NVMe namespace (a LUN whose paths are NVMe namespaces' block devices; [`nvme`]):
+//!   Identify Controller (ONCS: reservations at all), Identify Namespace (RESCAP: Write
+//!   Exclusive – Registrants Only, PTPL), the reservation as the NVMe Reservation Report shows
+//!   it; nothing is sent that changes a registration;
 //! - the transport's timeouts (iSCSI replacement_timeout, FC fast_io_fail_tmo/dev_loss_tmo,
-//!   multipath no_path_retry) against the deadline of each PR command in a fence
+//!   multipath no_path_retry, an NVMe fabric controller's fast_io_fail_tmo/ctrl_loss_tmo)
+//!   against the deadline of each PR command in a fence (and, for NVMe, the lease)
 //!   ([`crate::transport`]);
 //! - the watchdog: which device the policy would pick (or the one the running daemon holds),
 //!   hardware or softdog, nowayout, and whether the driver's timeout range contains W.
@@ -32,6 +37,8 @@ use crate::config::{Config, WatchdogPolicy};
 use crate::luns::{self, FENCING_TYPE};
 use crate::vdisk::admin::read_disk;
 use crate::vdisk::quorum::majority;
+
+mod nvme;
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -357,26 +364,35 @@ fn multipath_maps(config: &Config, r: &mut Report) {
     }
 }
 
-/// How long the transport lets I/O wait on each path (iSCSI, FC) and map (dm-multipath), held
-/// against the deadline of each PR command in a fence ([`crate::transport`]). Paths of other
-/// transports (SAS, virtio, NVMe) are not judged.
+/// How long the transport lets I/O wait on each path (iSCSI, FC), map (dm-multipath) and NVMe
+/// controller (fabrics: [`nvme::transport_timeouts`]), held against the deadline of each PR
+/// command in a fence ([`crate::transport`]). Paths of other transports (SAS, virtio) are not
+/// judged.
 fn transport_holds(config: &Config, r: &mut Report) {
     use crate::transport::{multipath_hold, scsi_disk_hold, Hold};
     use std::collections::BTreeMap;
     let sys = Path::new("/sys");
     let per_command = config.timing.fence_deadline / 2;
     let mut holds: Vec<(String, Hold)> = Vec::new();
+    let mut namespaces: Vec<(String, String)> = Vec::new();
     for p in crate::storage::Storage::paths(&crate::storage::SystemStorage, &config.luns) {
         let name = p
             .canonicalize()
             .ok()
             .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()));
-        if let Some(name) = name.filter(|n| n.starts_with("sd")) {
-            if let Some(h) = scsi_disk_hold(sys, &name) {
-                holds.push((p.display().to_string(), h));
+        match name {
+            Some(name) if name.starts_with("sd") => {
+                if let Some(h) = scsi_disk_hold(sys, &name) {
+                    holds.push((p.display().to_string(), h));
+                }
             }
+            Some(name) if crate::transport::nvme::is_namespace_disk(&name) => {
+                namespaces.push((p.display().to_string(), name));
+            }
+            _ => {}
         }
     }
+    nvme::transport_timeouts(sys, &namespaces, &config.timing, r);
     let conf = std::fs::read_to_string("/etc/multipath.conf").unwrap_or_default();
     for (path, map) in crate::storage::multipath_maps(sys, &config.luns) {
         let table = std::process::Command::new("dmsetup")
@@ -484,6 +500,7 @@ fn shared_luns(config: &Config, r: &mut Report) {
     for lun in &luns {
         let mut sg_paths = 0usize;
         let mut first_sg = None;
+        let mut first_nvme = None;
         for path in &lun.paths {
             let subject = format!("lun {} path {}", lun.id, path.display());
             // A path down is a degraded LUN (Warn) while another path answers; the LUN fails
@@ -500,14 +517,16 @@ fn shared_luns(config: &Config, r: &mut Report) {
                     continue;
                 }
             };
-            match dev.as_sg() {
-                None => r.add_fix(
+            let nvme_nsid = dev.as_block().and_then(|b| b.nvme_nsid());
+            match (dev.as_sg(), nvme_nsid) {
+                (None, Some(nsid)) => nvme::path_line(&subject, nsid, r),
+                (None, None) => r.add_fix(
                     Verdict::Warn,
                     subject.clone(),
                     "a device-mapper (multipath) or non-SCSI device: reservations go through the block layer, and dm-multipath's PR preempt never sets the abort flag (queued writes of a fenced node are not aborted)",
                     "configure the SCSI paths (/dev/disk/by-path or the sdX under the map) in storage.luns instead of the dm device",
                 ),
-                Some(sg) => {
+                (Some(sg), _) => {
                     sg_paths += 1;
                     match sg.test_unit_ready() {
                         Ok(_) => r.add(Verdict::Pass, subject.clone(), "TEST UNIT READY answers"),
@@ -545,10 +564,16 @@ fn shared_luns(config: &Config, r: &mut Report) {
             }
             if first_sg.is_none() && dev.as_sg().is_some() {
                 first_sg = Some(dev);
+            } else if first_nvme.is_none() && nvme_nsid.is_some() {
+                first_nvme = Some(dev);
             }
         }
         let subject = format!("lun {}", lun.id);
         let Some(dev) = first_sg else {
+            if let Some(ns) = first_nvme.as_ref().and_then(|d| d.as_block()) {
+                nvme::namespace_checks(config, &subject, ns, r);
+                continue;
+            }
             r.add_fix(
                 Verdict::Fail,
                 subject,
@@ -653,44 +678,13 @@ fn shared_luns(config: &Config, r: &mut Report) {
                 "nothing to do unless a path is missing from storage.luns",
             ),
         }
-        match dev.reservation() {
-            Ok(st) => match st.value.reservation {
-                Some(res) if res.pr_type == Some(FENCING_TYPE) => r.add(
-                    Verdict::Pass,
-                    subject.clone(),
-                    format!(
-                        "reserved, type 5, holder 0x{:x}{}",
-                        res.key.0,
-                        config
-                            .member_by_key(res.key)
-                            .map(|m| format!(" ({})", m.name))
-                            .unwrap_or_default()
-                    ),
-                ),
-                Some(res) => r.add_fix(
-                    Verdict::Fail,
-                    subject.clone(),
-                    format!(
-                        "reserved with type {} by 0x{:x}, not type 5",
-                        res.pr_type.map(|t| t.short_name()).unwrap_or("unknown"),
-                        res.key.0
-                    ),
-                    "another tool holds a different reservation: release it (sg_persist --release) and restart fenced",
-                ),
-                None => r.add_fix(
-                    Verdict::Warn,
-                    subject.clone(),
-                    "not reserved: registrations alone do not keep a preempted node out",
-                    "start fenced.service or run `fenced unfence` (it reserves a free LUN)",
-                ),
-            },
-            Err(e) => r.add_fix(
-                Verdict::Fail,
-                subject.clone(),
-                format!("READ RESERVATION: {e}"),
-                "the target must support SCSI-3 persistent reservations",
-            ),
-        }
+        reservation_check(
+            config,
+            &subject,
+            dev.reservation().map(|st| st.value),
+            &Flavour::SCSI,
+            r,
+        );
         // The probe decides; the declaration is only a fallback: tgt declares PREEMPT AND ABORT
         // supported and then rejects it.
         let declared = sg.preempt_abort_declared();
@@ -736,6 +730,82 @@ fn shared_luns(config: &Config, r: &mut Report) {
                 "a fence falls back to PREEMPT if needed and says so in its per-LUN outcome",
             ),
         }
+    }
+}
+
+/// How a protocol names what [`reservation_check`] reports.
+struct Flavour {
+    /// The fencing type, as this protocol numbers it.
+    fencing_type: &'static str,
+    /// The command that read the reservation.
+    read: &'static str,
+    /// How to release another tool's reservation.
+    release: &'static str,
+    /// What the device must support.
+    needs: &'static str,
+}
+
+impl Flavour {
+    const SCSI: Flavour = Flavour {
+        fencing_type: "type 5",
+        read: "READ RESERVATION",
+        release: "sg_persist --release",
+        needs: "the target must support SCSI-3 persistent reservations",
+    };
+    const NVME: Flavour = Flavour {
+        fencing_type: "Write Exclusive – Registrants Only (NVMe type 3)",
+        read: "NVMe Reservation Report",
+        release: "nvme resv-release",
+        needs: "the namespace must support NVMe reservations",
+    };
+}
+
+/// The LUN's reservation, as read (`status`): held with the fencing type, by whom.
+fn reservation_check(
+    config: &Config,
+    subject: &str,
+    status: sg_pr::Result<sg_pr::ReservationStatus>,
+    flavour: &Flavour,
+    r: &mut Report,
+) {
+    let Flavour {
+        fencing_type,
+        read,
+        release,
+        needs,
+    } = flavour;
+    match status {
+        Ok(st) => match st.reservation {
+            Some(res) if res.pr_type == Some(FENCING_TYPE) => r.add(
+                Verdict::Pass,
+                subject,
+                format!(
+                    "reserved, {fencing_type}, holder 0x{:x}{}",
+                    res.key.0,
+                    config
+                        .member_by_key(res.key)
+                        .map(|m| format!(" ({})", m.name))
+                        .unwrap_or_default()
+                ),
+            ),
+            Some(res) => r.add_fix(
+                Verdict::Fail,
+                subject,
+                format!(
+                    "reserved with type {} by 0x{:x}, not {fencing_type}",
+                    res.pr_type.map(|t| t.short_name()).unwrap_or("unknown"),
+                    res.key.0
+                ),
+                format!("another tool holds a different reservation: release it ({release}) and restart fenced"),
+            ),
+            None => r.add_fix(
+                Verdict::Warn,
+                subject,
+                "not reserved: registrations alone do not keep a preempted node out",
+                "start fenced.service or run `fenced unfence` (it reserves a free LUN)",
+            ),
+        },
+        Err(e) => r.add_fix(Verdict::Fail, subject, format!("{read}: {e}"), *needs),
     }
 }
 

@@ -12,10 +12,13 @@
 //!   `/sys/class/fc_remote_ports/rport-H:B-R/`;
 //! - dm-multipath: `no_path_retry` (`queue`: I/O on a map with no path up waits for ever; `N`:
 //!   for N x `polling_interval`), which hangs the node's applications rather than its fencing
-//!   (fenced sends its PR commands down the paths, not the map).
+//!   (fenced sends its PR commands down the paths, not the map);
+//! - NVMe over Fabrics: each controller's `fast_io_fail_tmo`, else its `ctrl_loss_tmo` ([`nvme`]).
 
 use std::path::{Component, Path};
 use std::time::Duration;
+
+pub mod nvme;
 
 /// One setting that bounds how long I/O can wait on a path or map.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,6 +72,15 @@ impl AnyDevice {
             AnyDevice::Block(_) => None,
         }
     }
+
+    /// The block-layer device, for what only it has (an NVMe namespace's Identify and
+    /// Reservation Report).
+    pub fn as_block(&self) -> Option<&BlockPrDevice> {
+        match self {
+            AnyDevice::Sg(_) => None,
+            AnyDevice::Block(d) => Some(d),
+        }
+    }
 }
 
 impl PersistentReservations for AnyDevice {

@@ -91,6 +91,19 @@ impl BlockPrDevice {
         crate::nvme::read_report(self.file.as_fd(), &self.name, self.timeout)
     }
 
+    /// What an NVMe namespace and its controller declare about reservations (Identify
+    /// Namespace's RESCAP, Identify Controller's ONCS), each command within this device's
+    /// timeout ([`Error::NotSupported`] on other devices).
+    pub fn nvme_reservation_support(&self) -> Result<crate::nvme::ReservationSupport> {
+        if self.nvme_nsid.is_none() {
+            return Err(Error::NotSupported {
+                device: self.name.clone(),
+                op: "NVMe Identify",
+            });
+        }
+        crate::nvme::read_reservation_support(self.file.as_fd(), &self.name, self.timeout)
+    }
+
     /// Maps an ioctl result to this crate's errors.
     fn check(&self, op: &'static str, r: io::Result<u32>) -> Result<()> {
         match r.map(PrStatus::from_raw) {
@@ -143,7 +156,41 @@ impl BlockPrDevice {
 
     /// IOC_PR_PREEMPT / IOC_PR_PREEMPT_ABORT: `own` is this host's key, `victim` the key
     /// removed (old_key/new_key in linux/pr.h terms). dm-multipath ignores `abort`.
+    ///
+    /// On an NVMe namespace, when the victim's key is still registered afterwards while this
+    /// host holds the reservation, the preempt is done again without the reservation: released,
+    /// preempted, taken back. Linux's nvmet (7.2) answers a Preempt from the reservation holder
+    /// by changing the reservation's type only, whatever key it names, so the holder could never
+    /// fence a registrant that does not hold the reservation (a node registered again after its
+    /// fence). The release leaves no host more access than it has: the victim is a registrant
+    /// (Write Exclusive – Registrants Only lets it write until its key goes), and the others
+    /// hold keys of their own.
     pub fn preempt(
+        &self,
+        own: ReservationKey,
+        victim: ReservationKey,
+        pr_type: PrType,
+        abort: bool,
+    ) -> Result<()> {
+        self.preempt_once(own, victim, pr_type, abort)?;
+        if self.nvme_nsid.is_none() {
+            return Ok(());
+        }
+        let report = self.nvme_report()?;
+        let held = report
+            .controllers
+            .iter()
+            .any(|c| c.holds_reservation && c.key == own);
+        if !held || !report.keys().contains(victim) {
+            return Ok(());
+        }
+        tracing::warn!(device = %self.name, victim = %victim, "the namespace kept the key its reservation holder preempted (nvmet ignores the key of a holder's Preempt): releasing, preempting again and taking the reservation back");
+        self.release(own, pr_type)?;
+        self.preempt_once(own, victim, pr_type, abort)?;
+        self.reserve(own, pr_type)
+    }
+
+    fn preempt_once(
         &self,
         own: ReservationKey,
         victim: ReservationKey,
@@ -437,10 +484,18 @@ mod tests {
         };
         assert!(matches!(dev.read_keys(), Err(Error::NotSupported { .. })));
         assert!(matches!(dev.nvme_report(), Err(Error::NotSupported { .. })));
-        // Taken for an NVMe namespace, the report goes through passthrough, which a regular
-        // file refuses as well.
+        assert!(matches!(
+            dev.nvme_reservation_support(),
+            Err(Error::NotSupported { .. })
+        ));
+        // Taken for an NVMe namespace, the report and Identify go through passthrough, which a
+        // regular file refuses as well.
         dev.nvme_nsid = Some(1);
         assert!(matches!(dev.read_keys(), Err(Error::NotSupported { .. })));
+        assert!(matches!(
+            dev.nvme_reservation_support(),
+            Err(Error::NotSupported { .. })
+        ));
         assert!(matches!(
             dev.reserve(ReservationKey(1), PrType::WriteExclusive),
             Err(Error::NotSupported { .. })

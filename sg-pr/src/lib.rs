@@ -112,6 +112,17 @@ mod robustness {
             for extended in [false, true] {
                 let _ = crate::nvme::ReservationReport::parse(&data, extended).map(|r| (r.keys(), r.reservation()));
             }
+            let _ = crate::nvme::ReservationCapabilities::parse(&data).map(|c| (c.types(), c.persist_through_power_loss()));
+            let _ = crate::nvme::OptionalCommands::parse(&data).map(|c| c.reservations());
+        }
+
+        /// Identify data of the full 4096 bytes with any content: both fields always decode.
+        #[test]
+        fn identify_parsers_decode_any_full_structure(data in proptest::collection::vec(any::<u8>(), crate::nvme::IDENTIFY_LEN)) {
+            let rescap = crate::nvme::ReservationCapabilities::parse(&data);
+            prop_assert_eq!(rescap.map(|c| c.bits()).ok(), Some(data[31]));
+            let oncs = crate::nvme::OptionalCommands::parse(&data);
+            prop_assert_eq!(oncs.map(|c| c.bits()).ok(), Some(u16::from_le_bytes([data[520], data[521]])));
         }
 
         /// Structured PR IN replies: a header with any ADDITIONAL LENGTH and any body.

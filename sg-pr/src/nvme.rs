@@ -9,6 +9,11 @@
 //! set on the reservation holder(s), then the host identifier (8 bytes at 8) and the key (at 16);
 //! extended: the key at 8 and a 128-bit host identifier at 16. NVMe registrations belong to a
 //! host, not to a path: every controller of one host is listed with that host's key.
+//!
+//! What a namespace supports comes from the admin command Identify (opcode 06h, 4096 bytes of
+//! data): Identify Controller (CNS 1) declares reservations at all (ONCS, bytes 520-521, bit 5),
+//! Identify Namespace (CNS 0) which types and PTPL (RESCAP, byte 31):
+//! [`ReservationCapabilities`], read by [`read_reservation_support`].
 
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
@@ -23,6 +28,17 @@ use crate::types::{PrType, ReservationKey};
 
 /// The NVM command set's Reservation Report opcode.
 pub const RESERVATION_REPORT: u8 = 0x0e;
+/// The admin command set's Identify opcode.
+pub const IDENTIFY: u8 = 0x06;
+/// Bytes of an Identify data structure.
+pub const IDENTIFY_LEN: usize = 4096;
+/// Identify's CNS values (command dword 10) for the two structures read here.
+const CNS_NAMESPACE: u32 = 0;
+const CNS_CONTROLLER: u32 = 1;
+/// Identify Namespace: Reservation Capabilities (RESCAP), one byte.
+const RESCAP_OFFSET: usize = 31;
+/// Identify Controller: Optional NVM Command Support (ONCS), 16 bits little endian.
+const ONCS_OFFSET: usize = 520;
 
 /// Header and entry sizes of the two formats.
 const HEADER: usize = 24;
@@ -48,7 +64,8 @@ fn le_u64(buf: &[u8], at: usize) -> Option<u64> {
 }
 
 /// A host identifier: 64 bits in the standard data structure, 128 in the extended one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Serialized as its hex digits, as nvme-cli prints it (`f3dced00000040008000000000000001`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostId {
     /// 64-bit host identifier.
     Short([u8; 8]),
@@ -63,6 +80,12 @@ impl std::fmt::Display for HostId {
             HostId::Extended(b) => b,
         };
         bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Serialize for HostId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -207,6 +230,137 @@ impl ReservationReport {
     }
 }
 
+bitflags::bitflags! {
+    /// A namespace's Reservation Capabilities (RESCAP, byte 31 of Identify Namespace): the
+    /// reservation types it supports, PTPL, and which Ignore Existing Key semantics it follows.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct ReservationCapabilities: u8 {
+        /// Persist Through Power Loss is supported.
+        const PERSIST_THROUGH_POWER_LOSS = 1 << 0;
+        /// Write Exclusive.
+        const WRITE_EXCLUSIVE = 1 << 1;
+        /// Exclusive Access.
+        const EXCLUSIVE_ACCESS = 1 << 2;
+        /// Write Exclusive – Registrants Only.
+        const WRITE_EXCLUSIVE_REGISTRANTS_ONLY = 1 << 3;
+        /// Exclusive Access – Registrants Only.
+        const EXCLUSIVE_ACCESS_REGISTRANTS_ONLY = 1 << 4;
+        /// Write Exclusive – All Registrants.
+        const WRITE_EXCLUSIVE_ALL_REGISTRANTS = 1 << 5;
+        /// Exclusive Access – All Registrants.
+        const EXCLUSIVE_ACCESS_ALL_REGISTRANTS = 1 << 6;
+        /// Ignore Existing Key as NVMe 1.3 defines it (Reservation Register only); clear: as
+        /// 1.2.1 did (Register, Acquire and Release).
+        const IGNORE_EXISTING_KEY = 1 << 7;
+    }
+}
+
+impl ReservationCapabilities {
+    /// Decodes RESCAP from an Identify Namespace data structure.
+    pub fn parse(identify_namespace: &[u8]) -> Result<Self, ParseError> {
+        identify_namespace
+            .get(RESCAP_OFFSET)
+            .map(|&b| Self::from_bits_retain(b))
+            .ok_or_else(|| {
+                ParseError::new(
+                    "NVMe Identify Namespace",
+                    format!(
+                        "{} bytes: too short for RESCAP (byte {RESCAP_OFFSET})",
+                        identify_namespace.len()
+                    ),
+                )
+            })
+    }
+
+    /// The bit that declares `pr_type`.
+    pub fn for_type(pr_type: PrType) -> Self {
+        match pr_type {
+            PrType::WriteExclusive => Self::WRITE_EXCLUSIVE,
+            PrType::ExclusiveAccess => Self::EXCLUSIVE_ACCESS,
+            PrType::WriteExclusiveRegistrantsOnly => Self::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+            PrType::ExclusiveAccessRegistrantsOnly => Self::EXCLUSIVE_ACCESS_REGISTRANTS_ONLY,
+            PrType::WriteExclusiveAllRegistrants => Self::WRITE_EXCLUSIVE_ALL_REGISTRANTS,
+            PrType::ExclusiveAccessAllRegistrants => Self::EXCLUSIVE_ACCESS_ALL_REGISTRANTS,
+        }
+    }
+
+    /// Whether the namespace declares `pr_type`.
+    pub fn supports(self, pr_type: PrType) -> bool {
+        self.contains(Self::for_type(pr_type))
+    }
+
+    /// The reservation types declared, in SCSI code order.
+    pub fn types(self) -> Vec<PrType> {
+        PrType::ALL
+            .into_iter()
+            .filter(|&t| self.supports(t))
+            .collect()
+    }
+
+    /// Whether Persist Through Power Loss is supported.
+    pub fn persist_through_power_loss(self) -> bool {
+        self.contains(Self::PERSIST_THROUGH_POWER_LOSS)
+    }
+}
+
+bitflags::bitflags! {
+    /// A controller's Optional NVM Command Support (ONCS, bytes 520-521 of Identify
+    /// Controller). Unknown bits are kept.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct OptionalCommands: u16 {
+        /// Compare.
+        const COMPARE = 1 << 0;
+        /// Write Uncorrectable.
+        const WRITE_UNCORRECTABLE = 1 << 1;
+        /// Dataset Management.
+        const DATASET_MANAGEMENT = 1 << 2;
+        /// Write Zeroes.
+        const WRITE_ZEROES = 1 << 3;
+        /// The Save field of Set Features and the Select field of Get Features.
+        const SAVE_AND_SELECT = 1 << 4;
+        /// Reservations (Register, Report, Acquire, Release).
+        const RESERVATIONS = 1 << 5;
+        /// Timestamp.
+        const TIMESTAMP = 1 << 6;
+        /// Verify.
+        const VERIFY = 1 << 7;
+        /// Copy.
+        const COPY = 1 << 8;
+    }
+}
+
+impl OptionalCommands {
+    /// Decodes ONCS from an Identify Controller data structure.
+    pub fn parse(identify_controller: &[u8]) -> Result<Self, ParseError> {
+        le_u16(identify_controller, ONCS_OFFSET)
+            .map(Self::from_bits_retain)
+            .ok_or_else(|| {
+                ParseError::new(
+                    "NVMe Identify Controller",
+                    format!(
+                        "{} bytes: too short for ONCS (bytes {ONCS_OFFSET}-{})",
+                        identify_controller.len(),
+                        ONCS_OFFSET + 1
+                    ),
+                )
+            })
+    }
+
+    /// Whether the controller supports the reservation commands.
+    pub fn reservations(self) -> bool {
+        self.contains(Self::RESERVATIONS)
+    }
+}
+
+/// What an NVMe namespace and its controller declare about reservations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservationSupport {
+    /// The controller's optional commands (reservations: [`OptionalCommands::RESERVATIONS`]).
+    pub controller: OptionalCommands,
+    /// The namespace's reservation capabilities.
+    pub namespace: ReservationCapabilities,
+}
+
 /// NVMe status codes this crate names (status code type << 8 | status code).
 const SC_INVALID_OPCODE: u16 = 0x001;
 const SC_INVALID_FIELD: u16 = 0x002;
@@ -240,6 +394,34 @@ pub fn status_meaning(status: u16) -> &'static str {
     }
 }
 
+/// The error for a non-zero NVMe `status` of `command` on `device`.
+fn status_error(device: &str, command: &'static str, status: u16) -> Error {
+    match status {
+        SC_RESERVATION_CONFLICT => Error::ReservationConflict {
+            device: device.to_string(),
+            command,
+            after_ambiguous_retry: false,
+        },
+        SC_INVALID_OPCODE => Error::NotSupported {
+            device: device.to_string(),
+            op: command,
+        },
+        status => Error::NvmeStatus {
+            device: device.to_string(),
+            command,
+            status,
+        },
+    }
+}
+
+/// A passthrough command's timeout field: `timeout` in milliseconds, at least 1 (0 would mean
+/// the kernel's default).
+fn timeout_ms(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
 /// Most controllers read in one report (64-byte entries: 4 MiB).
 const MAX_CONTROLLERS: usize = 1 << 16;
 /// Controllers the first read makes room for: a report of a typical cluster fits at once.
@@ -260,9 +442,7 @@ pub fn read_report(
     const COMMAND: &str = "NVMe Reservation Report";
     let io = |e: std::io::Error| crate::blk::map_errno(device, COMMAND, e);
     let nsid = sys::nvme_ns_id(fd).map_err(io)?;
-    let timeout_ms = u32::try_from(timeout.as_millis())
-        .unwrap_or(u32::MAX)
-        .max(1);
+    let timeout_ms = timeout_ms(timeout);
     let mut extended = true;
     let mut controllers = FIRST_READ_CONTROLLERS;
     loop {
@@ -277,34 +457,14 @@ pub fn read_report(
             timeout_ms,
             ..sys::NvmePassthruCmd::default()
         };
-        let raw = sys::nvme_io_cmd_read(fd, cmd, &mut data).map_err(io)?;
-        let status = status_code(raw);
-        match status {
+        let raw = sys::nvme_passthru_read(fd, sys::NvmeQueue::Io, cmd, &mut data).map_err(io)?;
+        match status_code(raw) {
             0 => {}
             SC_HOST_ID_INCONSISTENT_FORMAT | SC_INVALID_FIELD if extended => {
                 extended = false;
                 continue;
             }
-            SC_RESERVATION_CONFLICT => {
-                return Err(Error::ReservationConflict {
-                    device: device.to_string(),
-                    command: COMMAND,
-                    after_ambiguous_retry: false,
-                })
-            }
-            SC_INVALID_OPCODE => {
-                return Err(Error::NotSupported {
-                    device: device.to_string(),
-                    op: COMMAND,
-                })
-            }
-            status => {
-                return Err(Error::NvmeStatus {
-                    device: device.to_string(),
-                    command: COMMAND,
-                    status,
-                })
-            }
+            status => return Err(status_error(device, COMMAND, status)),
         }
         let report =
             ReservationReport::parse(&data, extended).map_err(|source| Error::BadResponse {
@@ -321,8 +481,79 @@ pub fn read_report(
     }
 }
 
+/// One Identify data structure (`cns`, for namespace `nsid`; 0 for the controller) through
+/// the admin passthrough, within `timeout`.
+fn identify(
+    fd: BorrowedFd<'_>,
+    device: &str,
+    command: &'static str,
+    cns: u32,
+    nsid: u32,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; IDENTIFY_LEN];
+    let cmd = sys::NvmePassthruCmd {
+        opcode: IDENTIFY,
+        nsid,
+        cdw10: cns,
+        timeout_ms: timeout_ms(timeout),
+        ..sys::NvmePassthruCmd::default()
+    };
+    let raw = sys::nvme_passthru_read(fd, sys::NvmeQueue::Admin, cmd, &mut data)
+        .map_err(|e| crate::blk::map_errno(device, command, e))?;
+    match status_code(raw) {
+        0 => Ok(data),
+        status => Err(status_error(device, command, status)),
+    }
+}
+
+/// What the NVMe namespace behind `fd` (a namespace's block device) and its controller declare
+/// about reservations: Identify Controller's ONCS and Identify Namespace's RESCAP, through the
+/// admin passthrough, each command within `timeout`. On a multipath head the kernel asks the
+/// controller of the path it would use. `device` names the device in errors.
+pub fn read_reservation_support(
+    fd: BorrowedFd<'_>,
+    device: &str,
+    timeout: Duration,
+) -> Result<ReservationSupport> {
+    const CONTROLLER: &str = "NVMe Identify Controller";
+    const NAMESPACE: &str = "NVMe Identify Namespace";
+    let nsid = sys::nvme_ns_id(fd).map_err(|e| crate::blk::map_errno(device, NAMESPACE, e))?;
+    let bad = |command: &'static str| {
+        move |source| Error::BadResponse {
+            device: device.to_string(),
+            command,
+            source,
+        }
+    };
+    let controller = identify(fd, device, CONTROLLER, CNS_CONTROLLER, 0, timeout)?;
+    let controller = OptionalCommands::parse(&controller).map_err(bad(CONTROLLER))?;
+    let namespace = identify(fd, device, NAMESPACE, CNS_NAMESPACE, nsid, timeout)?;
+    let namespace = ReservationCapabilities::parse(&namespace).map_err(bad(NAMESPACE))?;
+    Ok(ReservationSupport {
+        controller,
+        namespace,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_ids_serialize_as_the_hex_nvme_cli_prints() {
+        let id = HostId::Extended([
+            0xf3, 0xdc, 0xed, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 1,
+        ]);
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"f3dced00000040008000000000000001\""
+        );
+        let short = HostId::Short([0, 1, 2, 3, 4, 5, 6, 0xff]);
+        assert_eq!(
+            serde_json::to_string(&short).unwrap(),
+            "\"00010203040506ff\""
+        );
+    }
+
     use super::*;
 
     #[test]
@@ -477,6 +708,149 @@ mod tests {
         );
         assert!(ReservationReport::parse(&[0u8; 23], false).is_err());
         assert!(ReservationReport::parse(&[0u8; 63], true).is_err());
+    }
+
+    /// An Identify Namespace data structure with RESCAP `rescap`.
+    fn identify_namespace(rescap: u8) -> Vec<u8> {
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        b[RESCAP_OFFSET] = rescap;
+        b
+    }
+
+    /// An Identify Controller data structure with ONCS `oncs`.
+    fn identify_controller(oncs: u16) -> Vec<u8> {
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        b[ONCS_OFFSET..ONCS_OFFSET + 2].copy_from_slice(&oncs.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn rescap_byte_31_names_each_reservation_type_and_ptpl() {
+        // Every bit alone: the flag it decodes to, and the one type (if any) it declares.
+        let expected = [
+            (
+                0x01,
+                ReservationCapabilities::PERSIST_THROUGH_POWER_LOSS,
+                None,
+            ),
+            (
+                0x02,
+                ReservationCapabilities::WRITE_EXCLUSIVE,
+                Some(PrType::WriteExclusive),
+            ),
+            (
+                0x04,
+                ReservationCapabilities::EXCLUSIVE_ACCESS,
+                Some(PrType::ExclusiveAccess),
+            ),
+            (
+                0x08,
+                ReservationCapabilities::WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+                Some(PrType::WriteExclusiveRegistrantsOnly),
+            ),
+            (
+                0x10,
+                ReservationCapabilities::EXCLUSIVE_ACCESS_REGISTRANTS_ONLY,
+                Some(PrType::ExclusiveAccessRegistrantsOnly),
+            ),
+            (
+                0x20,
+                ReservationCapabilities::WRITE_EXCLUSIVE_ALL_REGISTRANTS,
+                Some(PrType::WriteExclusiveAllRegistrants),
+            ),
+            (
+                0x40,
+                ReservationCapabilities::EXCLUSIVE_ACCESS_ALL_REGISTRANTS,
+                Some(PrType::ExclusiveAccessAllRegistrants),
+            ),
+            (0x80, ReservationCapabilities::IGNORE_EXISTING_KEY, None),
+        ];
+        for (byte, flag, pr_type) in expected {
+            let c = ReservationCapabilities::parse(&identify_namespace(byte)).unwrap();
+            assert_eq!(c, flag, "{byte:#04x}");
+            assert_eq!(c.bits(), byte);
+            assert_eq!(
+                c.types(),
+                pr_type.into_iter().collect::<Vec<_>>(),
+                "{byte:#04x}"
+            );
+            assert_eq!(c.persist_through_power_loss(), byte == 0x01);
+            if let Some(t) = pr_type {
+                assert_eq!(ReservationCapabilities::for_type(t), flag);
+            }
+        }
+        // A typical namespace (nvmet: every type, PTPL, 1.3 IEKEY): all six types.
+        let all = ReservationCapabilities::parse(&identify_namespace(0xff)).unwrap();
+        assert_eq!(all.types(), PrType::ALL);
+        // The byte is read at 31, not next to it.
+        let mut b = identify_namespace(0);
+        b[30] = 0xff;
+        b[32] = 0xff;
+        assert!(ReservationCapabilities::parse(&b).unwrap().is_empty());
+    }
+
+    #[test]
+    fn oncs_bit_5_little_endian_declares_reservations() {
+        let c = OptionalCommands::parse(&identify_controller(0x0020)).unwrap();
+        assert!(c.reservations());
+        assert_eq!(c, OptionalCommands::RESERVATIONS);
+        // Every other optional command, and unknown bits, kept but not reservations.
+        let others = OptionalCommands::parse(&identify_controller(!0x0020)).unwrap();
+        assert!(!others.reservations());
+        assert_eq!(others.bits(), !0x0020);
+        // Little endian: 0x20 in byte 521 is bit 13, not bit 5.
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        b[ONCS_OFFSET + 1] = 0x20;
+        assert!(!OptionalCommands::parse(&b).unwrap().reservations());
+    }
+
+    #[test]
+    fn identify_data_too_short_for_its_field_is_a_parse_error() {
+        // RESCAP is byte 31, ONCS bytes 520-521.
+        assert!(ReservationCapabilities::parse(&[0u8; 31]).is_err());
+        assert!(ReservationCapabilities::parse(&[0u8; 32]).is_ok());
+        assert!(ReservationCapabilities::parse(&[]).is_err());
+        let err = OptionalCommands::parse(&[0u8; 521]).unwrap_err();
+        assert_eq!(err.what, "NVMe Identify Controller");
+        assert!(err.reason.contains("ONCS"), "{}", err.reason);
+        assert!(OptionalCommands::parse(&[0u8; 522]).is_ok());
+    }
+
+    #[test]
+    fn reservation_support_of_a_device_that_is_no_nvme_namespace_is_not_supported() {
+        let f = tempfile::tempfile().unwrap();
+        let err = read_reservation_support(
+            std::os::fd::AsFd::as_fd(&f),
+            "/tmp/x",
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotSupported { .. }), "{err}");
+        assert!(err.to_string().contains("NVMe Identify Namespace"), "{err}");
+    }
+
+    #[test]
+    fn passthrough_statuses_map_to_this_crates_errors() {
+        let e = status_error(
+            "/dev/nvme0n1",
+            "NVMe Identify Controller",
+            SC_INVALID_OPCODE,
+        );
+        assert!(matches!(e, Error::NotSupported { .. }), "{e}");
+        let e = status_error(
+            "/dev/nvme0n1",
+            "NVMe Reservation Report",
+            SC_RESERVATION_CONFLICT,
+        );
+        assert!(e.is_reservation_conflict(), "{e}");
+        let e = status_error("/dev/nvme0n1", "NVMe Identify Namespace", SC_HOST_ABORTED);
+        assert!(e.is_timeout(), "{e}");
+        assert_eq!(
+            timeout_ms(Duration::ZERO),
+            1,
+            "0 would be the kernel's default"
+        );
+        assert_eq!(timeout_ms(Duration::from_secs(5)), 5000);
     }
 
     #[test]

@@ -195,6 +195,15 @@ pub(crate) struct NvmePassthruCmd {
 
 /// `NVME_IOCTL_ID`: the namespace id of an NVMe namespace's block or generic device.
 pub(crate) const NVME_IOCTL_ID: u32 = ioc(0, b'N', 0x40, 0);
+/// `NVME_IOCTL_ADMIN_CMD`: an admin command (Identify) through passthrough. On a namespace's
+/// block device the kernel sends it to that namespace's controller (on a multipath head, to
+/// the controller of the path it would use).
+pub(crate) const NVME_IOCTL_ADMIN_CMD: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    b'N',
+    0x41,
+    std::mem::size_of::<NvmePassthruCmd>(),
+);
 /// `NVME_IOCTL_IO_CMD`: an I/O command set command through passthrough.
 pub(crate) const NVME_IOCTL_IO_CMD: u32 = ioc(
     IOC_READ | IOC_WRITE,
@@ -202,6 +211,25 @@ pub(crate) const NVME_IOCTL_IO_CMD: u32 = ioc(
     0x43,
     std::mem::size_of::<NvmePassthruCmd>(),
 );
+
+/// The queue an NVMe passthrough command goes to: each has its own ioctl, both taking a
+/// `struct nvme_passthru_cmd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NvmeQueue {
+    /// The admin queue (`NVME_IOCTL_ADMIN_CMD`): Identify.
+    Admin,
+    /// An I/O queue (`NVME_IOCTL_IO_CMD`): Reservation Report.
+    Io,
+}
+
+impl NvmeQueue {
+    fn request(self) -> u32 {
+        match self {
+            NvmeQueue::Admin => NVME_IOCTL_ADMIN_CMD,
+            NvmeQueue::Io => NVME_IOCTL_IO_CMD,
+        }
+    }
+}
 
 /// What SG_IO wrote back.
 #[derive(Debug)]
@@ -630,11 +658,13 @@ pub(crate) fn nvme_ns_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
     nonnegative(unsafe { libc::ioctl(fd.as_raw_fd(), NVME_IOCTL_ID as libc::Ioctl) })
 }
 
-/// Issues `cmd` through `NVME_IOCTL_IO_CMD` with `data` as its host-bound data buffer (its
-/// address and length are set here). Returns the NVMe status field the kernel hands back: 0,
-/// or a positive (status code type << 8 | status code, with More and Do Not Retry).
-pub(crate) fn nvme_io_cmd_read(
+/// Issues `cmd` on `queue` (`NVME_IOCTL_ADMIN_CMD` or `NVME_IOCTL_IO_CMD`) with `data` as its
+/// host-bound data buffer (its address and length are set here). Returns the NVMe status field
+/// the kernel hands back: 0, or a positive (status code type << 8 | status code, with More and
+/// Do Not Retry).
+pub(crate) fn nvme_passthru_read(
     fd: BorrowedFd<'_>,
+    queue: NvmeQueue,
     mut cmd: NvmePassthruCmd,
     data: &mut [u8],
 ) -> io::Result<u32> {
@@ -643,11 +673,11 @@ pub(crate) fn nvme_io_cmd_read(
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "data buffer over 4 GiB"))?;
     cmd.metadata = 0;
     cmd.metadata_len = 0;
-    // SAFETY: NVME_IOCTL_IO_CMD takes a struct nvme_passthru_cmd, which NvmePassthruCmd
-    // mirrors (size pinned by a test). The kernel transfers at most `data_len` bytes into
-    // `addr`, which is `data`: that many bytes, alive and exclusively borrowed for the whole
-    // call; no metadata buffer is given.
-    unsafe { ioctl_with(fd, NVME_IOCTL_IO_CMD, &mut cmd) }
+    // SAFETY: NVME_IOCTL_ADMIN_CMD and NVME_IOCTL_IO_CMD both take a struct nvme_passthru_cmd,
+    // which NvmePassthruCmd mirrors (size pinned by a test). The kernel transfers at most
+    // `data_len` bytes into `addr`, which is `data`: that many bytes, alive and exclusively
+    // borrowed for the whole call; no metadata buffer is given.
+    unsafe { ioctl_with(fd, queue.request(), &mut cmd) }
 }
 
 #[cfg(test)]
@@ -663,12 +693,24 @@ mod tests {
         assert_eq!(std::mem::offset_of!(NvmePassthruCmd, cdw10), 40);
         assert_eq!(std::mem::offset_of!(NvmePassthruCmd, timeout_ms), 64);
         assert_eq!(std::mem::offset_of!(NvmePassthruCmd, result), 68);
-        // _IO('N', 0x40) and _IOWR('N', 0x43, struct nvme_passthru_cmd).
+        // _IO('N', 0x40), _IOWR('N', 0x41, struct nvme_passthru_cmd) and
+        // _IOWR('N', 0x43, struct nvme_passthru_cmd).
         assert_eq!(NVME_IOCTL_ID, 0x4e40);
+        assert_eq!(NVME_IOCTL_ADMIN_CMD, 0xc048_4e41);
         assert_eq!(NVME_IOCTL_IO_CMD, 0xc048_4e43);
+        assert_eq!(NvmeQueue::Admin.request(), NVME_IOCTL_ADMIN_CMD);
+        assert_eq!(NvmeQueue::Io.request(), NVME_IOCTL_IO_CMD);
         use nix::{request_code_none, request_code_readwrite};
         let as_u32 = |v: nix::sys::ioctl::ioctl_num_type| u32::try_from(v).unwrap();
         assert_eq!(NVME_IOCTL_ID, as_u32(request_code_none!(b'N', 0x40)));
+        assert_eq!(
+            NVME_IOCTL_ADMIN_CMD,
+            as_u32(request_code_readwrite!(
+                b'N',
+                0x41,
+                std::mem::size_of::<NvmePassthruCmd>()
+            ))
+        );
         assert_eq!(
             NVME_IOCTL_IO_CMD,
             as_u32(request_code_readwrite!(
@@ -688,8 +730,11 @@ mod tests {
             Some(libc::ENOTTY)
         );
         let mut buf = [0u8; 64];
-        let err = nvme_io_cmd_read(fd, NvmePassthruCmd::default(), &mut buf).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
+        for queue in [NvmeQueue::Admin, NvmeQueue::Io] {
+            let err =
+                nvme_passthru_read(fd, queue, NvmePassthruCmd::default(), &mut buf).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOTTY), "{queue:?}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! A fenced cluster in guests: node guests sharing iSCSI LUNs (LIO in a storage guest, or tgt)
-//! and three voting disks, each with an i6300esb, each running `fenced run`.
+//! and/or NVMe/TCP namespaces (nvmet in a storage guest on the newest kernel), and three voting
+//! disks, each with an i6300esb, each running `fenced run`.
 
 use crate::Narrator;
 use kmod_testing::iscsi::{Target, TargetKind};
-use kmod_testing::{project_binary, Error, Guest, GuestSpec, Lab, Pending, Result};
+use kmod_testing::nvmet::{HostIdentity, NvmeTarget};
+use kmod_testing::{project_binary, Error, Guest, GuestSpec, KernelLine, Lab, Pending, Result};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -100,7 +102,24 @@ pub struct ClusterSpec {
     pub lan: bool,
     /// `storage.key_check_luns` in every node's fenced.toml (default: the product's).
     pub key_check_luns: Option<usize>,
+    /// Shared NVMe/TCP namespaces (an nvmet subsystem in a storage guest of its own, on the
+    /// newest kernel) beside the `luns` iSCSI LUNs; with `luns: 0` the cluster has no iSCSI
+    /// target at all. Node `i` connects as host [`HostIdentity::of_node`]`(i + 1)` with
+    /// [`NVME_CTRL_LOSS_TMO`] and [`NVME_FAST_IO_FAIL_TMO`]; the namespaces come after the
+    /// iSCSI LUNs in [`Cluster::lun_devices`] ([`Cluster::nvme_devices`]).
+    pub nvme_namespaces: usize,
+    /// The kernel of every guest but the NVMe-oF storage guest (always the newest): default
+    /// the stable one; `FENCED_KERNEL` overrides it for a whole run.
+    pub kernel: KernelLine,
 }
+
+/// `ctrl_loss_tmo` (s) the nodes connect to NVMe-oF namespaces with: a controller that stays
+/// lost this long is removed (its I/O failed); the kernel's default is 600.
+pub const NVME_CTRL_LOSS_TMO: u32 = 30;
+
+/// `fast_io_fail_tmo` (s) the nodes connect with: I/O queued on a lost controller fails after
+/// this long instead of waiting for `ctrl_loss_tmo` (the kernel's default is off).
+pub const NVME_FAST_IO_FAIL_TMO: u32 = 2;
 
 /// Brings node `i`'s guest-LAN NIC up at [`lan_address`]`(i)`.
 fn lan_up(g: &Guest, i: usize) -> Result<()> {
@@ -143,6 +162,8 @@ impl ClusterSpec {
             extra_luns: 0,
             lan: false,
             key_check_luns: None,
+            nvme_namespaces: 0,
+            kernel: KernelLine::Stable,
         }
     }
 }
@@ -157,8 +178,10 @@ pub struct Cluster {
     pub lun_devices: Vec<Vec<String>>,
     /// Each node's running `fenced run`.
     pub daemons: Vec<Option<Pending>>,
-    /// The target.
-    pub target: Target,
+    /// The iSCSI target (none with `luns: 0`: [`Cluster::target`]).
+    target: Option<Target>,
+    /// The NVMe-oF target of the [`ClusterSpec::nvme_namespaces`], if any.
+    pub nvme_target: Option<NvmeTarget>,
     /// The separate target of the [`ClusterSpec::extra_luns`], if any.
     pub extra_target: Option<Target>,
     /// The lab.
@@ -185,9 +208,14 @@ fn scaled(base: Duration, paths: usize) -> Duration {
     base + Duration::from_millis(250) * u32::try_from(paths.saturating_sub(32)).unwrap_or(u32::MAX)
 }
 
-/// Node `g`'s LUN devices (by SCSI address: LUN by LUN, path by path, extra LUNs last) and its
-/// voting-disk devices (through device-mapper with [`ClusterSpec::voting_via_dm`]).
-fn node_devices(g: &Guest, spec: &ClusterSpec) -> Result<(Vec<String>, Vec<String>)> {
+/// Node `g`'s LUN devices (by SCSI address: LUN by LUN, path by path, extra LUNs last; then the
+/// NVMe namespaces `nvme`) and its voting-disk devices (through device-mapper with
+/// [`ClusterSpec::voting_via_dm`]).
+fn node_devices(
+    g: &Guest,
+    spec: &ClusterSpec,
+    nvme: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>)> {
     let paths = g.lun_paths()?;
     if paths.len() != spec.luns + spec.extra_luns
         || paths[..spec.luns].iter().any(|l| l.len() != spec.paths)
@@ -211,7 +239,19 @@ fn node_devices(g: &Guest, spec: &ClusterSpec) -> Result<(Vec<String>, Vec<Strin
             *dev = format!("/dev/mapper/vote{v}");
         }
     }
-    Ok((paths.concat(), vote_devs))
+    let mut luns = paths.concat();
+    luns.extend(nvme);
+    Ok((luns, vote_devs))
+}
+
+/// Connects node `i` (guest `g`) to the NVMe-oF target, if the cluster has one, and returns its
+/// namespace devices.
+fn connect_nvme(g: &Guest, i: usize, target: Option<&NvmeTarget>) -> Result<Vec<String>> {
+    let Some(t) = target else {
+        return Ok(Vec::new());
+    };
+    let host = HostIdentity::of_node(u8::try_from(i + 1).unwrap_or(u8::MAX));
+    t.connect(g, &host, NVME_CTRL_LOSS_TMO, Some(NVME_FAST_IO_FAIL_TMO))
 }
 
 /// Starts `fenced run` in `g`, its stderr (info level) to the run directory's fenced.log.
@@ -351,8 +391,13 @@ impl Cluster {
     /// registered on every LUN and heartbeating.
     pub fn start(say: Narrator<'_>, spec: &ClusterSpec) -> Result<Cluster> {
         let started = Instant::now();
-        let lab = Lab::new(&spec.name)?;
-        let (target, extra_target) = if spec.extra_luns > 0 {
+        let lab = Lab::on(&spec.name, spec.kernel)?;
+        let nvme_target = (spec.nvme_namespaces > 0)
+            .then(|| NvmeTarget::start(&lab, spec.nvme_namespaces, 16, 1))
+            .transpose()?;
+        let (target, extra_target) = if spec.luns == 0 {
+            (None, None)
+        } else if spec.extra_luns > 0 {
             let (main, extra) = Target::start_with_extra(
                 &lab,
                 spec.target,
@@ -361,10 +406,16 @@ impl Cluster {
                 spec.paths,
                 spec.extra_luns,
             )?;
-            (main, Some(extra))
+            (Some(main), Some(extra))
         } else {
             (
-                Target::start_with_paths(&lab, spec.target, spec.luns, 16, spec.paths)?,
+                Some(Target::start_with_paths(
+                    &lab,
+                    spec.target,
+                    spec.luns,
+                    16,
+                    spec.paths,
+                )?),
                 None,
             )
         };
@@ -379,7 +430,14 @@ impl Cluster {
         };
         let specs: Vec<GuestSpec> = (0..spec.nodes)
             .map(|i| {
-                let mut s = target.node_spec(&node_name(i)).systemd(spec.systemd);
+                let mut s = match &target {
+                    Some(t) => t.node_spec(&node_name(i)),
+                    None => GuestSpec::new(&node_name(i)),
+                }
+                .systemd(spec.systemd);
+                if nvme_target.is_some() {
+                    s = s.user_net();
+                }
                 if let Some(port) = lan_port {
                     s = s.lan(port, lan_index(i));
                 }
@@ -397,11 +455,17 @@ impl Cluster {
             .collect();
         let nodes = lab.boot_all(specs.clone())?;
         say(&format!(
-            "{} node guests up{}, {} shared {:?} iSCSI LUN(s){}{}, 3 shared voting disks, an i6300esb in each (target {:.1} s, nodes {:.1} s)",
+            "{} node guests on {} up{}, {} shared {:?} iSCSI LUN(s){}{}{}, 3 shared voting disks, an i6300esb in each (targets {:.1} s, nodes {:.1} s)",
             spec.nodes,
+            lab.kernel().version,
             if spec.systemd { " (systemd as PID 1)" } else { "" },
             spec.luns,
             spec.target,
+            if spec.nvme_namespaces > 0 {
+                format!(" + {} NVMe/TCP namespace(s)", spec.nvme_namespaces)
+            } else {
+                String::new()
+            },
             if spec.paths > 1 {
                 format!(" through {} paths each", spec.paths)
             } else {
@@ -458,10 +522,17 @@ impl Cluster {
         let disks_from = Instant::now();
         // Every node at once (reading sysfs and creating dm devices in one guest does not touch
         // the others); then the voting disks are formatted once, from node1.
+        let nvme = nvme_target.as_ref();
         let found: Vec<Result<(Vec<String>, Vec<String>)>> = std::thread::scope(|s| {
             let handles: Vec<_> = nodes
                 .iter()
-                .map(|g| s.spawn(move || node_devices(g, spec)))
+                .enumerate()
+                .map(|(i, g)| {
+                    s.spawn(move || {
+                        let devs = connect_nvme(g, i, nvme)?;
+                        node_devices(g, spec, devs)
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -494,6 +565,7 @@ impl Cluster {
             lun_devices,
             daemons,
             target,
+            nvme_target,
             extra_target,
             lab,
             timing: spec.timing,
@@ -503,7 +575,7 @@ impl Cluster {
             guest_specs: specs,
         };
         let t = Instant::now();
-        let all_luns = spec.luns * spec.paths + spec.extra_luns;
+        let all_luns = spec.luns * spec.paths + spec.extra_luns + spec.nvme_namespaces;
         if spec.daemons {
             // The daemons' own reports first (cheap), then one read of every LUN's keys.
             let all: Vec<usize> = (0..spec.nodes).collect();
@@ -554,7 +626,8 @@ impl Cluster {
             boots: vec![1; nodes.len()],
             nodes,
             lun_devices,
-            target,
+            target: Some(target),
+            nvme_target: None,
             extra_target: None,
             lab,
             timing,
@@ -606,11 +679,100 @@ impl Cluster {
                 )));
             }
         }
-        let (luns, vote_devs) = node_devices(g, &self.spec)?;
+        let nvme = connect_nvme(g, i, self.nvme_target.as_ref())?;
+        let (luns, vote_devs) = node_devices(g, &self.spec, nvme)?;
         write_config(g, i, &self.spec, &luns, &vote_devs, false)?;
         self.lun_devices[i] = luns;
         self.daemons[i] = None;
         Ok(())
+    }
+
+    /// The split-brain race (a test's assertions: panics on a violation). Node1 and node2
+    /// fence each other at the same instant, `rounds` times, with no daemons (the race is
+    /// between the two `fenced fence` commands alone; the loser is let back in by `clear
+    /// --force` and `unfence` between rounds); then once more with daemons started on both.
+    /// Must: every round exactly one command succeeds and exactly one key of the two is left;
+    /// the loser is the one marked dead. With daemons: the loser resets, the winner stays up.
+    /// Needs a cluster started with `daemons: false`. The loser's error must contain one of
+    /// `loser_says`. Returns the tally of wins (node1, node2).
+    pub fn split_brain(&self, rounds: usize, loser_says: &[&str]) -> [usize; 2] {
+        let mut tally = [0usize; 2];
+        for round in 0..rounds {
+            let a = self.spawn_fenced(0, "fence node2").unwrap();
+            let b = self.spawn_fenced(1, "fence node1").unwrap();
+            let a = self.nodes[0].wait(a, Duration::from_secs(60)).unwrap();
+            let b = self.nodes[1].wait(b, Duration::from_secs(60)).unwrap();
+            let winners: Vec<usize> = [(0, &a), (1, &b)]
+                .iter()
+                .filter(|(_, o)| o.success())
+                .map(|(i, _)| *i)
+                .collect();
+            assert_eq!(
+                winners.len(),
+                1,
+                "round {round}: exactly one winner: {a:?} {b:?}"
+            );
+            let (w, l) = (winners[0], 1 - winners[0]);
+            let loser_out = if l == 0 { &a } else { &b };
+            assert!(
+                loser_says.iter().any(|m| loser_out.stderr.contains(m)),
+                "round {round}: the loser says one of {loser_says:?}: {}",
+                loser_out.stderr
+            );
+            let keys = self.registered(2).unwrap();
+            assert!(
+                keys.contains(&node_name(w)) && !keys.contains(&node_name(l)),
+                "round {round}: keys {keys:?}"
+            );
+            let st = self.status(2).unwrap();
+            assert_eq!(
+                st["authority"]["dead"],
+                serde_json::json!([l]),
+                "round {round}: the loser is marked dead"
+            );
+            tally[w] += 1;
+            // Let the loser back in for the next round. No daemon runs and nothing on the loser was
+            // evicted (the rounds only race the fence commands), so the operator's override stands
+            // in for its reboot.
+            let cleared = self
+                .fenced(w, &format!("clear --force {}", node_name(l)))
+                .unwrap();
+            assert!(cleared.success(), "round {round}: {}", cleared.stderr);
+            let un = self.fenced(l, "unfence").unwrap();
+            assert!(un.success(), "{}", un.stderr);
+        }
+        println!("MEASURED: split-brain tally over {rounds} rounds: node1 won {}, node2 won {}; 0 rounds with two or zero survivors", tally[0], tally[1]);
+
+        // Once more with daemons: the loser's daemon sees its key gone and resets the node.
+        for g in &self.nodes[..2] {
+            let _ = spawn_daemon(g).unwrap();
+        }
+        self.wait_daemons_healthy(&[0, 1], Duration::from_secs(60))
+            .unwrap();
+        let a = self.spawn_fenced(0, "fence node2").unwrap();
+        let b = self.spawn_fenced(1, "fence node1").unwrap();
+        let a = self.nodes[0].wait(a, Duration::from_secs(60));
+        let b = self.nodes[1].wait(b, Duration::from_secs(60));
+        println!("with daemons: node1 {a:?}\nnode2 {b:?}");
+        let t = self.timing;
+        let bound = t.reset_bound() + Duration::from_secs(5);
+        let deadline = Instant::now() + bound;
+        while self.nodes[0].is_running() && self.nodes[1].is_running() && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let survivors = self.nodes[..2].iter().filter(|g| g.is_running()).count();
+        assert_eq!(
+            survivors, 1,
+            "exactly one of node1/node2 survives with daemons running"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(
+            self.nodes[..2].iter().filter(|g| g.is_running()).count(),
+            1,
+            "and it stays up"
+        );
+        tally
     }
 
     /// Starts `fenced run` on node `i` as [`Cluster::start`] does (e.g. after
@@ -624,14 +786,14 @@ impl Cluster {
     /// [`Cluster::lun_devices`] in groups of the target's paths per LUN (the extra LUNs, one
     /// path each, last). Paths attached or detached since: [`kmod_testing::Guest::lun_paths`].
     pub fn lun_paths(&self) -> Vec<Vec<Vec<String>>> {
-        let paths = self.target.paths().max(1);
-        self.lun_devices
-            .iter()
-            .map(|devs| {
-                let (main, extra) = devs.split_at(devs.len() - self.extra_luns);
-                main.chunks(paths)
+        let paths = self.spec.paths.max(1);
+        (0..self.lun_devices.len())
+            .map(|i| {
+                let singles = self.extra_lun_devices(i).iter().chain(self.nvme_devices(i));
+                self.main_lun_devices(i)
+                    .chunks(paths)
                     .map(<[String]>::to_vec)
-                    .chain(extra.iter().map(|d| vec![d.clone()]))
+                    .chain(singles.map(|d| vec![d.clone()]))
                     .collect()
             })
             .collect()
@@ -639,14 +801,26 @@ impl Cluster {
 
     /// Node `i`'s devices of the main target's LUNs (every path), as at start.
     pub fn main_lun_devices(&self, i: usize) -> &[String] {
-        let devs = &self.lun_devices[i];
-        &devs[..devs.len() - self.extra_luns]
+        &self.lun_devices[i][..self.spec.luns * self.spec.paths]
     }
 
     /// Node `i`'s devices of the [`ClusterSpec::extra_luns`], as at start.
     pub fn extra_lun_devices(&self, i: usize) -> &[String] {
-        let devs = &self.lun_devices[i];
-        &devs[devs.len() - self.extra_luns..]
+        let main = self.spec.luns * self.spec.paths;
+        &self.lun_devices[i][main..main + self.extra_luns]
+    }
+
+    /// Node `i`'s NVMe namespace devices (`/dev/nvmeXnY`, by namespace id), as at its boot.
+    pub fn nvme_devices(&self, i: usize) -> &[String] {
+        let scsi = self.spec.luns * self.spec.paths + self.extra_luns;
+        &self.lun_devices[i][scsi..]
+    }
+
+    /// The iSCSI target. Panics in a cluster without one (`luns: 0`).
+    pub fn target(&self) -> &Target {
+        self.target
+            .as_ref()
+            .expect("this cluster has no iSCSI target (ClusterSpec::luns is 0)")
     }
 
     /// `fenced status --json` as node `i` sees it.

@@ -5,7 +5,7 @@ use kmod_testing::iscsi::TargetKind;
 use kmod_testing::{faults, project_binary};
 use std::time::{Duration, Instant};
 use tests::blocks;
-use tests::cluster::{node_name, Cluster, ClusterSpec};
+use tests::cluster::{Cluster, ClusterSpec};
 
 fn narrate() -> impl FnMut(&str) {
     |s: &str| println!("    {s}")
@@ -258,92 +258,11 @@ fn split_brain_has_exactly_one_survivor_each_round() {
     let mut spec = ClusterSpec::new("split-brain", TargetKind::Lio);
     spec.daemons = false;
     let c = Cluster::start(&mut narrate(), &spec).expect("cluster up");
-    let mut tally = [0usize; 2];
     let rounds: usize = std::env::var("FENCED_SPLIT_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    for round in 0..rounds {
-        let a = c.spawn_fenced(0, "fence node2").unwrap();
-        let b = c.spawn_fenced(1, "fence node1").unwrap();
-        let a = c.nodes[0].wait(a, Duration::from_secs(60)).unwrap();
-        let b = c.nodes[1].wait(b, Duration::from_secs(60)).unwrap();
-        let winners: Vec<usize> = [(0, &a), (1, &b)]
-            .iter()
-            .filter(|(_, o)| o.success())
-            .map(|(i, _)| *i)
-            .collect();
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: exactly one winner: {a:?} {b:?}"
-        );
-        let (w, l) = (winners[0], 1 - winners[0]);
-        let loser_out = if l == 0 { &a } else { &b };
-        assert!(
-            loser_out.stderr.contains("lost the fence race")
-                || loser_out.stderr.contains("marked dead"),
-            "{}",
-            loser_out.stderr
-        );
-        let keys = c.registered(2).unwrap();
-        assert!(
-            keys.contains(&node_name(w)) && !keys.contains(&node_name(l)),
-            "round {round}: keys {keys:?}"
-        );
-        let st = c.status(2).unwrap();
-        assert_eq!(
-            st["authority"]["dead"],
-            serde_json::json!([l]),
-            "round {round}: the loser is marked dead"
-        );
-        tally[w] += 1;
-        // Let the loser back in for the next round. No daemon runs and nothing on the loser was
-        // evicted (the rounds only race the fence commands), so the operator's override stands
-        // in for its reboot.
-        let cleared = c
-            .fenced(w, &format!("clear --force {}", node_name(l)))
-            .unwrap();
-        assert!(cleared.success(), "round {round}: {}", cleared.stderr);
-        let un = c.fenced(l, "unfence").unwrap();
-        assert!(un.success(), "{}", un.stderr);
-    }
-    println!("MEASURED: split-brain tally over {rounds} rounds: node1 won {}, node2 won {}; 0 rounds with two or zero survivors", tally[0], tally[1]);
-
-    // Once more with daemons: the loser's daemon sees its key gone and resets the node.
-    let fenced = project_binary("fenced");
-    for g in &c.nodes[..2] {
-        let _ = g
-            .spawn(&format!(
-                "FENCED_LOG=info exec {} run 2>/xchg/fenced.log",
-                fenced.display()
-            ))
-            .unwrap();
-    }
-    c.wait_daemons_healthy(&[0, 1], Duration::from_secs(60))
-        .unwrap();
-    let a = c.spawn_fenced(0, "fence node2").unwrap();
-    let b = c.spawn_fenced(1, "fence node1").unwrap();
-    let a = c.nodes[0].wait(a, Duration::from_secs(60));
-    let b = c.nodes[1].wait(b, Duration::from_secs(60));
-    println!("with daemons: node1 {a:?}\nnode2 {b:?}");
-    let t = c.timing;
-    let bound = t.reset_bound() + Duration::from_secs(5);
-    let deadline = Instant::now() + bound;
-    while c.nodes[0].is_running() && c.nodes[1].is_running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let survivors = c.nodes[..2].iter().filter(|g| g.is_running()).count();
-    assert_eq!(
-        survivors, 1,
-        "exactly one of node1/node2 survives with daemons running"
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        c.nodes[..2].iter().filter(|g| g.is_running()).count(),
-        1,
-        "and it stays up"
-    );
+    c.split_brain(rounds, &["lost the fence race", "marked dead"]);
 }
 
 /// One cluster, two hung nodes (the harness boots four guests per cluster, so these share one).

@@ -157,7 +157,7 @@ fn multipath_path_loss_lun_loss_and_pr_state_loss_never_reset_a_healthy_node() {
     };
     let before = nexuses(&paths[0][0][0]);
     g1.detach_path(0, 1).unwrap();
-    let (_, new_dev) = g1.attach_path(0, &c.target.path_url(0, 1)).unwrap();
+    let (_, new_dev) = g1.attach_path(0, &c.target().path_url(0, 1)).unwrap();
     let took = wait_for("the new path registered", Duration::from_secs(30), || {
         nexuses(&new_dev).iter().any(|n| !before.contains(n))
     });
@@ -208,7 +208,7 @@ fn multipath_path_loss_lun_loss_and_pr_state_loss_never_reset_a_healthy_node() {
     //    Must: no node resets; after the dropping restart every node registers again on both
     //    LUNs and a reservation is held.
     let before = sg_persist::read_full_status(g2, &paths[1][1][0]).unwrap();
-    let down = c.target.restart_keeping_pr_state().unwrap();
+    let down = c.target().restart_keeping_pr_state().unwrap();
     let after = sg_persist::read_full_status(g2, &paths[1][1][0]).unwrap();
     say(&format!(
         "target restarted keeping APTPL state (down {down:?}): {} of {} registrations back",
@@ -216,7 +216,7 @@ fn multipath_path_loss_lun_loss_and_pr_state_loss_never_reset_a_healthy_node() {
         before.len()
     ));
     assert_eq!(after.len(), before.len(), "APTPL: {before:?} -> {after:?}");
-    let down = c.target.restart_dropping_pr_state().unwrap();
+    let down = c.target().restart_dropping_pr_state().unwrap();
     let took = wait_for(
         "everyone registered again after the PR state was lost",
         Duration::from_secs(60),
@@ -502,7 +502,7 @@ fn bench_recovery_on_32_luns() {
         ));
 
         // (3) Target restart without its PR state.
-        let down = c.target.restart_dropping_pr_state().unwrap();
+        let down = c.target().restart_dropping_pr_state().unwrap();
         let up = Instant::now();
         let restart = until_all_confirmed(&c, up, Duration::from_secs(120));
         say(&format!(

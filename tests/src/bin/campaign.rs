@@ -485,11 +485,11 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
             }
         }
         Fault::TargetPaused { .. } => {
-            c.target.pause()?;
+            c.target().pause()?;
             heal = Heal::Target;
         }
         Fault::PrStateLost => {
-            c.target.restart_dropping_pr_state()?;
+            c.target().restart_dropping_pr_state()?;
         }
         Fault::VotingDiskErrors { node, disk, .. } => {
             vote_table(c, node, disk, "error", "")?;
@@ -711,7 +711,7 @@ fn play(c: &mut Cluster, round: &Round) -> Result<(Observed, Duration)> {
             }
             match std::mem::replace(&mut heal, Heal::Nothing) {
                 Heal::Nothing => {}
-                Heal::Target => c.target.resume()?,
+                Heal::Target => c.target().resume()?,
                 Heal::VotingDisk { node, disk } => {
                     if c.nodes[node].is_running() {
                         vote_table(c, node, disk, "linear", "0")?;

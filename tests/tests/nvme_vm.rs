@@ -1,0 +1,320 @@
+//! NVMe over Fabrics reservations: `sg-pr` on namespaces of a Linux nvmet subsystem (NVMe/TCP,
+//! reservations enabled) in a storage guest on the newest kernel, from two node guests, each its
+//! own host (host NQN and host identifier).
+//!
+//! Run: `cargo build --workspace --bins && cargo test -p tests --test nvme_vm -- --nocapture`
+
+use kmod_testing::iscsi::TargetKind;
+use kmod_testing::nvmet::{HostIdentity, NvmeTarget};
+use kmod_testing::{project_binary, Guest, KernelLine, Lab};
+use std::time::{Duration, Instant};
+use tests::blocks;
+use tests::cluster::{Cluster, ClusterSpec};
+use tests::sg_pr::SgPr;
+
+const VICTIM: u64 = 0xa1;
+const SURVIVOR: u64 = 0xb2;
+
+fn say(s: &str) {
+    println!("    {s}");
+}
+
+/// `nvme resv-report` (nvme-cli) of `dev` as JSON: the reference reading.
+fn nvme_cli_report(g: &Guest, dev: &str) -> serde_json::Value {
+    let out = g
+        .run_ok(&format!(
+            "nvme resv-report {dev} --eds -o json || nvme resv-report {dev} -o json"
+        ))
+        .unwrap();
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("nvme resv-report is not JSON ({e}): {out}"))
+}
+
+/// Every service action of `sg-pr` on one namespace, node guests on kernel `nodes`: register,
+/// reserve, read keys and reservation, status with host identifiers (checked against
+/// nvme-cli's report), the fence (preempt and abort: the victim's write refused, its read
+/// served), release, clear.
+fn every_service_action_on_nvmet_tcp(nodes: KernelLine) {
+    let lab = Lab::on(&format!("nvme-sgpr-{}", nodes.name()), nodes).unwrap();
+    let target = NvmeTarget::start(&lab, 1, 64, 1).unwrap();
+    let guests = lab
+        .boot_all(vec![target.node_spec("node1"), target.node_spec("node2")])
+        .unwrap();
+    let (g1, g2) = (&guests[0], &guests[1]);
+    let (h1, h2) = (HostIdentity::of_node(1), HostIdentity::of_node(2));
+    let d1 = target.connect(g1, &h1, 600, None).unwrap().remove(0);
+    let d2 = target.connect(g2, &h2, 600, None).unwrap().remove(0);
+    say(&format!(
+        "nodes on {}: node1 {d1}, node2 {d2}",
+        g1.run_ok("uname -r").unwrap().trim()
+    ));
+    let (v, s) = (SgPr::new(g1), SgPr::new(g2));
+
+    // Both nodes see one namespace identity.
+    let id1 = v.json(&format!("inquiry {d1}")).unwrap();
+    say(&format!("inquiry: {}", id1.stdout.trim()));
+
+    v.run(&format!("register --key {VICTIM:x} {d1}"))
+        .unwrap()
+        .ok();
+    s.run(&format!("register --key {SURVIVOR:x} {d2}"))
+        .unwrap()
+        .ok();
+    let mut keys = s.keys(&d2).unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![VICTIM, SURVIVOR]);
+
+    v.run(&format!("reserve --key {VICTIM:x} --type wero {d1}"))
+        .unwrap()
+        .ok();
+    let r = s.json(&format!("reservation {d2}")).unwrap();
+    r.ok();
+    say(&format!("reservation: {}", r.stdout.trim()));
+
+    let status = s.json(&format!("status {d2}")).unwrap();
+    status.ok();
+    say(&format!("status: {}", status.stdout.trim()));
+    let cli = nvme_cli_report(g2, &d2);
+    say(&format!("nvme resv-report: {cli}"));
+    // The same registrants, keys, host identifiers and holder as nvme-cli reads.
+    let ours: Vec<(String, u64, bool)> = status.json["controllers"]
+        .as_array()
+        .expect("controllers in sg-pr status")
+        .iter()
+        .map(|c| {
+            (
+                c["host_id"].as_str().unwrap_or_default().to_string(),
+                c["key"].as_str().and_then(tests::sg_pr::hex).unwrap_or(0),
+                c["holds_reservation"] == true,
+            )
+        })
+        .collect();
+    let theirs: Vec<(String, u64, bool)> = cli["regctlext"]
+        .as_array()
+        .expect("regctlext in nvme resv-report")
+        .iter()
+        .map(|c| {
+            (
+                c["hostid"].as_str().unwrap_or_default().to_string(),
+                c["rkey"].as_u64().unwrap_or(0),
+                c["rcsts"] == 1,
+            )
+        })
+        .collect();
+    assert_eq!(ours, theirs, "sg-pr status against nvme resv-report");
+    assert_eq!(
+        ours.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        [&h1, &h2].map(|h| h.id.replace('-', "")),
+        "each node registered as its own host"
+    );
+    assert_eq!(status.json["type_code"], cli["rtype"]);
+
+    // The victim writes while it holds the reservation.
+    let w = blocks::write(g1, &d1, 8, 0x11).unwrap();
+    assert!(w.success(), "victim's write before the fence: {w:?}");
+
+    // The fence.
+    s.run(&format!(
+        "preempt --key {SURVIVOR:x} --victim {VICTIM:x} --type wero --abort {d2}"
+    ))
+    .unwrap()
+    .ok();
+    assert_eq!(s.keys(&d2).unwrap(), vec![SURVIVOR]);
+    let w = blocks::write(g1, &d1, 8, 0x22).unwrap();
+    assert!(
+        !w.success(),
+        "the preempted host's write went through: {w:?}"
+    );
+    say(&format!(
+        "victim's write after the fence: {}",
+        w.stderr.trim()
+    ));
+    let w = blocks::write(g2, &d2, 9, 0x33).unwrap();
+    assert!(w.success(), "the survivor's write: {w:?}");
+
+    // The victim's commands now conflict (exit 24).
+    v.run(&format!("reserve --key {VICTIM:x} --type wero {d1}"))
+        .unwrap()
+        .expect_code(24);
+
+    // The holder preempts a registrant that holds nothing (a node registering again after its
+    // fence, fenced once more): the key goes. (nvmet, when the preempting host holds the
+    // reservation, only changes the reservation's type and leaves the key: sg-pr releases and
+    // preempts again, then takes the reservation back.)
+    v.run(&format!("register --key {VICTIM:x} {d1}"))
+        .unwrap()
+        .ok();
+    let mut keys = s.keys(&d2).unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![VICTIM, SURVIVOR], "the victim registered again");
+    s.run(&format!(
+        "preempt --key {SURVIVOR:x} --victim {VICTIM:x} --type wero --abort {d2}"
+    ))
+    .unwrap()
+    .ok();
+    assert_eq!(
+        s.keys(&d2).unwrap(),
+        vec![SURVIVOR],
+        "the holder's preempt removed the key"
+    );
+    let r = s.json(&format!("reservation {d2}")).unwrap();
+    assert_eq!(
+        r.json["reservation"]["key"].as_str(),
+        Some(format!("0x{SURVIVOR:x}").as_str()),
+        "the survivor holds the reservation after the preempt: {}",
+        r.stdout
+    );
+
+    s.run(&format!("release --key {SURVIVOR:x} --type wero {d2}"))
+        .unwrap()
+        .ok();
+    s.run(&format!("clear --key {SURVIVOR:x} {d2}"))
+        .unwrap()
+        .ok();
+    assert!(s.keys(&d2).unwrap().is_empty());
+}
+
+#[test]
+fn sg_pr_every_service_action_on_nvmet_tcp_from_newest_kernel_nodes() {
+    every_service_action_on_nvmet_tcp(KernelLine::Newest);
+}
+
+#[test]
+fn sg_pr_every_service_action_on_nvmet_tcp_from_stable_kernel_nodes() {
+    every_service_action_on_nvmet_tcp(KernelLine::Stable);
+}
+
+/// Runs `fence_fenced` on node `i` with `options` as its stdin lines (Pacemaker's way).
+fn agent(c: &Cluster, i: usize, options: &str) -> kmod_testing::Output {
+    c.nodes[i]
+        .run(&format!(
+            "ln -sf {} /tmp/fence_fenced && printf '{options}' | /tmp/fence_fenced",
+            project_binary("fenced").display()
+        ))
+        .expect("run fence_fenced in the guest")
+}
+
+/// The nodes holding a key on every LUN of `status` (`fenced status --json`), per LUN.
+fn holders(status: &serde_json::Value) -> Vec<Vec<String>> {
+    status["luns"]
+        .as_array()
+        .expect("luns in the status")
+        .iter()
+        .map(|l| {
+            l["keys"]
+                .as_array()
+                .map(|k| {
+                    k.iter()
+                        .filter_map(|k| k["node"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Fault: a 3-node fenced cluster (newest kernel) whose shared storage mixes one iSCSI LUN (LIO)
+/// and two NVMe/TCP namespaces; the clusterware on node1 evicts node2 through `fence_fenced`.
+/// Must: `fenced doctor` passes on node1 and checks the namespaces' reservation support and
+/// their controllers' timeouts; every
+/// node registers on every LUN and namespace; after `off`, node2's key is gone from all three,
+/// its writes to a namespace are refused, node1 and node3 write on, and node2 resets within lease
+/// + watchdog. Must not: node1 or node3 reset.
+#[test]
+fn fenced_on_nvme_and_iscsi_evicts_through_the_agent_and_the_victim_resets() {
+    let mut spec = ClusterSpec::new("nvme-mixed", TargetKind::Lio);
+    spec.nvme_namespaces = 2;
+    spec.kernel = KernelLine::Newest;
+    let c = Cluster::start(&mut |s: &str| say(s), &spec).expect("cluster up");
+    let doctor = c.fenced(0, "doctor").unwrap();
+    println!("{}{}", doctor.stdout, doctor.stderr);
+    assert_eq!(doctor.code, 0, "doctor must find no FAIL on a healthy node");
+    for ns in c.nvme_devices(0) {
+        assert!(
+            doctor
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("PASS transport nvme") && l.contains(ns.as_str())),
+            "doctor judges {ns}'s controller timeouts: {}",
+            doctor.stdout
+        );
+    }
+    assert_eq!(
+        doctor
+            .stdout
+            .matches("Identify: reservations supported (ONCS bit 5); Write Exclusive – Registrants Only supported")
+            .count(),
+        2,
+        "doctor reads each namespace's reservation capabilities"
+    );
+
+    let st = c.status(0).unwrap();
+    for (lun, h) in holders(&st).iter().enumerate() {
+        assert_eq!(h.len(), 3, "LUN {lun}: every node registered: {st}");
+    }
+    let t = Instant::now();
+    let off = agent(&c, 0, "action=off\\nport=node2\\nnodename=node2\\n");
+    say(&format!(
+        "fence_fenced off node2: exit {} in {:.2} s: {}{}",
+        off.code,
+        t.elapsed().as_secs_f64(),
+        off.stdout,
+        off.stderr
+    ));
+    assert_eq!((off.code, off.stdout.trim()), (0, "Success: Powered OFF"));
+    let st = c.status(0).unwrap();
+    for (lun, h) in holders(&st).iter().enumerate() {
+        assert!(
+            !h.contains(&"node2".to_string()) && h.len() == 2,
+            "LUN {lun}: node2's key gone, node1's and node3's kept: {h:?}"
+        );
+    }
+    let ns = |i: usize| c.nvme_devices(i)[0].clone();
+    match blocks::write(&c.nodes[1], &ns(1), 40, b'X') {
+        Ok(w) => assert_ne!(w.code, 0, "node2's write to a namespace after the fence"),
+        Err(e) => say(&format!("node2 already gone: {e}")),
+    }
+    for (i, byte) in [(0, b'A'), (2, b'C')] {
+        let w = blocks::write(&c.nodes[i], &ns(i), 41 + i as u64, byte).unwrap();
+        assert!(w.success(), "node{} writes on: {w:?}", i + 1);
+    }
+    assert!(
+        c.nodes[1]
+            .wait_exit(c.timing.reset_bound() + Duration::from_secs(5))
+            .is_some(),
+        "node2 resets"
+    );
+    assert_eq!(
+        blocks::distinct_bytes(&c.nodes[0], &ns(0), 40).unwrap(),
+        vec![0],
+        "nothing node2 wrote after the fence reached the namespace"
+    );
+    assert!(c.nodes[0].is_running() && c.nodes[2].is_running());
+}
+
+/// Fault: node1 and node2 of a 3-node cluster (newest kernel) on two NVMe/TCP namespaces alone
+/// fence each other at the same instant, 3 rounds with no daemons, then once more with daemons.
+/// Must: every round exactly one survivor: one command succeeds, one key of the two is left on
+/// each namespace, the loser is marked dead; with daemons the loser resets, the winner stays up.
+/// (nvmet leaves the key a reservation holder preempts: the first round, node1 holding the
+/// reservation, proves sg-pr's release-and-preempt-again.)
+#[test]
+fn split_brain_on_nvme_namespaces_has_exactly_one_survivor_each_round() {
+    let mut spec = ClusterSpec::new("nvme-split-brain", TargetKind::Lio);
+    spec.luns = 0;
+    spec.nvme_namespaces = 2;
+    spec.daemons = false;
+    spec.kernel = KernelLine::Newest;
+    let c = Cluster::start(&mut |s: &str| say(s), &spec).expect("cluster up");
+    // NVMe has no unit attention: the loser reads its key gone without being told it was
+    // preempted, and says so (its daemon would reset it by the dead mark).
+    let tally = c.split_brain(
+        3,
+        &[
+            "lost the fence race",
+            "marked dead",
+            "this node's key is not registered",
+        ],
+    );
+    say(&format!("tally: node1 {}, node2 {}", tally[0], tally[1]));
+}

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use kmod_testing::iscsi::TargetKind;
-use kmod_testing::{faults, Guest};
+use kmod_testing::{faults, Guest, KernelLine};
 use serde_json::Value;
 use tests::cluster::{node_key, node_name, Cluster, ClusterSpec};
 use tests::multipath::{self, MAP};
@@ -96,9 +96,27 @@ fn map_slaves(g: &Guest) -> (String, Vec<String>) {
 /// by hand: dd fails with EBADE, "critical nexus error" in dmesg) until fenced registers it.
 #[test]
 fn multipath_maps_under_multipathd_unfence_fence_and_ride_out_a_path_failure() {
+    multipath_maps_under_multipathd_unfence_fence_and_ride_out_a_path_failure_with(
+        KernelLine::Stable,
+    );
+}
+
+/// The same on the newest kernel (the kernel matrix: dm-multipath).
+#[test]
+fn multipath_maps_under_multipathd_unfence_fence_and_ride_out_a_path_failure_on_the_newest_kernel()
+{
+    multipath_maps_under_multipathd_unfence_fence_and_ride_out_a_path_failure_with(
+        KernelLine::Newest,
+    );
+}
+
+fn multipath_maps_under_multipathd_unfence_fence_and_ride_out_a_path_failure_with(
+    line: KernelLine,
+) {
     let started = Instant::now();
-    let mut spec = ClusterSpec::new("multipath", TargetKind::Lio);
+    let mut spec = ClusterSpec::new(&format!("multipath-{}", line.name()), TargetKind::Lio);
     spec.nodes = 2;
+    spec.kernel = line;
     spec.paths = 2;
     spec.node_setup = Some(multipath::node_setup(2, &[1]));
     spec.configured_luns = Some(vec![multipath::map_device()]);

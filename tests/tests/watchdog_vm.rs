@@ -2,7 +2,7 @@
 //! outside the guest's kernel) and softdog. A guest reset ends its QEMU (`-no-reboot`), so every
 //! "resets" below is observed and timed from the host.
 
-use kmod_testing::{project_binary, Guest, GuestSpec, Lab};
+use kmod_testing::{project_binary, Guest, GuestSpec, KernelLine, Lab};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tests::scenarios;
@@ -36,7 +36,17 @@ fn sysfs(g: &Guest, dev: &str, attr: &str) -> String {
 /// second opener succeed while the device is held (the error names the holder's pid and command).
 #[test]
 fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder() {
-    let lab = Lab::new("wd-fed").unwrap();
+    fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder_with(KernelLine::Stable);
+}
+
+/// The same on the newest kernel (the kernel matrix: the watchdog proofs).
+#[test]
+fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder_on_the_newest_kernel() {
+    fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder_with(KernelLine::Newest);
+}
+
+fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder_with(line: KernelLine) {
+    let lab = Lab::on(&format!("wd-fed-{}", line.name()), line).unwrap();
     let g = lab.boot(GuestSpec::new("wdfed")).unwrap();
     g.run_ok("modprobe softdog").unwrap();
     let wdprobe = project_binary("wdprobe");
@@ -154,7 +164,17 @@ fn fed_watchdogs_hold_magic_close_disarms_and_busy_names_the_holder() {
 /// measured, not assumed). Must not: the command run without its confirmation flag arm anything.
 #[test]
 fn unfed_i6300esb_resets_the_guest() {
-    let lab = Lab::new("wd-unfed-hw").unwrap();
+    unfed_i6300esb_resets_the_guest_with(KernelLine::Stable);
+}
+
+/// The same on the newest kernel (the kernel matrix: the watchdog proofs).
+#[test]
+fn unfed_i6300esb_resets_the_guest_on_the_newest_kernel() {
+    unfed_i6300esb_resets_the_guest_with(KernelLine::Newest);
+}
+
+fn unfed_i6300esb_resets_the_guest_with(line: KernelLine) {
+    let lab = Lab::on(&format!("wd-unfed-hw-{}", line.name()), line).unwrap();
     let g = lab.boot(GuestSpec::new("wdunfed")).unwrap();
     let fenced = project_binary("fenced");
     let refused = g
@@ -201,7 +221,24 @@ fn unfed_i6300esb_resets_the_guest() {
 /// error; allow-softdog loads softdog, arms it, and (not fed) it resets the guest.
 #[test]
 fn without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets() {
-    let lab = Lab::new("wd-nohw").unwrap();
+    without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets_with(
+        KernelLine::Stable,
+    );
+}
+
+/// The same on the newest kernel (the kernel matrix: the watchdog proofs).
+#[test]
+fn without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets_on_the_newest_kernel(
+) {
+    without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets_with(
+        KernelLine::Newest,
+    );
+}
+
+fn without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets_with(
+    line: KernelLine,
+) {
+    let lab = Lab::on(&format!("wd-nohw-{}", line.name()), line).unwrap();
     let g = lab.boot(GuestSpec::new("wdnohw").i6300esb(false)).unwrap();
     let fenced = project_binary("fenced");
     let out = g
@@ -252,7 +289,17 @@ fn without_hardware_require_refuses_and_allow_softdog_loads_softdog_which_resets
 /// Must: the disarm is refused, closing does not stop the watchdog, and the guest resets.
 #[test]
 fn nowayout_close_does_not_disarm() {
-    let lab = Lab::new("wd-nowayout").unwrap();
+    nowayout_close_does_not_disarm_with(KernelLine::Stable);
+}
+
+/// The same on the newest kernel (the kernel matrix: the watchdog proofs).
+#[test]
+fn nowayout_close_does_not_disarm_on_the_newest_kernel() {
+    nowayout_close_does_not_disarm_with(KernelLine::Newest);
+}
+
+fn nowayout_close_does_not_disarm_with(line: KernelLine) {
+    let lab = Lab::on(&format!("wd-nowayout-{}", line.name()), line).unwrap();
     let g = lab.boot(GuestSpec::new("wdnwo")).unwrap();
     let hw = device(&g, "i6300ESB timer");
     let start = Instant::now();

@@ -318,3 +318,97 @@ fn split_brain_on_nvme_namespaces_has_exactly_one_survivor_each_round() {
     );
     say(&format!("tally: node1 {}, node2 {}", tally[0], tally[1]));
 }
+
+/// A dm-multipath map over a node's two NVMe/TCP paths to one namespace (kernel multipath off,
+/// `nvme_core.multipath=N`: one namespace device per controller), built with dmsetup.
+fn multipath_map(g: &Guest, paths: &[String]) -> String {
+    let table: String = paths.iter().map(|p| format!(" {p} 1")).collect();
+    g.run_ok(&format!(
+        "modprobe -a dm_multipath dm_round_robin && \
+         dmsetup --noudevsync create mp --table \"0 $(blockdev --getsz {first}) multipath 0 0 1 1 round-robin 0 {n} 1{table}\" && \
+         dmsetup --noudevsync mknodes mp",
+        first = paths[0],
+        n = paths.len(),
+    ))
+    .unwrap();
+    "/dev/mapper/mp".to_string()
+}
+
+/// Fault: two nodes on the newest kernel reach one namespace through two NVMe/TCP paths each
+/// (two controllers per host, the kernel's NVMe multipath off) under dm-multipath maps; node2
+/// fences node1 through its map.
+/// Must: every PR action works through the maps with the block-layer ioctls (register on every
+/// path, reserve, read keys and reservation with IOC_PR_READ_*, preempt); one registration per
+/// host whatever the paths (NVMe registers hosts, not paths); after the preempt node1's writes
+/// through either path and through its map are refused, node2's go through.
+#[test]
+fn dm_multipath_over_two_nvme_paths_through_the_block_ioctls() {
+    let lab = Lab::on("nvme-dm-multipath", KernelLine::Newest).unwrap();
+    let target = NvmeTarget::start(&lab, 1, 64, 2).unwrap();
+    let specs = ["node1", "node2"].map(|n| target.node_spec(n).append("nvme_core.multipath=N"));
+    let guests = lab.boot_all(specs.to_vec()).unwrap();
+    let (g1, g2) = (&guests[0], &guests[1]);
+    let p1 = target
+        .connect(g1, &HostIdentity::of_node(1), 30, Some(2))
+        .unwrap();
+    let p2 = target
+        .connect(g2, &HostIdentity::of_node(2), 30, Some(2))
+        .unwrap();
+    assert_eq!(
+        (p1.len(), p2.len()),
+        (2, 2),
+        "two namespace devices (paths) per node: {p1:?} {p2:?}"
+    );
+    let (m1, m2) = (multipath_map(g1, &p1), multipath_map(g2, &p2));
+    let (v, s) = (SgPr::new(g1), SgPr::new(g2));
+    v.run(&format!("register --key {VICTIM:x} {m1}"))
+        .unwrap()
+        .ok();
+    s.run(&format!("register --key {SURVIVOR:x} {m2}"))
+        .unwrap()
+        .ok();
+    v.run(&format!("reserve --key {VICTIM:x} --type wero {m1}"))
+        .unwrap()
+        .ok();
+    let mut keys = s.keys(&m2).unwrap();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys, vec![VICTIM, SURVIVOR], "read through the map");
+    let status = s.json(&format!("status {}", p2[0])).unwrap();
+    status.ok();
+    assert_eq!(
+        status.json["registered"], 2,
+        "one registration per host, not per path: {}",
+        status.stdout
+    );
+    let r = s.json(&format!("reservation {m2}")).unwrap();
+    r.ok();
+    assert_eq!(
+        r.json["reservation"]["key"].as_str(),
+        Some(format!("0x{VICTIM:x}").as_str()),
+        "{}",
+        r.stdout
+    );
+    assert!(blocks::write(g1, &m1, 8, 0x11).unwrap().success());
+
+    s.run(&format!(
+        "preempt --key {SURVIVOR:x} --victim {VICTIM:x} --type wero {m2}"
+    ))
+    .unwrap()
+    .ok();
+    assert_eq!(s.keys(&p2[1]).unwrap(), vec![SURVIVOR]);
+    for dev in p1.iter().chain([&m1]) {
+        let w = blocks::write(g1, dev, 9, 0x22).unwrap();
+        assert!(
+            !w.success(),
+            "node1's write through {dev} after the fence: {w:?}"
+        );
+    }
+    assert!(
+        blocks::write(g2, &m2, 10, 0x33).unwrap().success(),
+        "node2 writes on"
+    );
+    say(&format!(
+        "dm-multipath over {p2:?}: fenced through the block ioctls"
+    ));
+}

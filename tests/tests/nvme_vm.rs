@@ -412,3 +412,128 @@ fn dm_multipath_over_two_nvme_paths_through_the_block_ioctls() {
         "dm-multipath over {p2:?}: fenced through the block ioctls"
     ));
 }
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Writes `/etc/fenced/bench.toml` on every node: the cluster's configuration with `luns` (per
+/// node) as its LUNs, for `fenced --config` to fence on a subset.
+fn bench_config(c: &Cluster, luns: &dyn Fn(usize) -> Vec<String>) {
+    for (i, g) in c.nodes.iter().enumerate() {
+        let votes: Vec<String> = (0..3)
+            .map(|v| g.disk_by_serial(&format!("vote{v}")).unwrap())
+            .collect();
+        let text = tests::cluster::config_text(c.nodes.len(), i, &luns(i), &votes, c.timing);
+        g.run_ok(&format!(
+            "cat > /etc/fenced/bench.toml <<'EOF'\n{text}EOF\nchmod 600 /etc/fenced/bench.toml"
+        ))
+        .unwrap();
+    }
+}
+
+/// `runs` fences of node2 from node1 with `/etc/fenced/bench.toml` (no daemons: the command
+/// works on the disks), node2 let back in and registered again between runs; then `runs` of
+/// the floor (pr-floor: the same chain per LUN, nothing else). Returns (pr_confirmed_ms, floor
+/// ms) per run.
+fn bench_runs(c: &Cluster, devices: &[String], runs: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut fence, mut floor) = (Vec::new(), Vec::new());
+    let again = |c: &Cluster| {
+        let cleared = c.fenced(0, "clear --force node2").unwrap();
+        assert!(cleared.success(), "{}", cleared.stderr);
+        let un = c
+            .fenced(1, "unfence --config /etc/fenced/bench.toml")
+            .unwrap();
+        assert!(un.success(), "{}", un.stderr);
+    };
+    for _ in 0..runs {
+        let out = c
+            .fenced(0, "fence --config /etc/fenced/bench.toml --json node2")
+            .unwrap();
+        assert!(out.success(), "{}{}", out.stdout, out.stderr);
+        let json = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .expect("the JSON report");
+        let v: serde_json::Value = serde_json::from_str(json).expect("fence JSON");
+        fence.push(
+            v["report"]["pr_confirmed_ms"]
+                .as_f64()
+                .expect("pr_confirmed_ms"),
+        );
+        again(c);
+    }
+    let (own, victim) = (tests::cluster::node_key(0), tests::cluster::node_key(1));
+    for _ in 0..runs {
+        let o = c.nodes[0]
+            .run_ok(&format!(
+                "{} 0x{own:x} 0x{victim:x} {}",
+                project_binary("pr-floor").display(),
+                devices.join(" ")
+            ))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(o.trim()).expect("pr-floor JSON");
+        floor.push(v["ms"].as_f64().expect("ms"));
+        let un = c
+            .fenced(1, "unfence --config /etc/fenced/bench.toml")
+            .unwrap();
+        assert!(un.success(), "{}", un.stderr);
+    }
+    (fence, floor)
+}
+
+/// The fence on 1 and on N NVMe/TCP namespaces beside the same on N iSCSI LUNs (LIO), one
+/// cluster of three nodes on the newest kernel, and each one's floor (pr-floor: PREEMPT AND
+/// ABORT, READ KEYS, READ RESERVATION per LUN; on NVMe one namespace after another, as fenced
+/// sends them). `FENCED_BENCH_NVME_LUNS` (default 32), `FENCED_BENCH_RUNS` (default 5).
+#[test]
+#[ignore = "benchmark: minutes of VM time; figures in BENCHMARKS.md"]
+fn bench_fence_on_nvme_namespaces_beside_iscsi_luns() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, runs) = (
+        env("FENCED_BENCH_NVME_LUNS", 32),
+        env("FENCED_BENCH_RUNS", 5),
+    );
+    let mut spec = ClusterSpec::new("bench-nvme", TargetKind::Lio);
+    spec.luns = n;
+    spec.nvme_namespaces = n;
+    spec.daemons = false;
+    spec.kernel = KernelLine::Newest;
+    let c = Cluster::start(&mut |s: &str| say(s), &spec).expect("cluster up");
+    let mut table = vec![
+        format!("| LUNs | transport | fenced pr_confirmed_ms (median of {runs}) | floor (median) | runs: fence / floor |"),
+        "|---|---|---|---|---|".to_string(),
+    ];
+    for count in [1, n] {
+        for (name, nvme) in [("iSCSI (LIO)", false), ("NVMe/TCP (nvmet)", true)] {
+            let pick = |i: usize| {
+                let all = if nvme {
+                    c.nvme_devices(i)
+                } else {
+                    c.main_lun_devices(i)
+                };
+                all[..count].to_vec()
+            };
+            bench_config(&c, &pick);
+            let (fence, floor) = bench_runs(&c, &pick(0), runs);
+            let row = format!(
+                "| {count} | {name} | {:.1} | {:.1} | {:?} / {:?} |",
+                median(&fence),
+                median(&floor),
+                fence.iter().map(|v| v.round()).collect::<Vec<_>>(),
+                floor.iter().map(|v| v.round()).collect::<Vec<_>>()
+            );
+            println!("BENCH {row}");
+            table.push(row);
+        }
+    }
+    println!("BENCH TABLE nvme\n{}\nBENCH END", table.join("\n"));
+}

@@ -7,6 +7,10 @@
 //! ```text
 //! pr-floor OWN_KEY VICTIM_KEY DEVICE...
 //! ```
+//!
+//! Devices with no sg node (NVMe namespaces: block-layer PR ioctls and NVMe passthrough, with no
+//! asynchronous form) get the same chain one device after another, as fenced sends them; the
+//! JSON then says `"serial": true`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sg_pr::batch::{run, Answer, Job, Reply, Request, SgQueue, Step};
-use sg_pr::{PrOperation, PrType, ReservationKey, RetryPolicy};
+use sg_pr::{
+    AnyDevice, Backend, PersistentReservations, PrOperation, PrType, ReservationKey, RetryPolicy,
+};
 
 /// PREEMPT AND ABORT, READ KEYS, READ RESERVATION on one device.
 struct Chain {
@@ -65,6 +71,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
+    if args[2..].iter().any(|d| !has_sg_node(d)) {
+        return serial(own, victim, &args[2..]);
+    }
     let mut queue = SgQueue::new();
     let mut chains: Vec<Chain> = args[2..]
         .iter()
@@ -94,6 +103,53 @@ fn main() -> ExitCode {
         json!({ "luns": chains.len(), "ms": ms, "victim_gone": gone, "errors": errors })
     );
     if errors.is_empty() && gone == chains.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Whether `device` (`/dev/sdX`, `/dev/sgN`) has an sg node to send asynchronous commands to.
+fn has_sg_node(device: &str) -> bool {
+    let name = device.rsplit('/').next().unwrap_or(device);
+    name.starts_with("sg") || Path::new(&format!("/sys/block/{name}/device/scsi_generic")).exists()
+}
+
+/// The chain on each device in turn (the block layer's PR ioctls have no asynchronous form).
+fn serial(own: ReservationKey, victim: ReservationKey, devices: &[String]) -> ExitCode {
+    let mut errors = Vec::new();
+    let mut gone = 0;
+    // Opened first, as the daemon holds its devices open: the time is the commands'.
+    let opened: Vec<sg_pr::Result<AnyDevice>> = devices
+        .iter()
+        .map(|d| AnyDevice::open(d, Backend::Auto, Duration::from_secs(10)))
+        .collect();
+    let start = Instant::now();
+    for dev in opened {
+        let chain = || -> sg_pr::Result<bool> {
+            let dev = dev?;
+            dev.apply(PrOperation::Preempt {
+                own,
+                victim,
+                pr_type: PrType::WriteExclusiveRegistrantsOnly,
+                abort: true,
+            })?;
+            let keys = dev.keys()?;
+            dev.reservation()?;
+            Ok(!keys.value.contains(victim))
+        };
+        match chain() {
+            Ok(true) => gone += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "{}",
+        json!({ "luns": devices.len(), "ms": ms, "victim_gone": gone, "errors": errors, "serial": true })
+    );
+    if errors.is_empty() && gone == devices.len() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

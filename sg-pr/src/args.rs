@@ -75,13 +75,15 @@ pub enum Backend {
 pub enum Command {
     /// TEST UNIT READY (also clears a pending unit attention, which is reported).
     Tur(OneDevice),
-    /// Standard INQUIRY, serial number (VPD 0x80) and device identification (VPD 0x83).
+    /// Standard INQUIRY, serial number (VPD 0x80) and device identification (VPD 0x83); on an
+    /// NVMe namespace, its namespace id and identity (uuid, NGUID or EUI-64).
     Inquiry(OneDevice),
     /// Registered keys (PR IN READ KEYS).
     Keys(OneDevice),
     /// Current reservation (PR IN READ RESERVATION).
     Reservation(OneDevice),
-    /// Persistent reservation capabilities (PR IN REPORT CAPABILITIES).
+    /// Persistent reservation capabilities (PR IN REPORT CAPABILITIES; on an NVMe namespace,
+    /// Identify: reservations supported, the types, persist through power loss).
     Caps(OneDevice),
     /// Every registration with its initiator (PR IN READ FULL STATUS; on an NVMe namespace, the
     /// Reservation Report: every registered controller with its host identifier).

@@ -50,9 +50,30 @@ fn every_service_action_on_nvmet_tcp(nodes: KernelLine) {
     ));
     let (v, s) = (SgPr::new(g1), SgPr::new(g2));
 
-    // Both nodes see one namespace identity.
-    let id1 = v.json(&format!("inquiry {d1}")).unwrap();
-    say(&format!("inquiry: {}", id1.stdout.trim()));
+    // Both nodes see one namespace identity, the UUID the target gave it; Identify declares
+    // reservations and the fencing type.
+    let want = format!("uuid.{}", kmod_testing::nvmet::namespace_uuid(1));
+    for (sg, dev) in [(&v, &d1), (&s, &d2)] {
+        let id = sg.json(&format!("inquiry {dev}")).unwrap();
+        id.ok();
+        assert_eq!(
+            id.json["lun_id"].as_str(),
+            Some(want.as_str()),
+            "{}",
+            id.stdout
+        );
+        assert_eq!(id.json["nvme_namespace"], 1);
+    }
+    let caps = v.json(&format!("caps {d1}")).unwrap();
+    caps.ok();
+    assert_eq!(caps.json["reservations"], true, "{}", caps.stdout);
+    assert!(
+        caps.json["supported_types"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "wero")),
+        "{}",
+        caps.stdout
+    );
 
     v.run(&format!("register --key {VICTIM:x} {d1}"))
         .unwrap()

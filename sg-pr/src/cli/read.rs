@@ -101,8 +101,48 @@ struct InquiryOut {
     identification: Option<DeviceIdentification>,
 }
 
+/// What `inquiry` says of an NVMe namespace: its id and the identity fenced groups paths by.
+#[derive(Serialize)]
+struct NvmeIdentity {
+    nvme_namespace: u32,
+    lun_id: Option<String>,
+}
+
+/// `path` opened once: a SCSI device for SG_IO (`Ok`), or an NVMe namespace (`Err`), whose
+/// Identify and Reservation Report stand in for the SCSI commands. Anything else is opened for
+/// SG_IO again, for that error.
+fn scsi_or_nvme(
+    ctx: &Ctx,
+    path: &Path,
+) -> sg_pr::Result<Result<sg_pr::PrDevice<sg_pr::SgDevice>, sg_pr::BlockPrDevice>> {
+    match ctx.open_any(path) {
+        Ok(AnyDevice::Sg(dev)) => Ok(Ok(dev)),
+        Ok(AnyDevice::Block(b)) if b.nvme_nsid().is_some() => Ok(Err(b)),
+        _ => ctx.open_sg(path).map(Ok),
+    }
+}
+
 pub(super) fn inquiry(ctx: &Ctx, path: &Path) -> u8 {
-    let dev = try_dev!(ctx, path, ctx.open_sg(path));
+    let dev = match try_dev!(ctx, path, scsi_or_nvme(ctx, path)) {
+        Ok(dev) => dev,
+        Err(b) => {
+            let out = NvmeIdentity {
+                nvme_namespace: b.nvme_nsid().unwrap_or_default(),
+                lun_id: b.lun_id(),
+            };
+            let name = b.device_name();
+            emit(ctx, name, &out, &Report::default(), || {
+                println!(
+                    "{name}: NVMe namespace {}, id {}",
+                    out.nvme_namespace,
+                    out.lun_id
+                        .as_deref()
+                        .unwrap_or("unknown (no wwid in sysfs)")
+                );
+            });
+            return exit::OK;
+        }
+    };
     let std = try_dev!(ctx, path, dev.inquiry());
     let mut report = std.report;
     // VPD pages are optional; ask for 0x80/0x83 only when listed (or when 0x00 is missing).
@@ -249,8 +289,53 @@ fn render_reservation(name: &str, r: &ReservationStatus) -> String {
     out
 }
 
+/// What `caps` says of an NVMe namespace (Identify Controller's ONCS, Identify Namespace's
+/// RESCAP).
+#[derive(Serialize)]
+struct NvmeCaps {
+    reservations: bool,
+    supported_types: Vec<&'static str>,
+    persist_through_power_loss: bool,
+    rescap: u8,
+}
+
 pub(super) fn caps(ctx: &Ctx, path: &Path) -> u8 {
-    let dev = try_dev!(ctx, path, ctx.open_sg(path));
+    let dev = match try_dev!(ctx, path, scsi_or_nvme(ctx, path)) {
+        Ok(dev) => dev,
+        Err(b) => {
+            let support = try_dev!(ctx, path, b.nvme_reservation_support());
+            let out = NvmeCaps {
+                reservations: support.controller.reservations(),
+                supported_types: support
+                    .namespace
+                    .types()
+                    .into_iter()
+                    .map(PrType::short_name)
+                    .collect(),
+                persist_through_power_loss: support.namespace.persist_through_power_loss(),
+                rescap: support.namespace.bits(),
+            };
+            let name = b.device_name();
+            emit(ctx, name, &out, &Report::default(), || {
+                let yn = |b: bool| if b { "yes" } else { "no" };
+                println!("{name}: NVMe reservation capabilities (Identify)");
+                println!(
+                    "  reservations (ONCS bit 5):             {}",
+                    yn(out.reservations)
+                );
+                println!(
+                    "  supported types (RESCAP 0x{:02x}):       {}",
+                    out.rescap,
+                    out.supported_types.join(", ")
+                );
+                println!(
+                    "  persist through power loss:            {}",
+                    yn(out.persist_through_power_loss)
+                );
+            });
+            return exit::OK;
+        }
+    };
     let c = try_dev!(ctx, path, dev.report_capabilities());
     let name = dev.name();
     emit(ctx, name, &c.value, &c.report, || {
@@ -315,12 +400,11 @@ fn render_caps(name: &str, c: &Capabilities) -> String {
 }
 
 pub(super) fn full_status(ctx: &Ctx, path: &Path) -> u8 {
-    // Opened once: a SCSI device for READ FULL STATUS, or an NVMe namespace, whose
-    // Reservation Report lists every registered controller with its host identifier. Anything
-    // else is opened for SG_IO again, for that error.
-    let dev = match ctx.open_any(path) {
-        Ok(AnyDevice::Sg(dev)) => dev,
-        Ok(AnyDevice::Block(b)) if b.nvme_nsid().is_some() => {
+    // An NVMe namespace's Reservation Report lists every registered controller with its host
+    // identifier.
+    let dev = match try_dev!(ctx, path, scsi_or_nvme(ctx, path)) {
+        Ok(dev) => dev,
+        Err(b) => {
             let r = try_dev!(ctx, path, b.nvme_report());
             let name = b.device_name();
             let report = Report {
@@ -332,7 +416,6 @@ pub(super) fn full_status(ctx: &Ctx, path: &Path) -> u8 {
             });
             return exit::OK;
         }
-        _ => try_dev!(ctx, path, ctx.open_sg(path)),
     };
     let c = try_dev!(ctx, path, dev.read_full_status());
     let name = dev.name();

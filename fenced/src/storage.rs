@@ -7,7 +7,7 @@
 //! - [`Runner`] runs chains of commands ([`Job`]s) on many paths with every command in flight
 //!   at once: a fence, the key check's reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -149,8 +149,9 @@ fn execute(dev: &dyn PathIo, request: Request) -> Answer {
 }
 
 /// The system's runner: SCSI paths through their sg nodes with every command in flight at once
-/// (fds kept between runs, reopened after a failure); if a path has no sg node (a block-layer
-/// device, or the sg driver not loaded), the run falls back to one command at a time.
+/// (fds kept between runs, reopened after a failure); the jobs on paths with no sg node (a
+/// block-layer device: an NVMe namespace; or the sg driver not loaded) run one command at a
+/// time after those.
 struct SgRunner {
     queue: SgQueue,
     /// Per path: its device in the queue and when a run last used it.
@@ -158,8 +159,10 @@ struct SgRunner {
     policy: RetryPolicy,
     /// `modprobe sg` was tried (once per runner, when a path had no sg node).
     loaded_sg: bool,
-    /// Whether the last run went through the sg nodes (logged when it changes).
-    asynchronous: Option<bool>,
+    /// A run went through the sg nodes alone (logged once).
+    asynchronous: bool,
+    /// The paths without an sg node logged so far (each logged once).
+    serial: HashSet<PathBuf>,
 }
 
 impl Runner for SgRunner {
@@ -220,29 +223,72 @@ impl Runner for SgRunner {
                 .filter(|(_, &i)| !self.queue.is_open(i))
                 .map(|(p, _)| p)
                 .collect();
-            if self.asynchronous != Some(false) {
-                tracing::warn!(?missing, "paths without an open sg node (not SCSI, or the sg driver missing): PR commands are sent one at a time, so a hung path delays the others");
-                self.asynchronous = Some(false);
+            if missing.iter().any(|p| !self.serial.contains(*p)) {
+                tracing::warn!(?missing, "paths without an open sg node (not SCSI, or the sg driver missing): their PR commands are sent one at a time, after the others' (all in flight at once), so a hung one delays the rest of them");
+                self.serial.extend(missing.into_iter().cloned());
             }
-            SequentialRunner::new(SystemStorage).run(paths, jobs, timeout, until);
-            return;
-        }
-        if self.asynchronous != Some(true) {
+        } else if !self.asynchronous {
             tracing::info!(
                 paths = paths.len(),
                 "PR commands go through the paths' sg nodes, all in flight at once"
             );
-            self.asynchronous = Some(true);
+            self.asynchronous = true;
         }
-        let mut mapped: Vec<Mapped<'_>> = jobs
+        // Each job goes where its first command does: a LUN's paths are all SCSI disks or all
+        // block-layer devices (an NVMe namespace, a map without SCSI paths). The block layer's
+        // PR ioctls have no asynchronous form: those jobs run one command at a time, after the
+        // batch.
+        let mut primed: Vec<Primed<'_>> = jobs
+            .iter_mut()
+            .map(|job| {
+                let first = job.next(None);
+                Primed {
+                    job: &mut **job,
+                    first,
+                }
+            })
+            .collect();
+        let on_sg = |p: &Primed<'_>| {
+            p.first
+                .is_none_or(|s| map.get(s.device).is_some_and(|&i| self.queue.is_open(i)))
+        };
+        let (mut batch, mut serial): (Vec<&mut Primed<'_>>, Vec<&mut Primed<'_>>) =
+            primed.iter_mut().partition(|p| on_sg(p));
+        let mut mapped: Vec<Mapped<'_>> = batch
             .iter_mut()
             .map(|job| Mapped {
                 job: &mut **job,
                 map: &map,
             })
             .collect();
-        let mut refs: Vec<&mut dyn Job> = mapped.iter_mut().map(|m| m as &mut dyn Job).collect();
-        sg_pr::batch::run(&mut self.queue, &mut refs, &self.policy, timeout, until);
+        if !mapped.is_empty() {
+            let mut refs: Vec<&mut dyn Job> =
+                mapped.iter_mut().map(|m| m as &mut dyn Job).collect();
+            sg_pr::batch::run(&mut self.queue, &mut refs, &self.policy, timeout, until);
+        }
+        if !serial.is_empty() {
+            let mut refs: Vec<&mut dyn Job> = serial
+                .iter_mut()
+                .map(|p| &mut **p as &mut dyn Job)
+                .collect();
+            SequentialRunner::new(SystemStorage).run(paths, &mut refs, timeout, until);
+        }
+    }
+}
+
+/// A job whose first step was asked for already (to see where it goes): its first
+/// `next(None)` answers that step.
+struct Primed<'a> {
+    job: &'a mut dyn Job,
+    first: Option<Step>,
+}
+
+impl Job for Primed<'_> {
+    fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+        match last {
+            None => self.first.take(),
+            Some(answer) => self.job.next(Some(answer)),
+        }
     }
 }
 
@@ -300,7 +346,8 @@ impl Storage for SystemStorage {
             index: HashMap::new(),
             policy: RetryPolicy::default(),
             loaded_sg: false,
-            asynchronous: None,
+            asynchronous: false,
+            serial: HashSet::new(),
         })
     }
 }
@@ -556,6 +603,50 @@ pub fn tell_multipathd_all(patterns: &[String]) {
 
 #[cfg(test)]
 mod tests {
+
+    /// A job that names device `n` at step `n` and records the answers it is given.
+    struct Counting {
+        steps: usize,
+        answers: usize,
+    }
+
+    impl Job for Counting {
+        fn next(&mut self, last: Option<Answer>) -> Option<Step> {
+            if last.is_some() {
+                self.answers += 1;
+            }
+            (self.steps < 3).then(|| {
+                self.steps += 1;
+                Step {
+                    device: self.steps,
+                    request: Request::ReadKeys,
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn a_primed_job_gives_its_first_step_once_then_goes_on_from_the_answers() {
+        let mut inner = Counting {
+            steps: 0,
+            answers: 0,
+        };
+        let first = inner.next(None);
+        let mut p = Primed {
+            job: &mut inner,
+            first,
+        };
+        let ready = || Some(Ok(Reply::Ready(Report::default())));
+        assert_eq!(
+            p.next(None).map(|s| s.device),
+            Some(1),
+            "the step asked for first"
+        );
+        assert_eq!(p.next(ready()).map(|s| s.device), Some(2));
+        assert_eq!(p.next(ready()).map(|s| s.device), Some(3));
+        assert_eq!(p.next(ready()), None);
+        assert_eq!(inner.answers, 3, "every answer reached the job");
+    }
     use super::*;
 
     #[test]

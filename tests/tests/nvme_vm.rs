@@ -1,6 +1,9 @@
-//! NVMe over Fabrics reservations: `sg-pr` on namespaces of a Linux nvmet subsystem (NVMe/TCP,
-//! reservations enabled) in a storage guest on the newest kernel, from two node guests, each its
-//! own host (host NQN and host identifier).
+//! NVMe over Fabrics reservations against a Linux nvmet subsystem (NVMe/TCP, reservations
+//! enabled) in a storage guest on the newest kernel, every node its own host (host NQN and host
+//! identifier): `sg-pr`'s every action from 7.2 and from 6.1 nodes, a fenced cluster on
+//! namespaces and iSCSI LUNs (eviction through `fence_fenced`), the split-brain race on
+//! namespaces alone, dm-multipath over two NVMe paths, and (ignored) the fence's benchmark beside
+//! iSCSI.
 //!
 //! Run: `cargo build --workspace --bins && cargo test -p tests --test nvme_vm -- --nocapture`
 
@@ -150,6 +153,11 @@ fn every_service_action_on_nvmet_tcp(nodes: KernelLine) {
         "victim's write after the fence: {}",
         w.stderr.trim()
     ));
+    assert_eq!(
+        blocks::distinct_bytes(g1, &d1, 8).unwrap(),
+        vec![0x11],
+        "the victim still reads (Write Exclusive), and its refused write changed nothing"
+    );
     let w = blocks::write(g2, &d2, 9, 0x33).unwrap();
     assert!(w.success(), "the survivor's write: {w:?}");
 

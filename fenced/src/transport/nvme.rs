@@ -97,11 +97,18 @@ const FABRICS: [&str; 3] = ["tcp", "rdma", "fc"];
 /// Whether `name` is an NVMe namespace's block device (`nvmeXnY`: a multipath head or a
 /// namespace of one controller; not a partition, not a path device `nvmeXcZnY`).
 pub fn is_namespace_disk(name: &str) -> bool {
-    let Some((ctrl, ns)) = name.strip_prefix("nvme").and_then(|r| r.split_once('n')) else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(ctrl) && digits(ns)
+    namespace_parts(name).is_some()
+}
+
+/// The two numbers of a namespace block device's name `nvme<X>n<Y>`.
+fn namespace_parts(name: &str) -> Option<(&str, &str)> {
+    let (x, y) = name.strip_prefix("nvme")?.split_once('n')?;
+    (number(x) && number(y)).then_some((x, y))
+}
+
+/// Whether `s` is a decimal number (one digit at least, nothing else).
+fn number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The controllers of the namespace block device `disk` (`nvmeXnY`) under the sysfs tree
@@ -134,7 +141,7 @@ pub fn namespace_controllers(sys: &Path, disk: &str) -> Vec<NvmeController> {
 /// The path devices (`nvme<S>c<C>n<N>`) of multipath head `disk` (`nvme<S>n<N>`) in
 /// `<sys>/block`.
 fn path_devices(sys: &Path, disk: &str) -> Vec<String> {
-    let Some((subsys, ns)) = disk.strip_prefix("nvme").and_then(|r| r.split_once('n')) else {
+    let Some((subsys, ns)) = namespace_parts(disk) else {
         return Vec::new();
     };
     let prefix = format!("nvme{subsys}c");
@@ -148,7 +155,7 @@ fn path_devices(sys: &Path, disk: &str) -> Vec<String> {
         .filter(|name| {
             name.strip_prefix(&prefix)
                 .and_then(|r| r.strip_suffix(&suffix))
-                .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(number)
         })
         .collect()
 }
@@ -157,8 +164,7 @@ fn path_devices(sys: &Path, disk: &str) -> Vec<String> {
 fn controller_of(device: &Path) -> Option<String> {
     let target = std::fs::canonicalize(device).ok()?;
     let name = target.file_name()?.to_str()?;
-    let digits = name.strip_prefix("nvme")?;
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| name.to_string())
+    number(name.strip_prefix("nvme")?).then(|| name.to_string())
 }
 
 fn controller(sys: &Path, name: String) -> NvmeController {

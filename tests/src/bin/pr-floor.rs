@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sg_pr::batch::{run, Answer, Job, Reply, Request, SgQueue, Step};
+use sg_pr::batch::{run, Answer, Failed, Job, Reply, Request, SgQueue, Step};
 use sg_pr::{
     AnyDevice, Backend, PersistentReservations, PrOperation, PrType, ReservationKey, RetryPolicy,
 };
@@ -71,14 +71,24 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    if args[2..].iter().any(|d| !has_sg_node(d)) {
-        return serial(own, victim, &args[2..]);
-    }
+    let devices = &args[2..];
+    let serial = devices.iter().any(|d| !has_sg_node(d));
     let mut queue = SgQueue::new();
-    let mut chains: Vec<Chain> = args[2..]
+    // Serially, the devices are opened first, as the daemon holds its devices open: the time is
+    // the commands'.
+    let opened: Vec<sg_pr::Result<AnyDevice>> = if serial {
+        devices
+            .iter()
+            .map(|d| AnyDevice::open(d, Backend::Auto, Duration::from_secs(10)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut chains: Vec<Chain> = devices
         .iter()
-        .map(|d| Chain {
-            device: queue.add(Path::new(d)),
+        .enumerate()
+        .map(|(i, d)| Chain {
+            device: if serial { i } else { queue.add(Path::new(d)) },
             own,
             victim,
             sent: 0,
@@ -86,22 +96,32 @@ fn main() -> ExitCode {
             victim_gone: false,
         })
         .collect();
-    let mut jobs: Vec<&mut dyn Job> = chains.iter_mut().map(|c| c as &mut dyn Job).collect();
     let start = Instant::now();
-    run(
-        &mut queue,
-        &mut jobs,
-        &RetryPolicy::default(),
-        Duration::from_secs(10),
-        start + Duration::from_secs(60),
-    );
+    if serial {
+        for (chain, dev) in chains.iter_mut().zip(&opened) {
+            match dev {
+                Ok(dev) => drive(chain, dev),
+                Err(e) => chain.error = Some(e.to_string()),
+            }
+        }
+    } else {
+        let mut jobs: Vec<&mut dyn Job> = chains.iter_mut().map(|c| c as &mut dyn Job).collect();
+        run(
+            &mut queue,
+            &mut jobs,
+            &RetryPolicy::default(),
+            Duration::from_secs(10),
+            start + Duration::from_secs(60),
+        );
+    }
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     let errors: Vec<&String> = chains.iter().filter_map(|c| c.error.as_ref()).collect();
     let gone = chains.iter().filter(|c| c.victim_gone).count();
-    println!(
-        "{}",
-        json!({ "luns": chains.len(), "ms": ms, "victim_gone": gone, "errors": errors })
-    );
+    let mut out = json!({ "luns": chains.len(), "ms": ms, "victim_gone": gone, "errors": errors });
+    if serial {
+        out["serial"] = json!(true);
+    }
+    println!("{out}");
     if errors.is_empty() && gone == chains.len() {
         ExitCode::SUCCESS
     } else {
@@ -109,49 +129,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `job` on `dev` one command at a time (the block layer's PR ioctls have no asynchronous
+/// form).
+fn drive(job: &mut dyn Job, dev: &AnyDevice) {
+    let failed = |error| Failed {
+        error,
+        report: Default::default(),
+    };
+    let mut answer = None;
+    while let Some(step) = job.next(answer.take()) {
+        answer = Some(match step.request {
+            Request::ReadKeys => dev.keys().map(Reply::Keys).map_err(failed),
+            Request::ReadReservation => dev.reservation().map(Reply::Reservation).map_err(failed),
+            Request::Out(op) => dev.apply(op).map(Reply::Out).map_err(failed),
+            Request::TestUnitReady => Err(failed(sg_pr::Error::NotSupported {
+                device: dev.device_name().to_string(),
+                op: "TEST UNIT READY",
+            })),
+        });
+    }
+}
+
 /// Whether `device` (`/dev/sdX`, `/dev/sgN`) has an sg node to send asynchronous commands to.
 fn has_sg_node(device: &str) -> bool {
     let name = device.rsplit('/').next().unwrap_or(device);
     name.starts_with("sg") || Path::new(&format!("/sys/block/{name}/device/scsi_generic")).exists()
-}
-
-/// The chain on each device in turn (the block layer's PR ioctls have no asynchronous form).
-fn serial(own: ReservationKey, victim: ReservationKey, devices: &[String]) -> ExitCode {
-    let mut errors = Vec::new();
-    let mut gone = 0;
-    // Opened first, as the daemon holds its devices open: the time is the commands'.
-    let opened: Vec<sg_pr::Result<AnyDevice>> = devices
-        .iter()
-        .map(|d| AnyDevice::open(d, Backend::Auto, Duration::from_secs(10)))
-        .collect();
-    let start = Instant::now();
-    for dev in opened {
-        let chain = || -> sg_pr::Result<bool> {
-            let dev = dev?;
-            dev.apply(PrOperation::Preempt {
-                own,
-                victim,
-                pr_type: PrType::WriteExclusiveRegistrantsOnly,
-                abort: true,
-            })?;
-            let keys = dev.keys()?;
-            dev.reservation()?;
-            Ok(!keys.value.contains(victim))
-        };
-        match chain() {
-            Ok(true) => gone += 1,
-            Ok(false) => {}
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
-    println!(
-        "{}",
-        json!({ "luns": devices.len(), "ms": ms, "victim_gone": gone, "errors": errors, "serial": true })
-    );
-    if errors.is_empty() && gone == devices.len() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
 }
